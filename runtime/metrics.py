@@ -1,0 +1,202 @@
+"""COCO box evaluation with pycocotools, Detectron2-style ``reset / process / evaluate``.
+
+One evaluator for every backend (PyTorch, ONNX Runtime, TensorRT) and for training-time eval.
+Inputs are internal-convention detections: xyxy boxes in absolute pixels of the original image,
+labels ``L`` in ``1..C`` mapped to dataset ids by ``category_ids[L - 1]``.
+
+COCO ``xywh`` appears only in :func:`to_coco_results`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import math
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from runtime.metadata import write_json_atomic
+
+# COCOeval.stats index of each reported metric.
+_STAT_INDEX = {"mAP": 0, "AP50": 1, "AP75": 2, "APs": 3, "APm": 4, "APl": 5, "AR100": 8}
+
+
+def to_coco_results(
+    image_id: int,
+    boxes_xyxy: Any,
+    scores: Any,
+    labels: Any,
+    category_ids: Sequence[int],
+) -> List[Dict[str, Any]]:
+    """Detections of one image -> COCO result dicts ``{image_id, category_id, bbox, score}``.
+
+    ``boxes_xyxy``: [N, 4] absolute pixels of the original image. ``scores``: [N].
+    ``labels``: [N] ints in ``1..C``; ``category_ids[L - 1]`` is written. ``bbox`` is COCO
+    ``[x, y, w, h]`` (the only place that format is produced).
+    """
+    boxes = np.asarray(boxes_xyxy, dtype=np.float64)
+    if boxes.size == 0:
+        boxes = boxes.reshape(0, 4)  # accept [], [0], [0, 4] for "no detections"
+    scores_a = np.asarray(scores, dtype=np.float64).reshape(-1)
+    labels_a = np.asarray(labels).reshape(-1)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"boxes must have shape [N, 4] (xyxy), got {boxes.shape}")
+    n = boxes.shape[0]
+    if scores_a.shape[0] != n or labels_a.shape[0] != n:
+        raise ValueError(
+            f"boxes, scores and labels must have the same length N; got boxes {boxes.shape}, "
+            f"scores {scores_a.shape}, labels {labels_a.shape}"
+        )
+    if n == 0:
+        return []
+    if not np.issubdtype(labels_a.dtype, np.integer):
+        if not np.all(np.equal(np.mod(labels_a, 1), 0)):
+            raise ValueError(f"labels must be integers in 1..C, got {labels_a[:8]}")
+        labels_a = labels_a.astype(np.int64)
+    num_classes = len(category_ids)
+    bad = (labels_a < 1) | (labels_a > num_classes)
+    if np.any(bad):
+        raise ValueError(
+            f"labels must be in 1..{num_classes} (0 is background), got {sorted(set(labels_a[bad].tolist()))[:8]}"
+        )
+    xywh = boxes.copy()
+    xywh[:, 2:] = boxes[:, 2:] - boxes[:, :2]
+    return [
+        {
+            "image_id": int(image_id),
+            "category_id": int(category_ids[int(lab) - 1]),
+            "bbox": [float(v) for v in box],
+            "score": float(s),
+        }
+        for box, s, lab in zip(xywh, scores_a, labels_a)
+    ]
+
+
+def write_coco_results(path: Any, results: List[Dict[str, Any]]) -> Any:
+    """Write COCO result dicts (from :func:`to_coco_results`) as a JSON list, atomically."""
+    if not isinstance(results, list):
+        raise ValueError(f"results must be a list of dicts, got {type(results).__name__}")
+    return write_json_atomic(path, results)
+
+
+def _quiet(verbose: bool):
+    """pycocotools prints progress to stdout; keep it out of the way unless asked."""
+    return contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+
+
+def _check_gt(gt: Dict[str, Any]) -> Dict[str, Any]:
+    if not isinstance(gt, dict):
+        raise ValueError(f"gt must be a COCO-format dict, got {type(gt).__name__}")
+    missing = [k for k in ("images", "annotations", "categories") if k not in gt]
+    if missing:
+        raise ValueError(f"gt is missing COCO keys {missing}")
+    gt = copy.deepcopy(gt)
+    for i, ann in enumerate(gt["annotations"]):
+        need = [k for k in ("image_id", "category_id", "bbox", "area", "iscrowd") if k not in ann]
+        if need:
+            raise ValueError(f"gt annotation #{i} is missing keys {need}")
+        ann.setdefault("id", i + 1)  # pycocotools needs ids; they carry no meaning here
+    return gt
+
+
+class CocoEvaluator:
+    """COCO bbox mAP over the images passed to :meth:`process`.
+
+    ``gt``: COCO-format dict (``images``, ``annotations`` with ``bbox`` xywh in original pixels,
+    ``area``, ``iscrowd``; ``categories``). ``category_ids``: dataset id of each contiguous
+    label, ``L -> category_ids[L - 1]``; evaluation is restricted to these categories.
+    ``class_names``: names for ``per_class``; defaults to the gt category names.
+    Images processed with no detections still count (their gt boxes are misses).
+    """
+
+    def __init__(
+        self,
+        gt: Dict[str, Any],
+        category_ids: Sequence[int],
+        class_names: Optional[Sequence[str]] = None,
+        verbose: bool = False,
+    ) -> None:
+        from pycocotools.coco import COCO  # numpy-only dependency, imported on use
+
+        self.verbose = verbose
+        self.category_ids = [int(c) for c in category_ids]
+        gt = _check_gt(gt)
+        gt_cats = {int(c["id"]): c.get("name", str(c["id"])) for c in gt["categories"]}
+        unknown = [c for c in self.category_ids if c not in gt_cats]
+        if unknown:
+            raise ValueError(f"category_ids {unknown} are not in gt categories {sorted(gt_cats)}")
+        if class_names is None:
+            class_names = [gt_cats[c] for c in self.category_ids]
+        if len(class_names) != len(self.category_ids):
+            raise ValueError(
+                f"class_names has {len(class_names)} entries, category_ids has {len(self.category_ids)}"
+            )
+        self.class_names = list(class_names)
+        with _quiet(verbose):
+            self._coco_gt = COCO()
+            self._coco_gt.dataset = gt
+            self._coco_gt.createIndex()
+        self._image_ids = {int(img["id"]) for img in gt["images"]}
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything processed so far."""
+        self._results: List[Dict[str, Any]] = []
+        self._seen: set = set()
+
+    def process(self, image_id: int, boxes_xyxy: Any, scores: Any, labels: Any) -> None:
+        """Add one image's detections: boxes [N, 4] xyxy abs px, scores [N], labels [N] in 1..C."""
+        image_id = int(image_id)
+        if image_id not in self._image_ids:
+            raise ValueError(f"image_id {image_id} is not in the gt images")
+        self._results.extend(to_coco_results(image_id, boxes_xyxy, scores, labels, self.category_ids))
+        self._seen.add(image_id)
+
+    @property
+    def results(self) -> List[Dict[str, Any]]:
+        """COCO result dicts accumulated so far (for :func:`write_coco_results`)."""
+        return self._results
+
+    def evaluate(self, per_class: bool = True) -> Dict[str, Any]:
+        """Return ``{mAP, AP50, AP75, APs, APm, APl, AR100, num_detections[, per_class]}``.
+
+        Metrics are floats in 0..100 points; a metric with no gt to measure (e.g. APs with no
+        small objects) is NaN, as pycocotools reports -1. No detections at all -> all 0.0.
+        ``per_class`` maps class name -> AP (IoU 0.50:0.95, all areas, 100 dets).
+        """
+        out: Dict[str, Any] = {k: 0.0 for k in _STAT_INDEX}
+        out["num_detections"] = len(self._results)
+        if not self._results:
+            # pycocotools' loadRes crashes on an empty result list; nothing detected scores 0.
+            if per_class:
+                out["per_class"] = {name: 0.0 for name in self.class_names}
+            return out
+
+        from pycocotools.cocoeval import COCOeval
+
+        with _quiet(self.verbose):
+            coco_dt = self._coco_gt.loadRes(copy.deepcopy(self._results))
+            ev = COCOeval(self._coco_gt, coco_dt, iouType="bbox")
+            ev.params.imgIds = sorted(self._seen)
+            ev.params.catIds = sorted(self.category_ids)
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+        for key, idx in _STAT_INDEX.items():
+            out[key] = _points(ev.stats[idx])
+        if per_class:
+            # precision: [T iou, R recall, K class, A area, M maxDets]; area "all", maxDets 100.
+            precision = ev.eval["precision"]
+            k_of = {c: k for k, c in enumerate(ev.params.catIds)}
+            out["per_class"] = {}
+            for name, cat in zip(self.class_names, self.category_ids):
+                p = precision[:, :, k_of[cat], 0, -1]
+                p = p[p > -1]
+                out["per_class"][name] = float(np.mean(p) * 100.0) if p.size else math.nan
+        return out
+
+
+def _points(v: float) -> float:
+    return float(v) * 100.0 if v >= 0 else math.nan

@@ -1,0 +1,225 @@
+"""The one preprocessing implementation: training-time eval, INT8 calibration and every runtime.
+
+Pipeline (DESIGN.md, sidecar fields in brackets)::
+
+    load_image   any source -> uint8 HWC RGB, EXIF orientation applied       [color]
+    resize       PIL bilinear to (H, W), whole image warped ("stretch")     [input_size, resize_mode]
+    normalize    (pixel / 255 - mean) / std -> float32 CHW                   [mean, std, layout]
+
+and back: :func:`scale_boxes` maps the graph's normalised xyxy boxes to absolute pixels of the
+original image.
+
+Only numpy and pillow are imported.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence, Tuple
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from runtime.metadata import RESIZE_MODES
+
+# 16/32-bit integer greyscale modes; PIL's convert("RGB") would clip them at 255.
+_WIDE_INT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+
+
+def _check_resize_mode(mode: str) -> None:
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"resize_mode must be one of {list(RESIZE_MODES)}, got {mode!r}")
+
+
+def _pil_to_rgb(img: Image.Image, name: str) -> np.ndarray:
+    """PIL image of any common mode -> uint8 HWC RGB (alpha dropped, EXIF orientation applied)."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode in _WIDE_INT_MODES:
+        # 16-bit greyscale (PNG loads as I;16 or I): map 0..65535 onto 0..255.
+        wide = np.asarray(img).astype(np.float64)
+        gray = np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+    if img.mode == "P" and "transparency" in img.info:
+        # Palette transparency must go through RGBA (PIL warns on a direct P -> RGB).
+        img = img.convert("RGBA")
+    if img.mode != "RGB":
+        try:
+            img = img.convert("RGB")
+        except (ValueError, OSError) as e:
+            raise ValueError(f"cannot convert image {name} of mode {img.mode!r} to RGB: {e}") from e
+    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
+
+
+def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype != np.uint8:
+        raise ValueError(f"numpy image must be uint8 (0..255), got dtype {arr.dtype}")
+    if arr.ndim == 2:
+        return np.ascontiguousarray(np.repeat(arr[:, :, None], 3, axis=2))
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        return np.ascontiguousarray(np.repeat(arr, 3, axis=2))
+    if arr.ndim == 3 and arr.shape[2] == 3:
+        return np.ascontiguousarray(arr)
+    if arr.ndim == 3 and arr.shape[2] == 4:
+        return np.ascontiguousarray(arr[:, :, :3])  # RGBA: drop alpha, like PIL's convert("RGB")
+    raise ValueError(
+        f"numpy image must be HW, HWC1, HWC3 (RGB) or HWC4 (RGBA), got shape {arr.shape}"
+    )
+
+
+def load_image(src: Any) -> np.ndarray:
+    """Load an image as uint8 [H, W, 3] RGB.
+
+    ``src``: a path (str / Path), a ``PIL.Image.Image`` or a numpy uint8 array (HW grey, HWC3
+    RGB, HWC4 RGBA). For files and PIL images the EXIF orientation is applied, and grey, LA,
+    RGBA, palette (with transparency), CMYK and 16-bit grey are converted to RGB; alpha is
+    dropped, never composited. Raises ValueError naming the file if it is missing or unreadable.
+    """
+    if isinstance(src, np.ndarray):
+        if src.ndim < 2 or src.shape[0] == 0 or src.shape[1] == 0:
+            raise ValueError(f"numpy image must have a non-empty HW plane, got shape {src.shape}")
+        return _array_to_rgb(src)
+    if isinstance(src, Image.Image):
+        return _pil_to_rgb(src, name="<PIL.Image>")
+    if isinstance(src, (str, os.PathLike)):
+        path = Path(src)
+        if not path.is_file():
+            raise ValueError(f"image file not found: {path}")
+        try:
+            with Image.open(path) as img:
+                img.load()
+                return _pil_to_rgb(img, name=str(path))
+        except (UnidentifiedImageError, OSError, SyntaxError) as e:
+            raise ValueError(f"cannot read image file {path}: {e}") from e
+    raise ValueError(
+        f"image source must be a path, a PIL.Image or a uint8 numpy array, got {type(src).__name__}"
+    )
+
+
+def _check_size_hw(size_hw: Sequence[int]) -> Tuple[int, int]:
+    try:
+        h, w = (int(v) for v in size_hw)
+    except (TypeError, ValueError):
+        raise ValueError(f"size must be (H, W), got {size_hw!r}") from None
+    if h <= 0 or w <= 0:
+        raise ValueError(f"size must be positive (H, W), got {size_hw!r}")
+    return h, w
+
+
+def resize(img: np.ndarray, size_hw: Sequence[int], mode: str = "stretch") -> np.ndarray:
+    """uint8 [h, w, 3] -> uint8 [H, W, 3] with PIL bilinear (antialiased when shrinking).
+
+    ``mode="stretch"`` warps the whole image to ``H x W`` ignoring aspect ratio (SSD-style).
+    """
+    _check_resize_mode(mode)
+    h, w = _check_size_hw(size_hw)
+    if not (isinstance(img, np.ndarray) and img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3):
+        raise ValueError(
+            "resize expects a uint8 [H, W, 3] array, got "
+            f"{getattr(img, 'dtype', type(img).__name__)} {getattr(img, 'shape', '')}"
+        )
+    out = Image.fromarray(img).resize((w, h), Image.BILINEAR)
+    return np.asarray(out, dtype=np.uint8)
+
+
+def normalize(img: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """uint8 [H, W, 3] RGB -> float32 [3, H, W] with ``x = (pixel / 255 - mean) / std``."""
+    if not (isinstance(img, np.ndarray) and img.ndim == 3 and img.shape[2] == 3):
+        raise ValueError(f"normalize expects an [H, W, 3] array, got shape {getattr(img, 'shape', None)}")
+    mean_a = np.asarray(mean, dtype=np.float32).reshape(-1)
+    std_a = np.asarray(std, dtype=np.float32).reshape(-1)
+    if mean_a.shape != (3,) or std_a.shape != (3,):
+        raise ValueError(f"mean and std must have 3 values each, got mean={mean!r} std={std!r}")
+    if np.any(std_a <= 0):
+        raise ValueError(f"std must be > 0, got {std!r}")
+    x = img.astype(np.float32) / np.float32(255.0)
+    x = (x - mean_a) / std_a
+    return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
+
+
+def preprocess_batch(
+    images: Sequence[Any],
+    input_size: Sequence[int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    resize_mode: str = "stretch",
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Images of any sizes -> (float32 [B, 3, H, W] network input, int64 [B, 2] original (h, w)).
+
+    Each element of ``images`` is anything :func:`load_image` accepts.
+    """
+    _check_resize_mode(resize_mode)
+    h, w = _check_size_hw(input_size)
+    if isinstance(images, (str, os.PathLike, np.ndarray, Image.Image)) or len(images) == 0:
+        raise ValueError(f"images must be a non-empty list of images, got {type(images).__name__}")
+    batch = np.empty((len(images), 3, h, w), dtype=np.float32)
+    orig = np.empty((len(images), 2), dtype=np.int64)
+    for i, src in enumerate(images):
+        rgb = load_image(src)
+        orig[i] = rgb.shape[:2]
+        batch[i] = normalize(resize(rgb, (h, w), resize_mode), mean, std)
+    return batch, orig
+
+
+def scale_boxes(boxes_norm: np.ndarray, orig_hw: Any, resize_mode: str = "stretch") -> np.ndarray:
+    """Normalised xyxy in [0, 1] -> float32 absolute-pixel xyxy of the original image, clipped.
+
+    ``boxes_norm``: [..., 4] as the graphs emit them. ``orig_hw``: one ``(h, w)`` for all boxes,
+    or an [B, 2] array with ``boxes_norm`` of shape [B, K, 4] (one size per image). With
+    "stretch", ``x * w`` and ``y * h``; x is clipped to [0, w] and y to [0, h].
+    """
+    _check_resize_mode(resize_mode)
+    boxes = np.asarray(boxes_norm, dtype=np.float32)
+    if boxes.ndim == 0 or boxes.shape[-1] != 4:
+        raise ValueError(f"boxes must have shape [..., 4], got {boxes.shape}")
+    hw = np.asarray(orig_hw, dtype=np.float32)
+    if hw.shape == (2,):
+        scale = np.array([hw[1], hw[0], hw[1], hw[0]], dtype=np.float32)
+    elif hw.ndim == 2 and hw.shape[1] == 2 and boxes.ndim == 3 and boxes.shape[0] == hw.shape[0]:
+        scale = np.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], axis=1)[:, None, :]
+    else:
+        raise ValueError(
+            f"orig_hw must be (h, w) or [B, 2] matching boxes [B, K, 4]; got orig_hw shape "
+            f"{hw.shape} with boxes shape {boxes.shape}"
+        )
+    out = boxes * scale
+    return np.clip(out, 0.0, np.broadcast_to(scale, out.shape)).astype(np.float32, copy=False)
+
+
+class Preprocessor:
+    """:func:`preprocess_batch` and :func:`scale_boxes` bound to one model's settings.
+
+    Build it from the sidecar with :meth:`from_meta` so nothing is re-typed per backend.
+    """
+
+    def __init__(
+        self,
+        input_size: Sequence[int],
+        mean: Sequence[float],
+        std: Sequence[float],
+        resize_mode: str = "stretch",
+    ) -> None:
+        _check_resize_mode(resize_mode)
+        self.input_size = _check_size_hw(input_size)
+        self.mean = tuple(float(v) for v in mean)
+        self.std = tuple(float(v) for v in std)
+        self.resize_mode = resize_mode
+
+    @classmethod
+    def from_meta(cls, meta: Any) -> "Preprocessor":
+        """Build from a :class:`runtime.metadata.ModelMeta`."""
+        return cls(meta.input_size, meta.mean, meta.std, meta.resize_mode)
+
+    def __call__(self, images: Sequence[Any]) -> Tuple[np.ndarray, np.ndarray]:
+        """Images -> (float32 [B, 3, H, W], int64 [B, 2] original (h, w))."""
+        return preprocess_batch(images, self.input_size, self.mean, self.std, self.resize_mode)
+
+    def scale_boxes(self, boxes_norm: np.ndarray, orig_hw: Any) -> np.ndarray:
+        """Normalised xyxy -> absolute pixels of the original image (see :func:`scale_boxes`)."""
+        return scale_boxes(boxes_norm, orig_hw, self.resize_mode)
+
+    def __repr__(self) -> str:
+        return (
+            f"Preprocessor(input_size={self.input_size}, mean={self.mean}, std={self.std}, "
+            f"resize_mode={self.resize_mode!r})"
+        )
