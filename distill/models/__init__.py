@@ -1,0 +1,8 @@
+from .anchors import DefaultBoxGenerator
+from .box_coder import BoxCoder
+from .matcher import Matcher
+from .registry import ROLES, count_gflops, count_parameters, create_model, list_models, load_pretrained_backbone
+from .ssd import SSD
+
+__all__ = ["DefaultBoxGenerator", "BoxCoder", "Matcher", "SSD", "ROLES", "create_model", "list_models",
+           "load_pretrained_backbone", "count_parameters", "count_gflops"]

@@ -1,0 +1,125 @@
+"""The model registry: ``create_model(name, num_classes, **kw)``.
+
+Builders hold the recipe constants and let the caller's kwargs win; ``None`` kwargs are ignored
+(so unset command-line flags never override a recipe). Unknown names are answered with the valid ones.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .anchors import SSDLITE_ASPECT_RATIOS, DefaultBoxGenerator
+from .darknet53 import DarkNet53Backbone
+from .mobilenetv2 import MobileNetV2Backbone
+from .resnet import ResNet50Backbone
+from .shufflenetv1 import ShuffleNetV1Backbone
+from .ssd import SSD
+
+_REGISTRY: dict[str, Callable[..., SSD]] = {}
+# Role of each model in distillation: what the demo and the docs call teacher / student.
+ROLES: dict[str, str] = {}
+
+
+def register(role: str):
+    def deco(fn):
+        _REGISTRY[fn.__name__] = fn
+        ROLES[fn.__name__] = role
+        return fn
+    return deco
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def _anchors(min_ratio, max_ratio, aspect_ratios):
+    return DefaultBoxGenerator(aspect_ratios or SSDLITE_ASPECT_RATIOS, min_ratio, max_ratio)
+
+
+@register("student")
+def ssdlite_mobilenetv2(num_classes: int, width_mult: float = 1.0, min_ratio: float = 0.2, max_ratio: float = 0.95,
+                        aspect_ratios=None, extra_channels=(512, 256, 256, 128)) -> SSD:
+    """SSD-Lite with a MobileNetV2 backbone (the paper's first student)."""
+    return SSD(MobileNetV2Backbone(width_mult), num_classes, extra_channels, lite=True,
+               anchor_generator=_anchors(min_ratio, max_ratio, aspect_ratios))
+
+
+@register("student")
+def ssdlite_shufflenetv1(num_classes: int, groups: int = 3, width_mult: float = 1.0, min_ratio: float = 0.2,
+                         max_ratio: float = 0.95, aspect_ratios=None, extra_channels=(512, 256, 256, 128)) -> SSD:
+    """SSD-Lite with a ShuffleNet V1 (g = 3) backbone (the paper's second student)."""
+    return SSD(ShuffleNetV1Backbone(groups, width_mult), num_classes, extra_channels, lite=True,
+               anchor_generator=_anchors(min_ratio, max_ratio, aspect_ratios))
+
+
+@register("teacher")
+def ssd_darknet53(num_classes: int, width_mult: float = 1.0, min_ratio: float = 0.2, max_ratio: float = 0.95,
+                  aspect_ratios=None, extra_channels=None) -> SSD:
+    """SSD with a DarkNet-53 backbone (the paper's teacher). Feature widths 512/1024/512/256/256/256 at 1x."""
+    extra = extra_channels or tuple(max(8, int(round(c * width_mult))) for c in (512, 256, 256, 256))
+    return SSD(DarkNet53Backbone(width_mult), num_classes, extra, lite=False,
+               anchor_generator=_anchors(min_ratio, max_ratio, aspect_ratios))
+
+
+@register("teacher")
+def ssd_resnet50(num_classes: int, min_ratio: float = 0.2, max_ratio: float = 0.95, aspect_ratios=None,
+                 extra_channels=(512, 256, 256, 256)) -> SSD:
+    """SSD with torchvision's ResNet-50 backbone (layer3 / layer4)."""
+    return SSD(ResNet50Backbone(), num_classes, extra_channels, lite=False,
+               anchor_generator=_anchors(min_ratio, max_ratio, aspect_ratios))
+
+
+def create_model(name: str, num_classes: int, **kwargs) -> SSD:
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, _REGISTRY, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ValueError(f"unknown model '{name}'.{hint} Available: {', '.join(list_models())}")
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    try:
+        return _REGISTRY[name](num_classes, **kwargs)
+    except TypeError as e:
+        raise ValueError(f"bad arguments for model '{name}': {e}") from None
+
+
+def load_pretrained_backbone(model: SSD, path: str | Path) -> dict:
+    """Load ImageNet weights (torchvision state-dict layout, e.g. ``mobilenet_v2-b0353104.pth``) into
+    ``model.backbone`` from a local file. Nothing is downloaded. Returns counts of loaded / skipped keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--pretrained-backbone: file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear message
+        raise ValueError(f"--pretrained-backbone: cannot read {path} as a torch state dict: {e}") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    own = model.backbone.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not usable:
+        raise ValueError(f"--pretrained-backbone: no tensor in {path} matches the backbone of this model "
+                         f"(expected keys like {next(iter(own))!r}); is it for another architecture or width?")
+    model.backbone.load_state_dict(usable, strict=False)
+    return {"loaded": len(usable), "backbone_tensors": len(own), "ignored": len(state) - len(usable)}
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_gflops(model: nn.Module, img_size: int) -> float:
+    """GFLOPs of one forward pass on a 1x3xSxS input (multiply-add = 2 FLOPs), via torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+    p = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+            model(torch.zeros(1, 3, img_size, img_size, device=p.device, dtype=p.dtype))
+    finally:
+        model.train(was_training)
+    return fc.get_total_flops() / 1e9
