@@ -1,0 +1,31 @@
+# Two commands on a fresh machine:  make demo  (the main job end to end)  and  make test  (the suite).
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml requirements-lock.txt 2>/dev/null | sha256sum | cut -c1-12)
+
+.PHONY: install demo test test-fast export bench clean
+
+$(STAMP):
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch 2.14.1 / torchvision 0.29.1 are the newest releases this project is tested with; never ask for newer.
+	$(BIN)/pip install -q "torch>=2.4,<=2.14.1" "torchvision>=0.19,<=0.29.1"
+	$(BIN)/pip install -q -e ".[all]"
+	rm -f $(VENV)/.installed-*; touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)  ## teacher (cached) then distilled student on the embedded dataset, export, benchmark
+	$(BIN)/python -m distill.train
+	$(BIN)/python -m export.onnx
+	$(BIN)/python benchmarks/run.py
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+clean:
+	rm -rf runs exports reports
