@@ -1,0 +1,240 @@
+"""DetectionDataset: one in-memory list of validated image records, two kinds of items.
+
+Box convention inside this package (DESIGN.md): ``xyxy`` float32 in absolute pixels of the
+ORIGINAL image, clipped to it. Labels are contiguous ``1..C``; ``category_ids[L - 1]`` is the
+dataset's own id of label ``L``.
+
+* ``train=True``:  ``(image float32 [3, S, S] normalised, {"boxes": float32 [M, 4] xyxy in [0, 1]
+  of the resized image, "labels": int64 [M] in 1..C, "ignore": bool [M], "image_id": int})``
+* ``train=False``: ``(image uint8 [H, W, 3] RGB original size, {"image_id": int,
+  "orig_size": (H, W)})``; the evaluator preprocesses with runtime.preprocess itself.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torchvision import tv_tensors
+
+from distill.data.transforms import build_train_transform
+from runtime.preprocess import load_image
+
+ON_BAD_SAMPLE = ("error", "skip")
+_MAX_WARNINGS_PER_REASON = 10
+
+
+class BadSampleReporter:
+    """Raise (``mode="error"``) or warn-and-count (``mode="skip"``) bad input.
+
+    ``counts``: reason -> number of skipped items/annotations. After 10 warnings of one reason
+    further ones are counted silently (one note says so).
+    """
+
+    def __init__(self, mode: str = "error"):
+        if mode not in ON_BAD_SAMPLE:
+            raise ValueError(f"on_bad_sample must be one of {list(ON_BAD_SAMPLE)}, got {mode!r}")
+        self.mode = mode
+        self.counts: Dict[str, int] = {}
+
+    def __call__(self, reason: str, message: str) -> None:
+        if self.mode == "error":
+            raise ValueError(message)
+        n = self.counts.get(reason, 0) + 1
+        self.counts[reason] = n
+        if n <= _MAX_WARNINGS_PER_REASON:
+            suffix = (f" (further '{reason}' warnings are suppressed, see bad_samples)"
+                      if n == _MAX_WARNINGS_PER_REASON else "")
+            warnings.warn(f"skipped ({reason}): {message}{suffix}", stacklevel=3)
+
+
+@dataclass
+class ImageRecord:
+    """One image and its validated annotations.
+
+    ``boxes`` float32 [M, 4] xyxy absolute pixels of the original image, clipped to it;
+    ``labels`` int64 [M] in 1..C; ``ignore`` bool [M] (COCO crowd / VOC difficult);
+    ``areas`` float32 [M] (the source's area when it has one, else the clipped box area);
+    ``ann_ids`` the source's annotation ids (COCO ids, or object index in the VOC xml).
+    """
+
+    image_id: int
+    file_name: str
+    path: Path
+    width: int
+    height: int
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
+    ignore: np.ndarray = field(default_factory=lambda: np.zeros((0,), bool))
+    areas: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float32))
+    ann_ids: List[int] = field(default_factory=list)
+
+
+def clip_box_xyxy(x1: float, y1: float, x2: float, y2: float, width: int, height: int
+                  ) -> Tuple[Optional[Tuple[float, float, float, float]], str]:
+    """Clip an xyxy box to ``[0, width] x [0, height]``.
+
+    Returns ``(clipped box, "")`` or ``(None, reason)`` with reason ``"box_outside_image"`` (no
+    overlap at all) or ``"degenerate_box"`` (zero/negative area after clipping).
+    """
+    if x1 >= width or y1 >= height or x2 <= 0 or y2 <= 0:
+        return None, "box_outside_image"
+    cx1, cy1 = max(x1, 0.0), max(y1, 0.0)
+    cx2, cy2 = min(x2, float(width)), min(y2, float(height))
+    if cx2 <= cx1 or cy2 <= cy1:
+        return None, "degenerate_box"
+    return (cx1, cy1, cx2, cy2), ""
+
+
+class DetectionDataset(torch.utils.data.Dataset):
+    """Detection dataset over validated :class:`ImageRecord` s (see the module docstring).
+
+    Unreadable images are found at ``__getitem__`` time: with ``on_bad_sample="error"`` a
+    ValueError naming the file; with ``"skip"`` a warning, a count in ``bad_samples`` (in this
+    process: DataLoader workers count in their own copy) and the next readable item is returned.
+    """
+
+    def __init__(self, records: Sequence[ImageRecord], class_names: Sequence[str],
+                 category_ids: Sequence[int], *, train: bool, img_size: int,
+                 mean: Sequence[float], std: Sequence[float], augment: bool = True,
+                 on_bad_sample: str = "error", name: str = "dataset",
+                 bad_samples: Optional[Dict[str, int]] = None):
+        if len(class_names) != len(category_ids):
+            raise ValueError(f"{len(class_names)} class names but {len(category_ids)} category ids")
+        self.records = list(records)
+        self.class_names: List[str] = list(class_names)
+        self.category_ids: List[int] = [int(c) for c in category_ids]
+        self.image_ids: List[int] = [r.image_id for r in self.records]
+        self.train = bool(train)
+        self.augment = bool(augment)
+        self.img_size = int(img_size)
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.name = name
+        self._reporter = BadSampleReporter(on_bad_sample)
+        self._reporter.counts.update(bad_samples or {})
+        self._bad_indices: set = set()
+        if self.train:
+            self._tf_plain = build_train_transform(img_size, mean, std, augment=False)
+            self._tf_aug = build_train_transform(img_size, mean, std, augment=True)
+            self._tf_aug_nocrop = build_train_transform(img_size, mean, std, augment=True,
+                                                        iou_crop=False)
+
+    # ---------------------------------------------------------------- bookkeeping
+    @property
+    def bad_samples(self) -> Dict[str, int]:
+        """reason -> count of skipped items/annotations (construction and __getitem__)."""
+        return self._reporter.counts
+
+    @property
+    def on_bad_sample(self) -> str:
+        return self._reporter.mode
+
+    @property
+    def num_classes(self) -> int:
+        """C, object classes (background excluded)."""
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    # ---------------------------------------------------------------- items
+    def _load(self, index: int) -> Optional[np.ndarray]:
+        rec = self.records[index]
+        try:
+            img = load_image(rec.path)  # raises ValueError naming the file
+            if img.shape[:2] != (rec.height, rec.width):
+                raise ValueError(f"image file {rec.path} is {img.shape[1]}x{img.shape[0]} (WxH) but "
+                                 f"the annotations say {rec.width}x{rec.height}")
+        except ValueError as e:
+            if index not in self._bad_indices:
+                self._bad_indices.add(index)
+                self._reporter("unreadable_image", f"{self.name}: image id {rec.image_id}: {e}")
+            return None
+        return img
+
+    def __getitem__(self, index: int):
+        n = len(self.records)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for {n} images")
+        index %= n
+        for k in range(n):
+            j = (index + k) % n
+            if j in self._bad_indices:
+                continue
+            img = self._load(j)
+            if img is not None:
+                return self._train_item(self.records[j], img) if self.train else \
+                    self._eval_item(self.records[j], img)
+        raise RuntimeError(f"{self.name}: none of the {n} images is readable "
+                           f"(bad_samples={self.bad_samples})")
+
+    def _eval_item(self, rec: ImageRecord, img: np.ndarray):
+        return img, {"image_id": rec.image_id, "orig_size": (int(img.shape[0]), int(img.shape[1]))}
+
+    def _train_item(self, rec: ImageRecord, img: np.ndarray):
+        h, w = img.shape[:2]
+        image = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))))
+        target = {
+            "boxes": tv_tensors.BoundingBoxes(torch.tensor(rec.boxes, dtype=torch.float32).reshape(-1, 4),
+                                              format="XYXY", canvas_size=(h, w)),
+            "labels": torch.tensor(rec.labels, dtype=torch.int64).reshape(-1),
+            "ignore": torch.tensor(rec.ignore, dtype=torch.bool).reshape(-1),
+        }
+        if not self.augment:
+            tf = self._tf_plain
+        else:
+            tf = self._tf_aug if len(rec.boxes) else self._tf_aug_nocrop
+        image, target = tf(image, target)
+        s = float(self.img_size)
+        boxes = (target["boxes"].as_subclass(torch.Tensor) / s).clamp_(0.0, 1.0).to(torch.float32)
+        return image.as_subclass(torch.Tensor), {
+            "boxes": boxes.reshape(-1, 4),
+            "labels": target["labels"],
+            "ignore": target["ignore"],
+            "image_id": rec.image_id,
+        }
+
+    # ---------------------------------------------------------------- evaluation
+    def coco_gt(self) -> Dict[str, Any]:
+        """Ground truth as a COCO dict for pycocotools (``COCO(); .dataset = d; .createIndex()``).
+
+        images: id/width/height/file_name; annotations: bbox xywh in ORIGINAL pixels (clipped),
+        area, iscrowd (1 for COCO crowd and VOC difficult, which COCOeval then ignores),
+        category_id (the dataset's own id); annotation ids are renumbered 1..N (COCOeval treats
+        id 0 as "unmatched"). Images skipped as unreadable are still listed: their boxes count as
+        missed, which is the honest score.
+        """
+        images, annotations = [], []
+        for rec in self.records:
+            images.append({"id": rec.image_id, "width": rec.width, "height": rec.height,
+                           "file_name": rec.file_name})
+            for box, label, ign, area in zip(rec.boxes, rec.labels, rec.ignore, rec.areas):
+                x1, y1, x2, y2 = (float(v) for v in box)
+                annotations.append({
+                    "id": len(annotations) + 1, "image_id": rec.image_id,
+                    "category_id": self.category_ids[int(label) - 1],
+                    "bbox": [x1, y1, x2 - x1, y2 - y1], "area": float(area),
+                    "iscrowd": int(bool(ign)),
+                })
+        categories = [{"id": c, "name": n} for c, n in zip(self.category_ids, self.class_names)]
+        return {"images": images, "annotations": annotations, "categories": categories}
+
+    def __repr__(self) -> str:
+        return f"DetectionDataset({describe(self)})"
+
+
+def describe(dataset: DetectionDataset) -> str:
+    """One line: name, images, boxes (ignored ones), classes, mode, skipped samples."""
+    n_boxes = sum(len(r.boxes) for r in dataset.records)
+    n_ign = sum(int(r.ignore.sum()) for r in dataset.records)
+    n_empty = sum(len(r.boxes) == 0 for r in dataset.records)
+    mode = ("train" + ("" if dataset.augment else " (no augmentation)")) if dataset.train else "eval"
+    s = (f"{dataset.name}: {len(dataset)} images ({n_empty} without boxes), {n_boxes} boxes "
+         f"({n_ign} crowd/difficult), {dataset.num_classes} classes, {mode}")
+    if dataset.bad_samples:
+        s += f", skipped {dict(sorted(dataset.bad_samples.items()))}"
+    return s
