@@ -1,0 +1,112 @@
+"""ONNX Runtime backend: raw, ONNX-NMS and INT8 graphs on CPU (CUDA / TensorRT EPs when installed).
+
+Lean by construction: full graph optimisation, one intra-op thread per core, sequential
+execution, outputs fetched by name. Imports onnxruntime when a detector is built; never torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from runtime.detector import INPUT_NAME, Detector, cpu_cores, output_kind
+from runtime.metadata import ModelMeta, read_sidecar
+
+_EP = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+
+
+def import_ort():
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise RuntimeError(f"ONNX Runtime backend unavailable: cannot import onnxruntime ({e}); "
+                           f"pip install onnxruntime (or onnxruntime-gpu)") from None
+    return ort
+
+
+def session_options(ort: Any, threads: Optional[int] = None) -> Any:
+    """SessionOptions: ORT_ENABLE_ALL, intra-op threads = cores (or ``threads``), sequential."""
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.intra_op_num_threads = int(threads) if threads else cpu_cores()
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3  # warnings about unused initialisers etc. are not the user's business
+    return so
+
+
+def providers_for(ort: Any, provider: Optional[str], device: str) -> List[Any]:
+    """Execution-provider list for ``provider`` (None: from ``device``); RuntimeError if missing."""
+    name = provider or ("cuda" if str(device).startswith("cuda") else "cpu")
+    if name not in _EP:
+        raise ValueError(f"ONNX Runtime provider must be one of {list(_EP)}, got {name!r}")
+    if str(device) not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    ep = _EP[name]
+    available = ort.get_available_providers()
+    if ep not in available:
+        raise RuntimeError(f"ONNX Runtime provider {name!r} ({ep}) is not available here; installed: "
+                           f"{', '.join(available)}")
+    if name == "cpu":
+        return [ep]
+    device_id = int(str(device).split(":")[1]) if ":" in str(device) else 0
+    opts: Dict[str, Any] = {"device_id": device_id}
+    chain: List[Any] = [(ep, opts)]
+    if name == "tensorrt":
+        opts.update({"trt_fp16_enable": False, "trt_engine_cache_enable": True})
+        if "CUDAExecutionProvider" in available:
+            chain.append(("CUDAExecutionProvider", {"device_id": device_id}))
+    return chain + ["CPUExecutionProvider"]
+
+
+class ORTDetector(Detector):
+    """An exported ``.onnx`` graph (with its sidecar) on ONNX Runtime.
+
+    ``provider``: None / "cpu", "cuda", "tensorrt". ``threads``: intra-op threads (default: the
+    cores this process may use). The graph's output names decide raw vs NMS outputs.
+    """
+
+    def __init__(self, path: Any, meta: Optional[ModelMeta] = None, provider: Optional[str] = None,
+                 device: str = "cpu", threads: Optional[int] = None) -> None:
+        ort = import_ort()
+        path = Path(path)
+        meta = meta or read_sidecar(path)
+        super().__init__(meta)
+        self.path = path
+        chain = providers_for(ort, provider, device)
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=session_options(ort, threads),
+                                                providers=chain)
+        except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise RuntimeError(f"ONNX Runtime cannot load {path.name}: {first}") from None
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1 or inputs[0].name != INPUT_NAME:
+            raise ValueError(f"{path.name}: expected one input named {INPUT_NAME!r}, got "
+                             f"{[i.name for i in inputs]}")
+        shape = inputs[0].shape
+        if len(shape) != 4:
+            raise ValueError(f"{path.name}: input must be [B, 3, H, W], got {shape}")
+        h, w = meta.input_size
+        if isinstance(shape[2], int) and isinstance(shape[3], int) and (shape[2], shape[3]) != (h, w):
+            raise ValueError(f"{path.name}: graph input is {shape[2]}x{shape[3]} but the sidecar says "
+                             f"input_size {h}x{w}")
+        if isinstance(shape[0], int):
+            self.fixed_batch = shape[0]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.kind = output_kind(self.output_names)
+        used = self.session.get_providers()[0]
+        short = {v: k for k, v in _EP.items()}.get(used, used)
+        self.provider = short
+        self.name = f"onnxruntime-{short}-{meta.graph}"
+
+    def infer(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
+        if batch.dtype != np.float32 or not batch.flags.c_contiguous:
+            batch = np.ascontiguousarray(batch, dtype=np.float32)
+        values = self.session.run(self.output_names, {INPUT_NAME: batch})
+        return dict(zip(self.output_names, values))
+
+    def close(self) -> None:
+        self.session = None

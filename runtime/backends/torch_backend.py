@@ -1,0 +1,98 @@
+"""PyTorch backend: a training checkpoint run eagerly (CPU or CUDA, optional FP16 on CUDA).
+
+It is the parity reference: its postprocess is distill's own (``distill.postprocess``, the one
+training-time evaluation uses), not the numpy reference the exported raw graph gets.
+torch and distill are imported when a detector is built, never at module import.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+
+from runtime.detector import Detector, Detections, detections_from_nms
+
+
+class TorchDetector(Detector):
+    """``.pt`` checkpoint (or run folder: best.pt, else last.pt) -> Detector.
+
+    ``infer`` returns the raw graph's outputs (decoded normalised xyxy ``boxes`` [B, N, 4] and
+    softmax ``scores`` [B, N, C + 1], float32 numpy) so timings compare with the raw ONNX graph;
+    on CUDA the copy back to the host is the synchronisation point.
+    """
+
+    kind = "raw"
+
+    def __init__(self, checkpoint: Any, device: str = "cpu", fp16: bool = False, use_ema: bool = True,
+                 threads: int | None = None) -> None:
+        import torch
+
+        from distill.checkpoint import load_checkpoint, meta_from_checkpoint, model_from_checkpoint
+
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError) as e:
+            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from e
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"PyTorch backend: device {device!r} asked for but CUDA is not available here")
+        if dev.type not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+        if fp16 and dev.type != "cuda":
+            raise ValueError("fp16 needs a CUDA device (PyTorch CPU half-precision convolutions are slow "
+                             "or missing); pass device='cuda'")
+        if threads is not None:
+            torch.set_num_threads(int(threads))
+        ckpt = load_checkpoint(checkpoint)
+        meta = meta_from_checkpoint(ckpt)
+        if fp16:
+            meta.precision = "fp16"
+        super().__init__(meta)
+        self.checkpoint_path = Path(ckpt["path"])
+        self.checkpoint = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scheduler", "ema",
+                                                                    "discriminators", "rng")}
+        self.device = dev
+        self.fp16 = bool(fp16)
+        model = model_from_checkpoint(ckpt, use_ema=use_ema).to(dev)
+        self.model = model.half() if fp16 else model
+        self.anchors = model.anchors(tuple(meta.input_size)).to(dev)
+        self.name = f"pytorch-{dev.type}" + ("-fp16" if fp16 else "")
+        self._torch = torch
+
+    def infer(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
+        from distill.postprocess import decode_outputs
+
+        torch = self._torch
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device, non_blocking=True)
+            if self.fp16:
+                x = x.half()
+            loc, conf = self.model(x)
+            boxes, scores = decode_outputs(loc.float(), conf.float(), self.anchors, self.model.box_coder)
+            return {"boxes": boxes.float().cpu().numpy(), "scores": scores.cpu().numpy()}
+
+    def postprocess(self, outputs: Dict[str, np.ndarray], orig_hw: np.ndarray) -> List[Detections]:
+        from distill.postprocess import select_detections
+
+        torch = self._torch
+        nms = self.meta.nms
+        with torch.inference_mode():
+            dets = select_detections(
+                torch.from_numpy(outputs["boxes"]), torch.from_numpy(outputs["scores"]),
+                score_threshold=nms.score_threshold, iou_threshold=nms.iou_threshold,
+                max_detections=nms.max_detections, pre_nms_top_k=nms.pre_nms_top_k,
+                class_agnostic=nms.class_agnostic,
+            )
+        b, k = len(dets), max([len(d["scores"]) for d in dets] + [1])
+        num = np.zeros((b, 1), np.int32)
+        boxes = np.zeros((b, k, 4), np.float32)
+        scores = np.zeros((b, k), np.float32)
+        classes = np.zeros((b, k), np.int32)
+        for i, d in enumerate(dets):
+            n = len(d["scores"])
+            num[i, 0] = n
+            boxes[i, :n] = d["boxes"].numpy()
+            scores[i, :n] = d["scores"].numpy()
+            classes[i, :n] = d["labels"].numpy() - 1
+        return detections_from_nms(num, boxes, scores, classes, orig_hw, self.meta.num_classes, self.meta.resize_mode)
