@@ -77,6 +77,35 @@ def build_loss_fn(cfg: TrainConfig, model, anchors, train_set, device):
     return detection_loss_fn(model, anchors, cfg)
 
 
+def build_kd_session(cfg: TrainConfig, model, anchors, train_set, device):
+    """The distillation session for ``--kd`` runs (None for plain training). Loads and checks the teacher."""
+    from .kd import KDSession, check_compatible, load_teacher, parse_kd
+    methods = parse_kd(cfg.kd)
+    if not methods:
+        if cfg.teacher:
+            raise ValueError("--teacher is only used with --kd (e.g. --kd gan)")
+        return None
+    if not cfg.teacher:
+        raise ValueError(f"--kd {cfg.kd} needs --teacher CHECKPOINT (e.g. runs/teacher/best.pt)")
+    if cfg.ema or cfg.amp:
+        raise ValueError("--ema / --amp are not supported with --kd")
+    teacher, meta = load_teacher(cfg.teacher, device)
+    check_compatible(teacher, model, meta, train_set.class_names, cfg.img_size, cfg.mean, cfg.std,
+                     need_anchors="soft" in methods)
+    session = KDSession(cfg, model, teacher, anchors, device)
+    print(f"teacher {meta['model_name']} from {meta['path']}; {session.describe()}")
+    return session
+
+
+def kd_epoch_summary(tr: dict, kd) -> str:
+    info = kd.last_info
+    parts = [f"stages {'/'.join(f'{k}:{v}' for k, v in info['stages'].items())} -> {info['stage_now']}"]
+    for k in ("det", "adv", "soft", "fitnet", "began", "ab", "d_gan", "d_acc_real", "d_acc_fake", "d_acc_student"):
+        if k in tr:
+            parts.append(f"{k} {tr[k]:.3f}")
+    return "  ".join(parts)
+
+
 def _append_jsonl(path: Path, row: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
@@ -145,13 +174,17 @@ def fit(cfg: TrainConfig, resume_ckpt: dict | None = None) -> dict:
     model.to(device)
     anchors = model.anchors(cfg.img_size).to(device)
     loss_fn = build_loss_fn(cfg, model, anchors, train_set, device)
+    kd = build_kd_session(cfg, model, anchors, train_set, device)
 
     from .data import collate_train
     iters_per_epoch = max(1, len(train_set) // cfg.batch_size)
-    optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(
-        cfg.epochs * iters_per_epoch, int(cfg.warmup_epochs * iters_per_epoch), cfg.schedule,
-        [int(m * iters_per_epoch) for m in cfg.milestones], cfg.gamma))
+    if kd is not None:       # stages 1-3 use the session's Adam; its post-training SGD is "optimizer"
+        optimizer, scheduler = kd.post_opt, kd.post_sched
+    else:
+        optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(
+            cfg.epochs * iters_per_epoch, int(cfg.warmup_epochs * iters_per_epoch), cfg.schedule,
+            [int(m * iters_per_epoch) for m in cfg.milestones], cfg.gamma))
     scaler = None
     if cfg.amp:
         if device.type == "cuda":
@@ -172,6 +205,8 @@ def fit(cfg: TrainConfig, resume_ckpt: dict | None = None) -> dict:
             scaler.load_state_dict(resume_ckpt["scaler"])
         if ema is not None and resume_ckpt.get("ema"):
             ema.module.load_state_dict(resume_ckpt["ema"])
+        if kd is not None:
+            kd.load_checkpoint_extra(resume_ckpt)
         start_epoch, step, best_map = resume_ckpt["epoch"] + 1, resume_ckpt["step"], resume_ckpt["best_map"]
         set_rng_state(resume_ckpt["rng"])
         print(f"resumed {out} at epoch {start_epoch}/{cfg.epochs}")
@@ -187,17 +222,23 @@ def fit(cfg: TrainConfig, resume_ckpt: dict | None = None) -> dict:
         loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=gen,
                             num_workers=cfg.workers, collate_fn=collate_train, persistent_workers=False)
         try:
-            tr = train_one_epoch(model, loader, optimizer, scheduler, loss_fn, device, epoch, scaler=scaler,
-                                 clip_grad=cfg.clip_grad, ema=ema, desc=f"{cfg.model} epoch {epoch + 1}/{cfg.epochs}")
+            if kd is not None:
+                tr = kd.train_epoch(loader, epoch, desc=f"{cfg.model} kd[{kd.schedule.stage}] epoch")
+            else:
+                tr = train_one_epoch(model, loader, optimizer, scheduler, loss_fn, device, epoch, scaler=scaler,
+                                     clip_grad=cfg.clip_grad, ema=ema, desc=f"{cfg.model} epoch {epoch + 1}/{cfg.epochs}")
         except NonFiniteLossError as e:
             raise SystemExit(f"error: {e}. The last good weights are in {out / 'last.pt'}; lower --lr or raise --warmup-epochs.")
         step += len(loader)
         row = {"epoch": epoch + 1, "step": step, "train": tr, "val": None, "time": time.time() - t_start}
+        if kd is not None:
+            row["kd"] = kd.last_info
         last = epoch + 1 == cfg.epochs
         if (epoch + 1) % cfg.eval_every == 0 or last:
             row["val"] = evaluate(ema.module if ema is not None else model, val_set, device,
                                   max_images=cfg.eval_images, desc="eval", **eval_kw)
-        ck = make_checkpoint(cfg, model, optimizer, scheduler, scaler, ema, epoch, step, train_set, best_map)
+        ck = make_checkpoint(cfg, model, optimizer, scheduler, scaler, ema, epoch, step, train_set, best_map,
+                             extra=kd.checkpoint_extra() if kd is not None else None)
         if row["val"] is not None and row["val"]["mAP"] > best_map:
             best_map = ck["best_map"] = row["val"]["mAP"]
             save_checkpoint(out / "best.pt", ck)
@@ -205,6 +246,8 @@ def fit(cfg: TrainConfig, resume_ckpt: dict | None = None) -> dict:
         _append_jsonl(out / "metrics.jsonl", row)
         plot_curves(out / "metrics.jsonl", out / "curves.png")
         msg = f"epoch {epoch + 1}/{cfg.epochs}  loss {tr['total']:.3f}  lr {tr['lr']:.4g}"
+        if kd is not None:
+            msg += "  " + kd_epoch_summary(tr, kd)
         if row["val"]:
             msg += f"  mAP {row['val']['mAP']:.2f}  AP50 {row['val']['AP50']:.2f}"
         tqdm_write(msg)
@@ -213,7 +256,7 @@ def fit(cfg: TrainConfig, resume_ckpt: dict | None = None) -> dict:
     best = load_checkpoint(out / "best.pt")
     model.load_state_dict(best["ema"] or best["model"])
     final = evaluate(model, val_set, device, per_class=True, desc="final eval", **eval_kw)
-    summary = {"run": str(out), "model": cfg.model, "best_epoch": best["epoch"] + 1,
+    summary = {"run": str(out), "model": cfg.model, "kd": cfg.kd, "teacher": cfg.teacher, "best_epoch": best["epoch"] + 1,
                **{k: final[k] for k in SUMMARY_KEYS}, "per_class": final.get("per_class", {}),
                "params(M)": count_parameters(model) / 1e6, "GFLOPs": count_gflops(model, cfg.img_size),
                "img_size": cfg.img_size, "train_images": len(train_set), "val_images": len(val_set),

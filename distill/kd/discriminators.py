@@ -1,0 +1,118 @@
+"""PatchGAN discriminators of the GAN-KD paper (Tables 2-3), one per SSD feature map.
+
+Blocks are conv -> InstanceNorm -> LeakyReLU(0.2); the last conv has one output channel and no bias.
+Every discriminator emits LOGITS: the sigmoid of eq. (2) is folded into ``BCEWithLogits``
+(numerically safer, same value). Table 3 draws the sigmoid explicitly only for DNet6.
+
+The tables are written for the six map sizes of a 300 px input, 19/10/5/3/2/1 (channels
+512/1024/512/256/256/256 = the DarkNet-53 teacher). :func:`layer_specs` maps a map SIZE to the
+table's layer list; channel widths come from the teacher's feature maps (optionally capped):
+
+==========  =================================================================================
+size        layers (k, stride, pad) ->  output side                                  table
+==========  =================================================================================
+19          3/1/1 ->19, 3/2/1 ->10, 3/2/1 ->5, 3/1/0 ->3, final 3/1/0 ->1             DNet1
+10          3/1/1 ->10, 3/2/1 ->5, 3/1/0 ->3, final 3/1/0 ->1                         DNet2
+5           3/1/1 ->5, 3/1/0 ->3, final 3/1/0 ->1                                     DNet3
+3           3/1/1 ->3, 3/1/1 ->3, final 3/1/0 ->1                                     DNet4
+2           2/2/1 ->2, 2/2/1 ->2, final 2/1/0 ->1                                     DNet5
+1           1/1/0 (no norm), 1/1/0 (no norm), final 1/1/0 (+ sigmoid in the table)   DNet6
+other >= 4  3/1/1, then 3/2/1 while side > 5, then 3/1/0 while side >= 4, final k = side
+==========  =================================================================================
+
+The generic rule reproduces the table exactly for 19, 10 and 5 ("stride-2 until <= 5, then
+valid 3x3 down to 3, then a final conv covering the whole remaining patch"); 3, 2 and 1 are taken
+from the table verbatim because the rule would drop their extra blocks. So:
+
+* 300 px (19/10/5/3/2/1): DNet1..DNet6 of the paper;
+* 160 px (10/5/3/2/1/1): DNet2, DNet3, DNet4, DNet5, DNet6, DNet6 recipes;
+* 128 px (8/4/2/1/1/1): generic(8) = 3/1/1, 3/2/1 ->4, 3/1/0 ->2, final 2 ; generic(4) = 3/1/1,
+  3/1/0 ->2, final 2 ; then DNet5, DNet6 x3;
+* smoke 64 px (4/2/1/1/1/1): generic(4), DNet5, DNet6 x4.
+
+Instance norm is skipped on 1x1 maps (it would zero them: a 1x1 instance has no variance), which
+is what Table 3 does for DNet6. Maps that are not square use their smaller side.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    k: int
+    s: int
+    p: int
+    final: bool = False   # the 1-channel output conv (bias=False, no norm / activation)
+
+    def out_side(self, side: int) -> int:
+        return (side + 2 * self.p - self.k) // self.s + 1
+
+
+def layer_specs(size: int) -> list[ConvSpec]:
+    """The Table 2-3 layer list for a feature map of side ``size`` (see the module docstring)."""
+    if size < 1:
+        raise ValueError(f"feature map side must be >= 1, got {size}")
+    if size == 1:                                             # DNet6
+        return [ConvSpec(1, 1, 0), ConvSpec(1, 1, 0), ConvSpec(1, 1, 0, final=True)]
+    if size == 2:                                             # DNet5
+        return [ConvSpec(2, 2, 1), ConvSpec(2, 2, 1), ConvSpec(2, 1, 0, final=True)]
+    if size == 3:                                             # DNet4
+        return [ConvSpec(3, 1, 1), ConvSpec(3, 1, 1), ConvSpec(3, 1, 0, final=True)]
+    specs, side = [ConvSpec(3, 1, 1)], size                   # DNet1-3 and the generic rule
+    while side > 5:
+        specs.append(ConvSpec(3, 2, 1))
+        side = specs[-1].out_side(side)
+    while side >= 4:
+        specs.append(ConvSpec(3, 1, 0))
+        side = specs[-1].out_side(side)
+    specs.append(ConvSpec(side, 1, 0, final=True))
+    return specs
+
+
+def output_side(size: int) -> int:
+    side = size
+    for spec in layer_specs(size):
+        side = spec.out_side(side)
+    return side
+
+
+class PatchDiscriminator(nn.Module):
+    """x float32 [B, C, S, S] (teacher-space feature map) -> logits [B, 1, s, s] (s = 1 for Tables 2-3 recipes).
+
+    Args:
+        channels: input channels (the teacher's map width).
+        size: map side; picks the layer list via :func:`layer_specs`.
+        width: hidden width (Tables 2-3: = channels).
+    """
+
+    def __init__(self, channels: int, size: int, width: int | None = None, negative_slope: float = 0.2):
+        super().__init__()
+        width = width or channels
+        layers: list[nn.Module] = []
+        cin, side = channels, size
+        for spec in layer_specs(size):
+            if spec.final:
+                layers.append(nn.Conv2d(cin, 1, spec.k, spec.s, spec.p, bias=False))
+            else:
+                layers.append(nn.Conv2d(cin, width, spec.k, spec.s, spec.p, bias=True))
+                side = spec.out_side(side)
+                if side > 1:
+                    layers.append(nn.InstanceNorm2d(width, affine=True))
+                layers.append(nn.LeakyReLU(negative_slope, inplace=True))
+                cin = width
+        self.net = nn.Sequential(*layers)
+        self.channels, self.size = channels, size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def build_discriminators(channels: list[int], sizes: list[int], max_width: int | None = None) -> nn.ModuleList:
+    """One :class:`PatchDiscriminator` per feature map (GAN-KD paper, sec. 4 and Tables 2-3)."""
+    if len(channels) != len(sizes):
+        raise ValueError(f"{len(channels)} channel counts for {len(sizes)} map sizes")
+    return nn.ModuleList(PatchDiscriminator(c, s, min(c, max_width) if max_width else c) for c, s in zip(channels, sizes))
