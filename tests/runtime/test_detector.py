@@ -11,7 +11,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_detector_helpers import (  # noqa: E402
-    GRID, controlled_raw_graph, image_with_bright_cell, same_detections, tiny_checkpoint, tiny_exports,
+    GRID, controlled_raw_graph, one_torch_thread, image_with_bright_cell, same_detections, tiny_checkpoint, tiny_exports,
 )
 
 from runtime import load_detector  # noqa: E402

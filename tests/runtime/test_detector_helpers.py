@@ -16,6 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/helpers.py
@@ -26,6 +27,19 @@ GRID = 4  # the controlled model: a GRID x GRID grid of cells, one box per cell
 
 _ROOT = Path(tempfile.mkdtemp(prefix="fdet_runtime_tests_"))
 atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Import into a test module to run its PyTorch code on one thread: on a 2-core machine shared
+    with other jobs, PyTorch's OpenMP threads wait on each other (100x slower); speed is not
+    what these tests measure."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @lru_cache(maxsize=None)
@@ -63,7 +77,7 @@ def perturbed_raw(scale: float = 0.5) -> Path:
     rng = np.random.default_rng(1)
     for init in model.graph.initializer:
         a = numpy_helper.to_array(init)
-        if a.dtype == np.float32 and a.ndim == 4:  # conv weights only; anchors and constants untouched
+        if a.dtype == np.float32 and a.size > 4:  # weights, biases, anchors: everything but scalars
             a = a + rng.standard_normal(a.shape).astype(np.float32) * scale * np.abs(a).mean()
             init.CopyFrom(numpy_helper.from_array(a.astype(np.float32), init.name))
     out = _ROOT / f"perturbed{scale}" / "model_raw.onnx"
