@@ -123,15 +123,27 @@ def detections_from_nms(
     return out
 
 
-def nms_of_raw(boxes: np.ndarray, scores: np.ndarray, nms: NMSConfig) -> Tuple[np.ndarray, ...]:
+def nms_of_raw(boxes: np.ndarray, scores: np.ndarray, nms: NMSConfig, exact_reference: bool = False
+               ) -> Tuple[np.ndarray, ...]:
     """Raw outputs (boxes [B, N, 4] normalised xyxy, scores [B, N, C+1]) -> the four NMS outputs.
 
-    EfficientNMS_TRT semantics by the numpy reference; the background column is dropped so the
-    classes come out 0-based exactly as the NMS graphs emit them.
+    EfficientNMS_TRT semantics with the sidecar's settings; the background column is dropped so
+    the classes come out 0-based exactly as the NMS graphs emit them. By default the blocked
+    implementation :func:`runtime.backends.numpy_nms.efficient_nms_fast` (bit-identical results,
+    tested); ``exact_reference=True`` runs :func:`runtime.nms_reference.efficient_nms` itself.
     """
     scores = np.asarray(scores)
     if scores.ndim != 3 or scores.shape[2] < 2:
         raise ValueError(f"raw scores must be [B, N, C + 1] with C >= 1, got {scores.shape}")
+    if not exact_reference:
+        from runtime.backends.numpy_nms import efficient_nms_fast
+
+        return efficient_nms_fast(
+            boxes, scores[:, :, 1:],
+            score_threshold=nms.score_threshold, iou_threshold=nms.iou_threshold,
+            max_output_boxes=nms.max_detections, pre_nms_top_k=nms.pre_nms_top_k,
+            class_agnostic=nms.class_agnostic,
+        )
     return efficient_nms(
         boxes, scores[:, :, 1:],
         score_threshold=nms.score_threshold, iou_threshold=nms.iou_threshold,
