@@ -1,0 +1,318 @@
+"""Graph surgery: the tails appended to the exported network trunk, one function per tail.
+
+The trunk is the PyTorch model exported once: ``images`` float32 [B, 3, H, W] -> ``loc`` float32
+[B, N, 4] (SSD regression, encoded with variances) and ``conf`` float32 [B, N, C + 1] (logits,
+column 0 = background). Everything after it is written here, by hand, with onnx-graphsurgeon, so
+every op and every attribute of the deployed postprocess is visible in one place:
+
+* :func:`add_raw_tail`        -> ``boxes`` [B, N, 4] normalised xyxy, ``scores`` [B, N, C + 1] softmax
+                                 (the same numbers as ``distill.postprocess.decode_outputs``).
+* :func:`add_plugin_inputs_tail` -> the inputs of TensorRT's EfficientNMS_TRT in fused box decoder
+                                 mode: deltas ``loc * variances`` (the plugin applies none) and the
+                                 softmax scores without the background column.
+* :func:`insert_efficient_nms` -> the plugin node itself, every attribute written out.
+* :func:`add_onnx_nms_tail`   -> the same four outputs as the plugin from standard ONNX ops
+                                 (NonMaxSuppression, TopK, GatherND, ScatterND), runnable by ONNX
+                                 Runtime, with the semantics of ``distill.postprocess``.
+
+Node names of each tail share a prefix (``decode/``, ``plugin_inputs/``, ``nms/``), which is how
+the INT8 quantizer finds the float tail to leave alone.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+OPSET = 17
+PLUGIN_NAME = "EfficientNMS_TRT"
+# onnx.checker rejects unknown ops of the default domain, so the plugin node lives in its own
+# domain. TensorRT's ONNX parser dispatches on op_type alone (unknown op types go to the plugin
+# registry by name + ``plugin_version`` + ``plugin_namespace``), so the domain does not matter to it.
+PLUGIN_DOMAIN = "trt.plugins"
+# The plugin always keeps the 4096 best candidates before NMS (README "Process Description").
+PLUGIN_TOP_K = 4096
+NMS_OUTPUTS = ("num_detections", "detection_boxes", "detection_scores", "detection_classes")
+RAW_OUTPUTS = ("boxes", "scores")
+TAIL_PREFIXES = {"raw": "decode/", "trt": "plugin_inputs/", "nms": "nms/"}
+# Same exp() overflow guard as distill.models.box_coder (log(1000 / 16)).
+WH_CLAMP = math.log(1000.0 / 16)
+
+
+class _Tail:
+    """Adds nodes named ``<prefix><op>_<i>`` with fresh output variables to a gs.Graph."""
+
+    def __init__(self, graph: gs.Graph, prefix: str):
+        self.graph, self.prefix, self.count = graph, prefix, 0
+
+    def name(self, what: str) -> str:
+        self.count += 1
+        return f"{self.prefix}{what}_{self.count}"
+
+    def const(self, what: str, values) -> gs.Constant:
+        return gs.Constant(self.name(what), np.asarray(values))
+
+    def op(self, op: str, inputs: Sequence, attrs: Optional[dict] = None, n_out: int = 1,
+           out_names: Optional[Sequence[str]] = None, domain: Optional[str] = None):
+        name = self.name(op.lower())
+        outs = [gs.Variable(out_names[i] if out_names else f"{name}:{i}") for i in range(n_out)]
+        self.graph.nodes.append(gs.Node(op=op, name=name, attrs=dict(attrs or {}), inputs=list(inputs),
+                                        outputs=outs, domain=domain))
+        return outs[0] if n_out == 1 else outs
+
+
+def _tensor(graph: gs.Graph, name: str) -> gs.Variable:
+    tensors = graph.tensors()
+    if name not in tensors:
+        raise ValueError(f"the graph has no tensor {name!r}; tensors: {sorted(tensors)[:20]} ...")
+    return tensors[name]
+
+
+def _set_output(var: gs.Variable, name: str, dtype, shape) -> gs.Variable:
+    var.name, var.dtype, var.shape = name, dtype, list(shape)
+    return var
+
+
+def _check_anchors(anchors: np.ndarray) -> np.ndarray:
+    a = np.asarray(anchors, dtype=np.float32)
+    if a.ndim != 2 or a.shape[1] != 4:
+        raise ValueError(f"anchors must be [N, 4] normalised cxcywh, got shape {a.shape}")
+    return a
+
+
+def add_raw_tail(graph: gs.Graph, anchors: np.ndarray, variances: Sequence[float], *, loc: str = "loc",
+                 conf: str = "conf", wh_clamp: float = WH_CLAMP) -> gs.Graph:
+    """Trunk -> raw graph: ``boxes`` float32 [B, N, 4] (decoded, normalised xyxy) and ``scores``
+    float32 [B, N, C + 1] (softmax, column 0 = background). Same arithmetic, op for op, as
+    ``BoxCoder.decode`` + ``softmax``: ``cxcy = a_xy + (loc_xy * v_xy) * a_wh``,
+    ``wh = a_wh * exp(min(loc_wh * v_wh, wh_clamp))``, corners ``cxcy -/+ wh / 2``.
+    ``anchors``: float32 [N, 4] normalised cxcywh. Returns the graph (outputs replaced)."""
+    a = _check_anchors(anchors)
+    n = a.shape[0]
+    t = _Tail(graph, TAIL_PREFIXES["raw"])
+    loc_t, conf_t = _tensor(graph, loc), _tensor(graph, conf)
+    d = t.op("Mul", [loc_t, t.const("variances", np.asarray(variances, np.float32))])
+    d_xy = t.op("Slice", [d, t.const("s", np.array([0], np.int64)), t.const("e", np.array([2], np.int64)),
+                          t.const("ax", np.array([2], np.int64))])
+    d_wh = t.op("Slice", [d, t.const("s", np.array([2], np.int64)), t.const("e", np.array([4], np.int64)),
+                          t.const("ax", np.array([2], np.int64))])
+    d_wh = t.op("Min", [d_wh, t.const("wh_clamp", np.array([wh_clamp], np.float32))])
+    a_xy, a_wh = t.const("anchor_xy", a[None, :, :2].copy()), t.const("anchor_wh", a[None, :, 2:].copy())
+    cxcy = t.op("Add", [a_xy, t.op("Mul", [d_xy, a_wh])])
+    wh = t.op("Mul", [a_wh, t.op("Exp", [d_wh])])
+    half = t.op("Mul", [wh, t.const("half", np.array([0.5], np.float32))])
+    boxes = t.op("Concat", [t.op("Sub", [cxcy, half]), t.op("Add", [cxcy, half])], {"axis": -1})
+    scores = t.op("Softmax", [conf_t], {"axis": -1})
+    batch = graph.inputs[0].shape[0] if graph.inputs and graph.inputs[0].shape else "batch"
+    num_cls = conf_t.shape[-1] if conf_t.shape else None
+    graph.outputs = [_set_output(boxes, "boxes", np.float32, [batch, n, 4]),
+                     _set_output(scores, "scores", np.float32, [batch, n, num_cls])]
+    return graph.cleanup().toposort()
+
+
+def add_plugin_inputs_tail(graph: gs.Graph, variances: Sequence[float], *, loc: str = "loc", conf: str = "conf",
+                           wh_clamp: float = WH_CLAMP) -> gs.Graph:
+    """Trunk -> the two tensor inputs of EfficientNMS_TRT in fused box decoder mode (box_coding 1):
+
+    ``nms_deltas`` float32 [B, N, 4] = ``loc * variances`` (a ``Mul``; the plugin applies no
+    variances), log-sizes clamped like ``BoxCoder`` (``Min``, +inf on x/y so they pass unchanged);
+    ``nms_scores`` float32 [B, N, C] = ``softmax(conf)[..., 1:]`` (background sliced off, so the
+    plugin's class output is the 0-based object class and ``background_class = -1``).
+    """
+    t = _Tail(graph, TAIL_PREFIXES["trt"])
+    loc_t, conf_t = _tensor(graph, loc), _tensor(graph, conf)
+    d = t.op("Mul", [loc_t, t.const("variances", np.asarray(variances, np.float32))])
+    d = t.op("Min", [d, t.const("clamp", np.array([np.inf, np.inf, wh_clamp, wh_clamp], np.float32))])
+    s = t.op("Softmax", [conf_t], {"axis": -1})
+    num_cls = conf_t.shape[-1] if conf_t.shape else None
+    if not isinstance(num_cls, int):
+        raise ValueError("the trunk's conf output needs a static class dimension")
+    s = t.op("Slice", [s, t.const("s", np.array([1], np.int64)), t.const("e", np.array([num_cls], np.int64)),
+                       t.const("ax", np.array([2], np.int64))])
+    batch = graph.inputs[0].shape[0]
+    n = loc_t.shape[1]
+    graph.outputs = [_set_output(d, "nms_deltas", np.float32, [batch, n, 4]),
+                     _set_output(s, "nms_scores", np.float32, [batch, n, num_cls - 1])]
+    return graph.cleanup().toposort()
+
+
+@dataclass
+class PluginSpec:
+    """The EfficientNMS_TRT node attributes, exactly as written into the graph."""
+
+    score_threshold: float
+    iou_threshold: float
+    max_output_boxes: int
+    background_class: int = -1
+    score_activation: int = 0
+    class_agnostic: int = 0
+    box_coding: int = 1
+    plugin_version: str = "1"
+    plugin_namespace: str = ""
+
+    def attrs(self) -> Dict[str, object]:
+        return {"score_threshold": float(self.score_threshold), "iou_threshold": float(self.iou_threshold),
+                "max_output_boxes": int(self.max_output_boxes), "background_class": int(self.background_class),
+                "score_activation": int(self.score_activation), "class_agnostic": int(self.class_agnostic),
+                "box_coding": int(self.box_coding), "plugin_version": str(self.plugin_version),
+                "plugin_namespace": str(self.plugin_namespace)}
+
+    @classmethod
+    def from_nms(cls, nms, plugin_version: str = "1") -> "PluginSpec":
+        """From a runtime.metadata.NMSConfig (thresholds, K, class_agnostic)."""
+        return cls(score_threshold=float(nms.score_threshold), iou_threshold=float(nms.iou_threshold),
+                   max_output_boxes=int(nms.max_detections), class_agnostic=int(bool(nms.class_agnostic)),
+                   plugin_version=str(plugin_version))
+
+
+def insert_efficient_nms(graph: gs.Graph, anchors: np.ndarray, spec: PluginSpec, *, deltas: str = "nms_deltas",
+                         scores: str = "nms_scores", domain: str = PLUGIN_DOMAIN) -> gs.Graph:
+    """Append the EfficientNMS_TRT node (fused box decoder mode) and make its four outputs the
+    graph outputs: ``num_detections`` int32 [B, 1], ``detection_boxes`` float32 [B, K, 4]
+    (normalised xyxy), ``detection_scores`` float32 [B, K], ``detection_classes`` int32 [B, K].
+
+    Inputs: ``deltas`` [B, N, 4], ``scores`` [B, N, C] and the anchors as a constant third input
+    float32 [1, N, 4] normalised cxcywh (``box_coding = 1``: both in center-size coding).
+    """
+    a = _check_anchors(anchors)
+    d, s = _tensor(graph, deltas), _tensor(graph, scores)
+    batch, k = graph.inputs[0].shape[0], int(spec.max_output_boxes)
+    outs = [gs.Variable("num_detections", np.int32, [batch, 1]),
+            gs.Variable("detection_boxes", np.float32, [batch, k, 4]),
+            gs.Variable("detection_scores", np.float32, [batch, k]),
+            gs.Variable("detection_classes", np.int32, [batch, k])]
+    anchors_c = gs.Constant("nms_anchors", a[None].copy())
+    graph.nodes.append(gs.Node(op=PLUGIN_NAME, name="nms/efficient_nms", attrs=spec.attrs(),
+                               inputs=[d, s, anchors_c], outputs=outs, domain=domain))
+    graph.outputs = outs
+    return graph.cleanup().toposort()
+
+
+def add_onnx_nms_tail(graph: gs.Graph, nms, *, boxes: str = "boxes", scores: str = "scores") -> gs.Graph:
+    """Raw graph -> NMS graph with the plugin's four outputs, from standard ONNX ops.
+
+    Steps (``distill.postprocess.select_detections``, EfficientNMS semantics):
+    1. object scores ``scores[..., 1:]`` flattened to (anchor, class) pairs [B, N*C];
+    2. pairs with ``score >= score_threshold`` are candidates; the rest get -1. The threshold is
+       applied here because ONNX NonMaxSuppression's own ``score_threshold`` is strict (``>``);
+       NonMaxSuppression then gets -0.5, which keeps every candidate and drops every filler;
+    3. ``TopK`` keeps the ``pre_nms_top_k`` best pairs per image (or all N*C if fewer);
+    4. NonMaxSuppression per class (scores [B, C, k], a candidate scores -1 outside its own class)
+       or over one class when ``class_agnostic``; it suppresses IoU ``>`` iou_threshold, like
+       torchvision (the plugin suppresses ``>=``; equal IoU is measure-zero on real boxes);
+    5. the K = ``max_detections`` best survivors by score; rows past ``num_detections`` are 0.
+    """
+    b_t, s_t = _tensor(graph, boxes), _tensor(graph, scores)
+    if not (s_t.shape and isinstance(s_t.shape[1], int) and isinstance(s_t.shape[2], int)):
+        raise ValueError(f"the raw graph needs static N and C in scores, got shape {s_t.shape}")
+    n, c = int(s_t.shape[1]), int(s_t.shape[2]) - 1
+    k_pre = min(int(nms.pre_nms_top_k), n * c)
+    k_out = int(nms.max_detections)
+    i64 = lambda *v: np.array(v, dtype=np.int64)  # noqa: E731
+    f32 = lambda *v: np.array(v, dtype=np.float32)  # noqa: E731
+    t = _Tail(graph, TAIL_PREFIXES["nms"])
+
+    obj = t.op("Slice", [s_t, t.const("s", i64(1)), t.const("e", i64(c + 1)), t.const("ax", i64(2))])
+    flat = t.op("Reshape", [obj, t.const("shape", i64(0, -1))])                       # [B, N*C]
+    keep = t.op("GreaterOrEqual", [flat, t.const("score_threshold", f32(nms.score_threshold))])
+    masked = t.op("Where", [keep, flat, t.const("filler", f32(-1.0))])
+    cand_scores, cand_idx = t.op("TopK", [masked, t.const("k_pre", i64(k_pre))],
+                                 {"axis": 1, "largest": 1, "sorted": 1}, n_out=2)     # [B, k]
+    anchor_idx = t.op("Div", [cand_idx, t.const("C", i64(c))])
+    cand_cls = t.op("Mod", [cand_idx, t.const("C", i64(c))])
+    cand_boxes = t.op("GatherND", [b_t, t.op("Unsqueeze", [anchor_idx, t.const("ax", i64(-1))])],
+                      {"batch_dims": 1})                                              # [B, k, 4]
+    scores_1 = t.op("Unsqueeze", [cand_scores, t.const("ax", i64(1))])                # [B, 1, k]
+    if nms.class_agnostic:
+        nms_scores = scores_1
+    else:
+        own = t.op("Equal", [t.op("Unsqueeze", [cand_cls, t.const("ax", i64(1))]),
+                             t.const("classes", np.arange(c, dtype=np.int64).reshape(1, c, 1))])
+        nms_scores = t.op("Where", [own, scores_1, t.const("filler", f32(-1.0))])     # [B, C, k]
+    selected = t.op("NonMaxSuppression", [cand_boxes, nms_scores, t.const("max_per_class", i64(k_out)),
+                                          t.const("iou_threshold", f32(nms.iou_threshold)),
+                                          t.const("keep_all", f32(-0.5))], {"center_point_box": 0})
+    sel_b = t.op("Gather", [selected, t.const("col", i64(0))], {"axis": 1})            # [M, 1]
+    sel_box = t.op("Gather", [selected, t.const("col", i64(2))], {"axis": 1})          # [M, 1]
+    where = t.op("Concat", [sel_b, sel_box], {"axis": 1})                              # [M, 2]
+    kept = t.op("ScatterND", [t.op("ConstantOfShape", [t.op("Shape", [cand_scores])],
+                                   {"value": onnx.helper.make_tensor("v", onnx.TensorProto.FLOAT, [1], [-1.0])}),
+                              where, t.op("GatherND", [cand_scores, where])])        # [B, k], -1 = dropped
+    if k_out > k_pre:  # fewer candidates than output rows: pad so TopK can return K rows
+        pad = k_out - k_pre
+        kept = t.op("Pad", [kept, t.const("pads", i64(0, 0, 0, pad)), t.const("v", f32(-1.0))])
+        cand_cls = t.op("Pad", [cand_cls, t.const("pads", i64(0, 0, 0, pad)), t.const("v", i64(0))])
+        cand_boxes = t.op("Pad", [cand_boxes, t.const("pads", i64(0, 0, 0, 0, pad, 0)), t.const("v", f32(0.0))])
+    top_scores, pos = t.op("TopK", [kept, t.const("K", i64(k_out))], {"axis": 1, "largest": 1, "sorted": 1},
+                           n_out=2)                                                   # [B, K]
+    valid = t.op("Greater", [top_scores, t.const("half", f32(-0.5))])
+    num = t.op("ReduceSum", [t.op("Cast", [valid], {"to": onnx.TensorProto.INT32}), t.const("ax", i64(1))],
+               {"keepdims": 1})
+    num = t.op("Identity", [num])
+    det_scores = t.op("Where", [valid, top_scores, t.const("zero", f32(0.0))])
+    det_boxes = t.op("GatherND", [cand_boxes, t.op("Unsqueeze", [pos, t.const("ax", i64(-1))])], {"batch_dims": 1})
+    det_boxes = t.op("Where", [t.op("Unsqueeze", [valid, t.const("ax", i64(-1))]), det_boxes,
+                               t.const("zero", f32(0.0))])
+    det_cls = t.op("GatherElements", [cand_cls, pos], {"axis": 1})
+    det_cls = t.op("Cast", [t.op("Where", [valid, det_cls, t.const("zero", i64(0))])], {"to": onnx.TensorProto.INT32})
+    batch = graph.inputs[0].shape[0]
+    graph.outputs = [_set_output(num, "num_detections", np.int32, [batch, 1]),
+                     _set_output(det_boxes, "detection_boxes", np.float32, [batch, k_out, 4]),
+                     _set_output(det_scores, "detection_scores", np.float32, [batch, k_out]),
+                     _set_output(det_cls, "detection_classes", np.int32, [batch, k_out])]
+    return graph.cleanup().toposort()
+
+
+def to_model(graph: gs.Graph, *, plugin_domain: Optional[str] = None) -> onnx.ModelProto:
+    """gs.Graph -> ModelProto at :data:`OPSET`, with the plugin domain imported when used."""
+    model = gs.export_onnx(graph)
+    have = {o.domain for o in model.opset_import}
+    if plugin_domain and plugin_domain not in have:
+        model.opset_import.append(onnx.helper.make_opsetid(plugin_domain, 1))
+    return model
+
+
+def tail_node_names(model: onnx.ModelProto, prefix: str) -> List[str]:
+    """Names of the tail nodes: those named ``prefix*`` and everything downstream of them.
+
+    (Downstream closure, because a simplifier may rename or fuse some of the tail's nodes.)"""
+    start = [n for n in model.graph.node if n.name.startswith(prefix)]
+    consumers: Dict[str, List[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    seen, stack = set(), list(start)
+    while stack:
+        n = stack.pop()
+        if n.name in seen:
+            continue
+        seen.add(n.name)
+        for o in n.output:
+            stack.extend(consumers.get(o, []))
+    return [n.name for n in model.graph.node if n.name in seen]
+
+
+@dataclass
+class PluginNodeInfo:
+    """What :func:`find_plugin_node` reads back from a graph."""
+
+    node: onnx.NodeProto
+    attrs: Dict[str, object] = field(default_factory=dict)
+
+
+def find_plugin_node(model: onnx.ModelProto) -> PluginNodeInfo:
+    """The single EfficientNMS_TRT node of ``model`` and its attributes (python values)."""
+    nodes = [n for n in model.graph.node if n.op_type == PLUGIN_NAME]
+    if len(nodes) != 1:
+        raise ValueError(f"expected exactly one {PLUGIN_NAME} node, found {len(nodes)}")
+    node = nodes[0]
+    attrs = {}
+    for a in node.attribute:
+        v = onnx.helper.get_attribute_value(a)
+        attrs[a.name] = v.decode() if isinstance(v, bytes) else v
+    return PluginNodeInfo(node, attrs)
+
