@@ -1,0 +1,91 @@
+"""One export of a tiny (64 px, untrained) checkpoint shared by the export tests, plus helpers."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+
+def save_images(folder: Path, images) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, im in enumerate(images):
+        Image.fromarray(im).save(folder / f"{i:03d}.png")
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One PyTorch thread: on a small shared CPU, multi-threaded PyTorch next to ONNX Runtime (and
+    other jobs) waits on descheduled threads and runs these tiny models 100x slower."""
+    import torch
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    from helpers import make_tiny_checkpoint
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "best.pt", img_size=64, num_classes=3,
+                                score_threshold=0.05)
+
+
+@pytest.fixture(scope="session")
+def calib_dir(tmp_path_factory) -> Path:
+    from export.data import synthetic_images
+    return save_images(tmp_path_factory.mktemp("calib"), synthetic_images(8, seed=1))
+
+
+@pytest.fixture(scope="session")
+def exported(tiny_ckpt, calib_dir, tmp_path_factory):
+    """export_onnx(...) result for the tiny checkpoint, all four graphs."""
+    from export.onnx import export_onnx
+    out = tmp_path_factory.mktemp("exports") / "tiny"
+    res = export_onnx(tiny_ckpt, out, int8=True, calib_images=calib_dir, calib_count=8, verify_images="synthetic",
+                      evaluate=False, latency_iters=3, threads=1, quiet=True)
+    return res
+
+
+@pytest.fixture(scope="session")
+def model_and_meta(tiny_ckpt, exported):
+    from distill.checkpoint import model_from_checkpoint
+    from runtime.metadata import read_sidecar
+    model = model_from_checkpoint(tiny_ckpt)
+    return model, model.anchors(64), read_sidecar(exported["files"]["raw"]["onnx"])
+
+
+@pytest.fixture(scope="session")
+def images_nchw(model_and_meta):
+    """Three preprocessed synthetic images with many overlapping objects (float32 [3, 3, 64, 64])."""
+    from export.data import preprocess, synthetic_images
+    return preprocess(synthetic_images(3, seed=7), model_and_meta[2])
+
+
+@pytest.fixture(scope="session")
+def empty_ckpt(tiny_ckpt, tmp_path_factory) -> Path:
+    return no_object_checkpoint(tiny_ckpt, tmp_path_factory.mktemp("empty") / "best.pt")
+
+
+def no_object_checkpoint(src: Path, dst: Path) -> Path:
+    """Copy of a checkpoint whose class logits are constant (weights 0, background bias +20, objects
+    -20): every object score is ~1e-17, far below any threshold."""
+    import torch
+
+    from distill.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+    ck = load_checkpoint(src)
+    ck.pop("path", None)
+    model = model_from_checkpoint(ck)
+    c1 = ck["num_classes"] + 1
+    with torch.no_grad():
+        for layer in model.cls_head.layers:
+            conv = layer[-1] if isinstance(layer, torch.nn.Sequential) else layer
+            conv.weight.zero_()
+            b = conv.bias.view(-1, c1)       # channels a * (C + 1) + k, k = 0 is background
+            b[:, 0] = 20.0
+            b[:, 1:] = -20.0
+    ck["model"] = model.state_dict()
+    save_checkpoint(dst, ck)
+    return dst
+
