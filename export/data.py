@@ -77,7 +77,8 @@ def checkpoint_dataset(cfg: dict, split: str = "val", *, allow_generate: bool = 
         if kind == "shapes" and not allow_generate:
             ok, where = _shapes_on_disk(cfg)
             if not ok:
-                return None, f"dataset {spec!r} is not generated yet ({where} missing)"
+                return None, (f"dataset {spec!r} is not generated yet ({where} missing; python -m "
+                              f"distill.data.shapes --out {cfg.get('data_root', 'data')} makes it)")
         shapes_kwargs = {"num_train": cfg.get("shapes_train"), "num_val": cfg.get("shapes_val"),
                          "seed": cfg.get("shapes_seed")}
         ds = build_dataset(spec, split, img_size=int(cfg["img_size"]), mean=cfg["mean"], std=cfg["std"], train=False,

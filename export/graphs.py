@@ -28,7 +28,6 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-OPSET = 17
 PLUGIN_NAME = "EfficientNMS_TRT"
 # onnx.checker rejects unknown ops of the default domain, so the plugin node lives in its own
 # domain. TensorRT's ONNX parser dispatches on op_type alone (unknown op types go to the plugin
@@ -268,7 +267,7 @@ def add_onnx_nms_tail(graph: gs.Graph, nms, *, boxes: str = "boxes", scores: str
 
 
 def to_model(graph: gs.Graph, *, plugin_domain: Optional[str] = None) -> onnx.ModelProto:
-    """gs.Graph -> ModelProto at :data:`OPSET`, with the plugin domain imported when used."""
+    """gs.Graph -> ModelProto (the trunk's opset), with the plugin domain imported when used."""
     model = gs.export_onnx(graph)
     have = {o.domain for o in model.opset_import}
     if plugin_domain and plugin_domain not in have:

@@ -120,7 +120,8 @@ def save_with_meta(model, path: Path, meta) -> Dict[str, Any]:
 # --------------------------------------------------------------------------- the export
 def export_onnx(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, int8: bool = False,
                 calib_images: Optional[str | os.PathLike] = None, calib_count: int = 128, calib_method: str = "minmax",
-                plugin_version: str = "auto", opset: int = 17, simplify_graphs: bool = True,
+                plugin_version: str = "auto", plugin_domain: str = "trt.plugins", opset: int = 17,
+                simplify_graphs: bool = True,
                 verify_images: str = "auto", evaluate: str | bool = "auto", eval_images: Optional[int] = None,
                 int8_max_map_drop: float = 1.0, latency_iters: int = 20, threads: int = 0,
                 quiet: bool = False) -> Dict[str, Any]:
@@ -139,7 +140,8 @@ def export_onnx(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, in
         torch.set_num_threads(int(threads))
     try:
         return _export_onnx(checkpoint, out_dir, int8=int8, calib_images=calib_images, calib_count=calib_count,
-                            calib_method=calib_method, plugin_version=plugin_version, opset=opset,
+                            calib_method=calib_method, plugin_version=plugin_version,
+                            plugin_domain=plugin_domain, opset=opset,
                             simplify_graphs=simplify_graphs, verify_images=verify_images, evaluate=evaluate,
                             eval_images=eval_images, int8_max_map_drop=int8_max_map_drop,
                             latency_iters=latency_iters, threads=threads, quiet=quiet)
@@ -147,9 +149,9 @@ def export_onnx(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, in
         torch.set_num_threads(previous)
 
 
-def _export_onnx(checkpoint, out_dir, *, int8, calib_images, calib_count, calib_method, plugin_version, opset,
-                 simplify_graphs, verify_images, evaluate, eval_images, int8_max_map_drop, latency_iters, threads,
-                 quiet) -> Dict[str, Any]:
+def _export_onnx(checkpoint, out_dir, *, int8, calib_images, calib_count, calib_method, plugin_version,
+                 plugin_domain, opset, simplify_graphs, verify_images, evaluate, eval_images, int8_max_map_drop,
+                 latency_iters, threads, quiet) -> Dict[str, Any]:
     import onnx
 
     from distill.checkpoint import load_checkpoint, meta_from_checkpoint, model_from_checkpoint
@@ -166,6 +168,11 @@ def _export_onnx(checkpoint, out_dir, *, int8, calib_images, calib_count, calib_
         raise ValueError(f"evaluate must be 'auto', True or False, got {evaluate!r}")
     if calib_count < 1:
         raise ValueError(f"--calib-count must be >= 1, got {calib_count}")
+    if not 13 <= int(opset) <= 20:
+        raise ValueError(f"--opset must be in 13..20 (Softmax over the last axis, ReduceSum with axes input), "
+                         f"got {opset}")
+    if plugin_domain and not all(part.isidentifier() for part in plugin_domain.split(".")):
+        raise ValueError(f"--plugin-domain must be '' or a dotted name like 'trt.plugins', got {plugin_domain!r}")
     ckpt = load_checkpoint(checkpoint)
     cfg = ckpt.get("config") or {}
     if "img_size" not in cfg:
@@ -241,8 +248,13 @@ def _export_onnx(checkpoint, out_dir, *, int8, calib_images, calib_count, calib_
     if simplify_graphs:
         pre = simplify(pre, notes["trt"])
     spec = G.PluginSpec.from_nms(base_meta.nms, plugin.version)
-    trt_model = _to_model(G.insert_efficient_nms(_gs(pre), anchors, spec), ir, plugin_domain=G.PLUGIN_DOMAIN)
-    trt_model = check_and_infer(trt_model)
+    trt_model = _to_model(G.insert_efficient_nms(_gs(pre), anchors, spec, domain=plugin_domain), ir,
+                          plugin_domain=plugin_domain)
+    if plugin_domain:
+        trt_model = check_and_infer(trt_model)
+    else:  # TensorRT-samples style: the plugin in the default domain, which has no schema for it
+        notes["trt"].append(f"{G.PLUGIN_NAME} in the default ONNX domain: onnx.checker cannot check this graph "
+                            f"(the part before the plugin was checked)")
     trt_nms = base_meta.nms
     if base_meta.nms.pre_nms_top_k != G.PLUGIN_TOP_K and n_anchors * n_cls > min(base_meta.nms.pre_nms_top_k,
                                                                               G.PLUGIN_TOP_K):
@@ -253,7 +265,7 @@ def _export_onnx(checkpoint, out_dir, *, int8, calib_images, calib_count, calib_
         notes["trt"].append("score_threshold < 0.007: the plugin switches to its dense path and may emit extra "
                             "rows scored -32768 (runtime/nms_reference.py)")
     files["trt"] = save_with_meta(trt_model, out / GRAPH_FILES["trt"],
-                                  meta_for("trt", nms=trt_nms, nms_plugin=plugin.sidecar(G.PLUGIN_DOMAIN),
+                                  meta_for("trt", nms=trt_nms, nms_plugin=plugin.sidecar(plugin_domain),
                                            extra={"plugin_attrs": spec.attrs()}))
     _log(quiet, f"  wrote {files['trt']['onnx']} ({G.PLUGIN_NAME} v{plugin.version}: {plugin.reason})")
 
@@ -279,7 +291,7 @@ def _export_onnx(checkpoint, out_dir, *, int8, calib_images, calib_count, calib_
         tmp = out / ".model_int8.tmp.onnx"
         _log(quiet, f"  calibrating INT8 on {calib_src} ...")
         quant_info = quantize_raw_graph(out / GRAPH_FILES["raw"], tmp, calib_list, base_meta, exclude_nodes=tail,
-                                        method=calib_method)
+                                        method=calib_method, progress=not quiet)
         q = onnx.load(str(tmp))
         tmp.unlink()
         q = check_and_infer(q)
@@ -303,11 +315,14 @@ def _export_onnx(checkpoint, out_dir, *, int8, calib_images, calib_count, calib_
         x = x_all[:bs]
         ref_raw = V.torch_raw(model, anchors_t, x)
         ref_det = V.torch_detections(model, anchors_t, x, base_meta.nms)
+        # The plugin graph keeps its fixed 4096 pre-NMS candidates (recorded in its sidecar).
+        ref_trt = ref_det if trt_nms == base_meta.nms else V.torch_detections(model, anchors_t, x, trt_nms)
         got = sessions["raw"].run(None, {"images": x})
         c = V.compare_raw(got, ref_raw)
         _merge(rows["raw"], bs, c, ok=c["allclose"], diff=c["max_abs_diff"])
-        for g, fn in (("nms", lambda x: tuple(sessions["nms"].run(None, {"images": x}))), ("trt", trt_ref)):
-            m = V.match_nms_outputs(fn(x), ref_det, ref_raw, base_meta.nms)
+        for g, fn, ref, nms in (("nms", lambda x: tuple(sessions["nms"].run(None, {"images": x})), ref_det,
+                                 base_meta.nms), ("trt", trt_ref, ref_trt, trt_nms)):
+            m = V.match_nms_outputs(fn(x), ref, ref_raw, nms)
             _merge(rows[g], bs, m, ok=m["match"], diff=max(m["max_box_diff"], m["max_score_diff"]), match=m["match"])
             if m.get("tie_fallback") and not any("ties" in n for n in rows[g]["notes"]):
                 rows[g]["notes"].append("exact score ties (untrained / saturated model?): PyTorch's NMS order among "
@@ -324,7 +339,7 @@ def _export_onnx(checkpoint, out_dir, *, int8, calib_images, calib_count, calib_
                               "verify_images": verify_src, "verify_batches": list(VERIFY_BATCHES),
                               "tolerances": {"raw_rtol": V.RAW_RTOL, "raw_atol": V.RAW_ATOL, "box": V.BOX_TOL,
                                              "score": V.SCORE_TOL},
-                              "nms_plugin": plugin.sidecar(G.PLUGIN_DOMAIN), "graphs": rows}
+                              "nms_plugin": plugin.sidecar(plugin_domain), "graphs": rows}
 
     # 7. INT8 vs FP32 latency on this CPU ------------------------------------------------------
     if "int8" in sessions:
@@ -432,7 +447,7 @@ def format_report(report: Dict[str, Any]) -> str:
     if mp and "skipped" in mp:
         lines.append(f"mAP: skipped ({mp['skipped']})")
     elif mp:
-        s = f"mAP on {mp['dataset']}: FP32 {mp['raw']['mAP']:.2f}"
+        s = f"mAP on {mp['dataset']}, first {mp['raw']['eval_images']}: FP32 {mp['raw']['mAP']:.2f}"
         if "int8" in mp:
             s += f", INT8 {mp['int8']['mAP']:.2f} (drop {mp['int8_map_drop']:.2f}, allowed {mp['int8_max_map_drop']})"
         lines.append(s)
@@ -463,7 +478,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plugin-version", default="auto",
                    help="EfficientNMS_TRT plugin_version: 'auto' ('1' without TensorRT or below 10.12, else the "
                         "highest version the installed TensorRT registers) or an explicit number")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset of the exported graphs")
+    p.add_argument("--plugin-domain", default="trt.plugins",
+                   help="ONNX domain of the EfficientNMS_TRT node. TensorRT's parser matches plugins by op type "
+                        "only; a named domain keeps the graph valid for onnx.checker. '' = the default domain as in "
+                        "TensorRT's samples / ONNX Runtime's TensorRT EP (the checker then cannot check that graph)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset of the exported graphs (13..20)")
     p.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
     p.add_argument("--verify-images", default="auto", metavar="auto|synthetic|DIR",
                    help="images for the PyTorch parity check: validation images if available, else synthetic")
@@ -486,7 +505,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ckpt = Path(args.checkpoint) if args.checkpoint else xdata.find_latest_checkpoint(args.runs)
         out = Path(args.out) if args.out else xdata.default_export_dir(ckpt, args.runs)
         res = export_onnx(ckpt, out, int8=args.int8, calib_images=args.calib_images, calib_count=args.calib_count,
-                          calib_method=args.calib_method, plugin_version=args.plugin_version, opset=args.opset,
+                          calib_method=args.calib_method, plugin_version=args.plugin_version,
+                          plugin_domain=args.plugin_domain, opset=args.opset,
                           simplify_graphs=not args.no_simplify, verify_images=args.verify_images,
                           evaluate={"auto": "auto", "yes": True, "no": False}[args.evaluate],
                           eval_images=args.eval_images, int8_max_map_drop=args.int8_max_map_drop,

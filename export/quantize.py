@@ -8,6 +8,7 @@ probabilities costs accuracy and saves nothing measurable.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Sequence
 
@@ -32,14 +33,25 @@ def image_batches(images: Sequence[Any], meta: Any, batch_size: int) -> Iterator
 class ImageCalibrationReader(CalibrationDataReader):
     """ORT CalibrationDataReader over images: ``get_next() -> {input_name: batch}`` or None."""
 
-    def __init__(self, images: Sequence[Any], meta: Any, input_name: str = "images", batch_size: int = 8):
+    def __init__(self, images: Sequence[Any], meta: Any, input_name: str = "images", batch_size: int = 8,
+                 progress: bool = False):
         if not images:
             raise ValueError("calibration needs at least one image")
         self.images, self.meta, self.input_name, self.batch_size = list(images), meta, input_name, batch_size
+        self.progress, self._bar = progress, None
         self.rewind()
 
     def get_next(self) -> Optional[Dict[str, np.ndarray]]:
+        if self.progress and self._bar is None:
+            from tqdm import tqdm
+            self._bar = tqdm(total=len(self), desc="INT8 calibration", unit="batch", leave=False, dynamic_ncols=True)
         batch = next(self._it, None)
+        if self._bar is not None:
+            if batch is None:
+                self._bar.close()
+                self._bar = None
+            else:
+                self._bar.update(1)
         return None if batch is None else {self.input_name: batch}
 
     def rewind(self) -> None:
@@ -51,20 +63,26 @@ class ImageCalibrationReader(CalibrationDataReader):
 
 def quantize_raw_graph(model_path: str | Path, out_path: str | Path, images: Sequence[Any], meta: Any, *,
                        exclude_nodes: Sequence[str] = (), method: str = "minmax", batch_size: int = 8,
-                       per_channel: bool = True) -> Dict[str, Any]:
+                       per_channel: bool = True, progress: bool = False) -> Dict[str, Any]:
     """Quantize ``model_path`` (float raw graph) to ``out_path`` (QDQ, S8S8, per-channel weights).
 
     ``exclude_nodes``: node names kept in float. Returns what was done (for the report)."""
     if method not in CALIB_METHODS:
         raise ValueError(f"calibration method must be one of {sorted(CALIB_METHODS)}, got {method!r}")
-    reader = ImageCalibrationReader(images, meta, batch_size=batch_size)
+    reader = ImageCalibrationReader(images, meta, batch_size=batch_size, progress=progress)
     # U8S8 (uint8 activations, int8 weights): on x86-64 ONNX Runtime 1.31 fuses every QDQ Conv of
     # this net into QLinearConv (the VPMADDUBSW / AVX-512 VNNI path), while with S8S8 it left the
     # 1x1 convs (38 of 88 in SSD-Lite MobileNetV2) as DequantizeLinear -> float Conv, which made
     # the INT8 graph slower than FP32. reduce_range stays off: it is for CPUs without VNNI.
-    quantize_static(str(model_path), str(out_path), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=False,
-                    nodes_to_exclude=list(exclude_nodes), calibrate_method=CALIB_METHODS[method])
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer's "consider pre-processing" advice: shape inference already ran
+    try:
+        quantize_static(str(model_path), str(out_path), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=False,
+                        nodes_to_exclude=list(exclude_nodes), calibrate_method=CALIB_METHODS[method])
+    finally:
+        root.setLevel(level)
     return {"format": "QDQ", "activations": "uint8", "weights": "int8", "per_channel": per_channel,
             "calibration": method, "calibration_images": len(reader.images), "float_nodes": len(exclude_nodes)}
 

@@ -139,3 +139,16 @@ def test_runtime_reference_does_not_import_torch():
     r = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], capture_output=True,
                        text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_reference_runs_default_domain_plugin_graph(trt_model, images_nchw):
+    """TensorRT-samples style graphs (plugin in the default domain) run through the reference too."""
+    m = onnx.ModelProto()
+    m.CopyFrom(trt_model)
+    G.find_plugin_node(m).node.domain = ""
+    kept = [o for o in m.opset_import if o.domain != G.PLUGIN_DOMAIN]
+    del m.opset_import[:]
+    m.opset_import.extend(kept)
+    a, b = TrtGraphReference(m)(images_nchw), TrtGraphReference(trt_model)(images_nchw)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
