@@ -84,8 +84,10 @@ def _engines(exports: Optional[Path]) -> Dict[str, Path]:
     return found
 
 
-def plan_backends(checkpoint: Path, exports: Optional[Path], meta: Any, *, peer: bool = True) -> List[Backend]:
-    """Every backend the report has a row for, in report order."""
+def plan_backends(checkpoint: Path, exports: Optional[Path], meta: Any, *, peer: bool = True,
+                  threads: Optional[int] = None) -> List[Backend]:
+    """Every backend the report has a row for, in report order. ``threads``: CPU threads of the
+    PyTorch and ONNX Runtime CPU rows (default: every usable core)."""
     import torch
 
     from runtime.backends.ort_backend import import_ort
@@ -99,13 +101,16 @@ def plan_backends(checkpoint: Path, exports: Optional[Path], meta: Any, *, peer:
     except RuntimeError as e:
         ort_eps = []
         ort_missing = str(e)
-    rows = [Backend("pytorch-cpu", build=lambda: load_detector(checkpoint, device="cpu"), file=str(checkpoint))]
+    cpu_kw = {"threads": threads} if threads else {}
+    rows = [Backend("pytorch-cpu", build=lambda: load_detector(checkpoint, device="cpu", **cpu_kw),
+                    file=str(checkpoint))]
     if ort_eps:
         rows += [
-            _onnx_row("onnxruntime-cpu-raw", exports, "model_raw.onnx", "python -m export.onnx"),
-            _onnx_row("onnxruntime-cpu-nms", exports, "model_nms.onnx", "python -m export.onnx"),
-            _onnx_row("onnxruntime-cpu-int8", exports, "model_int8.onnx", "python -m export.onnx --int8"),
-            _onnx_row("trt-reference-cpu", exports, "model_trt.onnx", "python -m export.onnx", provider="reference"),
+            _onnx_row("onnxruntime-cpu-raw", exports, "model_raw.onnx", "python -m export.onnx", **cpu_kw),
+            _onnx_row("onnxruntime-cpu-nms", exports, "model_nms.onnx", "python -m export.onnx", **cpu_kw),
+            _onnx_row("onnxruntime-cpu-int8", exports, "model_int8.onnx", "python -m export.onnx --int8", **cpu_kw),
+            _onnx_row("trt-reference-cpu", exports, "model_trt.onnx", "python -m export.onnx", provider="reference",
+                      **cpu_kw),
         ]
     else:
         rows += [Backend(n, reason=ort_missing) for n in ("onnxruntime-cpu-raw", "onnxruntime-cpu-nms",
@@ -139,13 +144,17 @@ def plan_backends(checkpoint: Path, exports: Optional[Path], meta: Any, *, peer:
                 why = str(e)
             rows.append(Backend(name, reason=why))
     if peer:
-        rows.append(Backend(PEER_NAME, build=lambda: _peer(meta, "cpu"), timed_only=True))
+        rows.append(Backend(PEER_NAME, build=lambda: _peer(meta, "cpu", threads), timed_only=True))
     return rows
 
 
-def _peer(meta: Any, device: str) -> Any:
+def _peer(meta: Any, device: str, threads: Optional[int] = None) -> Any:
     from benchmarks.peer import PeerDetector
 
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
     return PeerDetector(meta, device=device)
 
 
@@ -281,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-time", type=float, default=None, help="seconds per measurement (at least)")
     p.add_argument("--min-iters", type=int, default=None, help="timed calls per measurement (at least)")
     p.add_argument("--min-map", type=float, default=None, help="fail when a backend's mAP is below this")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads of PyTorch and ONNX Runtime (default: every usable core)")
     p.add_argument("--only", default=None, help="comma-separated backend names to run (others: skipped)")
     p.add_argument("--no-peer", action="store_true", help="leave out the torchvision peer row")
     p.add_argument("--quick", action="store_true", help="few iterations, batch sizes 1,2, 4 images")
@@ -331,7 +342,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     machine = machine_facts()
     log(f"benchmark {checkpoint} | exports {exports or '-'} | data {data.spec} ({len(indices)} images) | "
         f"{machine['cpu']} x{machine['cpu_cores_usable']} | GPU {machine['gpu'] or 'none'}")
-    rows = plan_backends(checkpoint, exports, meta, peer=not args.no_peer)
+    rows = plan_backends(checkpoint, exports, meta, peer=not args.no_peer, threads=args.threads)
     if args.only:
         keep = {s.strip() for s in args.only.split(",")} | {REFERENCE}
         rows = [r if r.name in keep else Backend(r.name, reason="skipped (--only)") for r in rows]
@@ -363,7 +374,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "model_name": meta.model_name, "input_size": list(meta.input_size), "nms": meta.nms.to_dict(),
         "data": data.spec, "map_images": len(indices),
         "config": {"batch_sizes": batch_sizes, "warmup": cfg.warmup, "min_time": cfg.min_time,
-                   "min_iters": cfg.min_iters, "quick": bool(args.quick), "min_map": args.min_map},
+                   "min_iters": cfg.min_iters, "quick": bool(args.quick), "min_map": args.min_map,
+                   "threads": args.threads or machine["cpu_cores_usable"]},
         "backends": entries, "ok": not failures, "failures": failures,
     }
     out.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,8 @@ random inputs with ties -- but organised for speed:
   zero-area rules), so each kept box costs one vectorised ``&=`` instead of a dozen array calls;
 * a class stops after K kept boxes, and the per-class survivors merged in global candidate order
   and cut at K are exactly what the reference's single greedy pass keeps (suppression never
-  crosses classes, and the reference visits candidates in that same global order).
+  crosses classes, and the reference visits candidates in that same global order); once K boxes
+  are kept, candidates ranked after the K-th of them are not visited at all.
 """
 
 from __future__ import annotations
@@ -109,10 +110,18 @@ def efficient_nms_fast(
         if class_agnostic:
             kept = _greedy(reordered, iou_thr, k)
         else:
-            parts = []
-            for cls in np.unique(class_idx):
-                pos = np.flatnonzero(class_idx == cls)
+            # Classes in order of their best candidate; once K boxes are kept in total, a
+            # candidate ranked after the K-th kept one can never make the output: stop there.
+            parts, cutoff = [], cand.size
+            _, first = np.unique(class_idx, return_index=True)
+            for cls in class_idx[np.sort(first)]:
+                pos = np.flatnonzero(class_idx[:cutoff] == cls)
+                if pos.size == 0:
+                    continue
                 parts.append(pos[_greedy(reordered[pos], iou_thr, k)])
+                n_kept = sum(len(p) for p in parts)
+                if n_kept >= k:
+                    cutoff = int(np.partition(np.concatenate(parts), k - 1)[k - 1]) + 1
             kept = np.sort(np.concatenate(parts))[:k]
         m = kept.size
         num[i, 0] = m
