@@ -10,6 +10,8 @@ The engine's sidecar records the precision really built, TensorRT version, GPU n
 capability, and the sha256 of the ONNX file: an existing engine is reused only when that and the
 other build settings match (``--force`` rebuilds anyway). INT8 uses an IInt8EntropyCalibrator2
 over ``runtime.preprocess`` with a calibration cache (tied to the ONNX sha256 by ``<cache>.json``).
+The engine is then run (runtime's TensorRT backend) and its detections compared with the CPU
+reference of the same ONNX graph (runtime.trt_reference); too little agreement is a failed build.
 
 Targets TensorRT 8.6-10.x (the calibrator API and BuilderFlag.FP16/INT8 were removed in 11).
 Without TensorRT or without a GPU: exit status 2 and one line saying how to get them.
@@ -118,6 +120,8 @@ def resolve_settings(args: argparse.Namespace) -> BuildSettings:
         if args.calib_images:
             s.calib_images = Path(args.calib_images)
             xdata.list_images(s.calib_images, limit=1)  # raises if missing or empty
+    if getattr(args, "verify_images", None):
+        xdata.list_images(args.verify_images, limit=1)
     read_onnx_meta(onnx)  # the sidecar must exist: nothing is guessed
     return s
 
@@ -390,6 +394,45 @@ class EngineBuilder:
         return bytes(plan)
 
 
+# --------------------------------------------------------------------------- parity of the built engine
+def verify_engine(engine: Path, onnx: Path, meta: Any, batch: Tuple[int, int, int], images: Sequence[Any],
+                  detector_factory=None, log=print) -> Dict[str, Any]:
+    """The engine against the CPU reference of the plugin graph it was built from
+    (runtime.trt_reference), on ``images`` at the profile's smallest batch and at 3 (clamped to
+    the profile). Detection agreement (same class, IoU >= 0.95, runtime.parity) must reach the
+    precision's bound (fp32 0.95, fp16 0.80; INT8 is only reported: it moves boxes by design)."""
+    from export.data import preprocess
+    from runtime.detector import NMS_OUTPUTS, detections_from_nms
+    from runtime.parity import MIN_AGREEMENT, agreement
+    from runtime.trt_reference import TrtGraphReference
+    if detector_factory is None:
+        from runtime.backends.trt_backend import TRTDetector as detector_factory
+    x = preprocess(images, meta)
+    sizes = sorted({batch[0], min(max(batch[0], 3), batch[2])})
+    det, ref = detector_factory(engine), TrtGraphReference(onnx)
+    h, w = meta.input_size
+    rows, worst = {}, 1.0
+    try:
+        for bs in sizes:
+            xb = np.ascontiguousarray(np.resize(x, (bs,) + x.shape[1:]))
+            got = det.infer(xb)
+            want = dict(zip(NMS_OUTPUTS, ref(xb)))
+            hw = np.tile(np.array([[h, w]]), (bs, 1))
+            convert = [detections_from_nms(*(o[k] for k in NMS_OUTPUTS), hw, meta.num_classes, meta.resize_mode)
+                       for o in (want, got)]
+            rows[str(bs)] = agreement(*convert)
+            worst = min(worst, rows[str(bs)]["agreement"])
+    finally:
+        if hasattr(det, "close"):
+            det.close()
+    bound = MIN_AGREEMENT.get(meta.precision)
+    ok = bound is None or worst >= bound
+    log(f"export.trt: engine vs CPU reference of {onnx.name}: agreement {worst:.3f} at batch "
+        f"{', '.join(map(str, sizes))} (needs {bound if bound is not None else 'n/a for ' + meta.precision})"
+        f" -> {'ok' if ok else 'FAILED'}")
+    return {"ok": ok, "agreement": worst, "min_agreement": bound, "batches": rows}
+
+
 # --------------------------------------------------------------------------- the build
 def check_environment() -> Tuple[Any, Any, str, Optional[Tuple[int, int]]]:
     """(trt, cuda backend or None, GPU name, compute capability) or Unavailable with one line."""
@@ -413,7 +456,8 @@ def check_environment() -> Tuple[Any, Any, str, Optional[Tuple[int, int]]]:
     return trt, cuda, name, cc
 
 
-def build_engine(s: BuildSettings, log=print) -> Dict[str, Any]:
+def build_engine(s: BuildSettings, log=print, verify: bool = True, verify_images: Optional[Path] = None
+                 ) -> Dict[str, Any]:
     """Build (or reuse) the engine described by ``s``; returns the report dict.
     Raises Unavailable (no TensorRT/GPU), BuildError (parse/build failed), ValueError (inputs)."""
     from export.trt_env import fast_precisions
@@ -428,7 +472,8 @@ def build_engine(s: BuildSettings, log=print) -> Dict[str, Any]:
     fresh, why = engine_is_fresh(s.engine, key)
     if fresh and not s.force:
         log(f"export.trt: {why}: {s.engine} (--force rebuilds)")
-        return {**report, "status": "cached", "reason": why}
+        report = {**report, "status": "cached", "reason": why}
+        return _with_verification(report, s, verify, verify_images, log)
     log(f"export.trt: building {s.engine} ({s.precision}, batch {s.batch}, TensorRT {trt.__version__}, {gpu}"
         f"{f' sm_{cc[0]}{cc[1]}' if cc else ''}) because: {why if not s.force else '--force'}")
 
@@ -477,8 +522,29 @@ def build_engine(s: BuildSettings, log=print) -> Dict[str, Any]:
     sidecar = write_sidecar(s.engine, engine_meta(onnx_meta, precision=s.precision, onnx_sha256=onnx_sha, key=key,
                                                   extra=extra))
     log(f"export.trt: wrote {s.engine} ({len(plan) / 2**20:.1f} MB, {seconds:.1f} s) and {sidecar}")
-    return {**report, "status": "built", "seconds": seconds, "sidecar": str(sidecar), "calibration": calib_info,
-            "engine_mb": len(plan) / 2**20}
+    report = {**report, "status": "built", "seconds": seconds, "sidecar": str(sidecar), "calibration": calib_info,
+              "engine_mb": len(plan) / 2**20}
+    return _with_verification(report, s, verify, verify_images, log)
+
+
+def _with_verification(report: Dict[str, Any], s: BuildSettings, verify: bool, verify_images: Optional[Path],
+                       log) -> Dict[str, Any]:
+    if not verify:
+        return {**report, "verification": "skipped (--no-verify)"}
+    from export import data as xdata
+    from runtime.metadata import read_sidecar
+    images = ([str(p) for p in xdata.list_images(verify_images, limit=3)] if verify_images
+              else xdata.synthetic_images(3, seed=0))
+    try:
+        v = verify_engine(s.engine, s.onnx, read_sidecar(s.engine), s.batch, images, log=log)
+    except Exception as e:  # noqa: BLE001 - an engine that cannot run is a failed build
+        raise BuildError(f"the engine was written but does not run: {e.__class__.__name__}: {e}") from None
+    report = {**report, "verification": v}
+    if not v["ok"]:
+        _write_report(s.engine, {**report, "status": "failed"})
+        raise BuildError(f"engine detections agree {v['agreement']:.3f} with the CPU reference, below "
+                         f"{v['min_agreement']} for {s.precision}")
+    return report
 
 
 # --------------------------------------------------------------------------- command line
@@ -507,6 +573,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-batch", type=int, default=8, help="images per calibration batch")
     p.add_argument("--calib-count", type=int, default=256, help="calibration images used at most")
     p.add_argument("--force", action="store_true", help="rebuild even if an up-to-date engine exists")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip the check of the engine's detections against the CPU reference of the ONNX graph")
+    p.add_argument("--verify-images", metavar="DIR", help="images for that check (default: synthetic)")
     p.add_argument("--verbose", action="store_true", help="TensorRT verbose logging")
     return p
 
@@ -526,7 +595,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     settings = None
     try:
         settings = resolve_settings(args)
-        report = build_engine(settings)
+        report = build_engine(settings, verify=not args.no_verify,
+                              verify_images=Path(args.verify_images) if args.verify_images else None)
         _write_report(settings.engine, report)
         return EXIT_OK
     except Unavailable as e:

@@ -180,3 +180,42 @@ def test_fast_precision_table():
     assert fast_precisions((5, 3)) == (True, False)     # Jetson Nano
     assert fast_precisions((8, 7)) == (True, True)      # Jetson Orin
     assert fast_precisions(None) == (False, False)
+
+
+def test_verify_engine_against_cpu_reference(exported, tmp_path):
+    """The post-build parity check, with a stand-in for the TensorRT detector."""
+    from runtime.detector import NMS_OUTPUTS
+    from runtime.trt_reference import TrtGraphReference
+    onnx_path = Path(exported["files"]["trt"]["onnx"])
+    ref = TrtGraphReference(onnx_path)
+
+    def factory(shift):
+        class Fake:
+            def __init__(self, path):
+                self.closed = False
+
+            def infer(self, x):
+                out = dict(zip(NMS_OUTPUTS, ref(x)))
+                out["detection_boxes"] = out["detection_boxes"] + shift
+                return out
+
+            def close(self):
+                self.closed = True
+        return Fake
+
+    meta = read_sidecar(onnx_path)
+    engine = tmp_path / "m.engine"
+    ok = T.verify_engine(engine, onnx_path, dataclasses.replace(meta, graph="engine", precision="fp32"), (1, 1, 8),
+                         _images(), detector_factory=factory(0.0), log=lambda *a: None)
+    assert ok["ok"] and ok["agreement"] == 1.0 and set(ok["batches"]) == {"1", "3"}
+    bad = T.verify_engine(engine, onnx_path, dataclasses.replace(meta, graph="engine", precision="fp16"), (1, 1, 1),
+                          _images(), detector_factory=factory(0.2), log=lambda *a: None)
+    assert not bad["ok"] and bad["agreement"] < 0.8 and set(bad["batches"]) == {"1"}
+    int8 = T.verify_engine(engine, onnx_path, dataclasses.replace(meta, graph="engine", precision="int8"), (2, 4, 8),
+                           _images(), detector_factory=factory(0.2), log=lambda *a: None)
+    assert int8["ok"] and int8["min_agreement"] is None and set(int8["batches"]) == {"2", "3"}
+
+
+def _images():
+    from export.data import synthetic_images
+    return synthetic_images(3, seed=5)
