@@ -29,6 +29,8 @@ class TrainConfig:
     model: str = _f("ssdlite_mobilenetv2", "registered model name (see --list-models)")
     model_kwargs: dict = _f({}, "extra builder kwargs as JSON, e.g. '{\"width_mult\": 0.5}'")
     pretrained_backbone: str | None = _f(None, "local file with ImageNet backbone weights (torchvision layout); nothing is downloaded")
+    init_weights: str | None = _f(None, "checkpoint whose 'model' weights initialise the whole detector (same architecture), "
+                                  "e.g. the ablation's shared warm start")
     # data
     data: str = _f("shapes", "training set: 'shapes' (embedded), 'coco:ANN.json:IMG_DIR' or 'voc:ROOT:SPLIT'")
     val_data: str | None = _f(None, "validation set, same forms as --data (default: the matching validation split)")
@@ -43,7 +45,8 @@ class TrainConfig:
     # optimisation
     epochs: int = _f(30, "training epochs")
     batch_size: int = _f(32, "images per batch")
-    lr: float = _f(0.01, "peak learning rate (SGD)")
+    optimizer: str = _f("sgd", "optimizer: 'sgd' (momentum, the papers' recipes) or 'adamw' (faster from scratch on short schedules)", choices=["sgd", "adamw"])
+    lr: float = _f(0.01, "peak learning rate")
     momentum: float = _f(0.9, "SGD momentum")
     weight_decay: float = _f(5e-4, "weight decay (not applied to norms and biases)")
     schedule: str = _f("cosine", "learning-rate schedule after warm-up", choices=["cosine", "multistep"])

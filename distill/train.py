@@ -128,7 +128,9 @@ def plot_curves(metrics_path: Path, out_png: Path) -> None:
     if ev:
         a2.plot([e[0] for e in ev], [e[1] for e in ev], "o-", label="mAP")
         a2.plot([e[0] for e in ev], [e[2] for e in ev], "s--", label="AP50")
-    a2.set_xlabel("epoch"), a2.set_title("validation (COCO, points)"), a2.legend(fontsize=7)
+    a2.set_xlabel("epoch"), a2.set_title("validation (COCO, points)")
+    if ev:
+        a2.legend(fontsize=7)
     fig.tight_layout()
     tmp = out_png.with_name(out_png.stem + ".tmp.png")
     fig.savefig(tmp, dpi=90)
@@ -171,6 +173,13 @@ def fit(cfg: TrainConfig, resume_ckpt: dict | None = None) -> dict:
     if cfg.pretrained_backbone and resume_ckpt is None:
         info = load_pretrained_backbone(model, cfg.pretrained_backbone)
         print(f"pretrained backbone: {info['loaded']}/{info['backbone_tensors']} tensors from {cfg.pretrained_backbone}")
+    if cfg.init_weights and resume_ckpt is None:
+        init = load_checkpoint(cfg.init_weights)
+        if init["model_name"] != cfg.model or dict(init["model_kwargs"]) != dict(cfg.model_kwargs):
+            raise ValueError(f"--init-weights {cfg.init_weights}: a {init['model_name']} {init['model_kwargs']}, "
+                             f"this run trains {cfg.model} {cfg.model_kwargs}")
+        model.load_state_dict(init["model"])
+        print(f"initial weights: {init['path']}")
     model.to(device)
     anchors = model.anchors(cfg.img_size).to(device)
     loss_fn = build_loss_fn(cfg, model, anchors, train_set, device)
@@ -181,7 +190,10 @@ def fit(cfg: TrainConfig, resume_ckpt: dict | None = None) -> dict:
     if kd is not None:       # stages 1-3 use the session's Adam; its post-training SGD is "optimizer"
         optimizer, scheduler = kd.post_opt, kd.post_sched
     else:
-        optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
+        if cfg.optimizer == "adamw":
+            optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
+        else:
+            optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(
             cfg.epochs * iters_per_epoch, int(cfg.warmup_epochs * iters_per_epoch), cfg.schedule,
             [int(m * iters_per_epoch) for m in cfg.milestones], cfg.gamma))
@@ -215,6 +227,7 @@ def fit(cfg: TrainConfig, resume_ckpt: dict | None = None) -> dict:
         (out / "metrics.jsonl").write_text("")
 
     eval_kw = dict(img_size=cfg.img_size, mean=cfg.mean, std=cfg.std, nms_cfg=cfg.nms(), workers=min(cfg.workers, 2))
+    row: dict = {}
     for epoch in range(start_epoch, cfg.epochs):
         # Data order and augmentation depend only on (seed, epoch): a resumed run sees the same batches.
         torch.manual_seed(cfg.seed * 100_003 + epoch)
@@ -236,7 +249,7 @@ def fit(cfg: TrainConfig, resume_ckpt: dict | None = None) -> dict:
         last = epoch + 1 == cfg.epochs
         if (epoch + 1) % cfg.eval_every == 0 or last:
             row["val"] = evaluate(ema.module if ema is not None else model, val_set, device,
-                                  max_images=cfg.eval_images, desc="eval", **eval_kw)
+                                  max_images=cfg.eval_images, desc="eval", per_class=last, **eval_kw)
         ck = make_checkpoint(cfg, model, optimizer, scheduler, scaler, ema, epoch, step, train_set, best_map,
                              extra=kd.checkpoint_extra() if kd is not None else None)
         if row["val"] is not None and row["val"]["mAP"] > best_map:
@@ -255,7 +268,11 @@ def fit(cfg: TrainConfig, resume_ckpt: dict | None = None) -> dict:
     # Final numbers: the best checkpoint on the whole validation set.
     best = load_checkpoint(out / "best.pt")
     model.load_state_dict(best["ema"] or best["model"])
-    final = evaluate(model, val_set, device, per_class=True, desc="final eval", **eval_kw)
+    full_eval = cfg.eval_images is None or cfg.eval_images >= len(val_set)
+    if full_eval and row.get("val") and best["epoch"] == cfg.epochs - 1 and "per_class" in row["val"]:
+        final = row["val"]           # the last epoch is the best and was already scored on the whole set
+    else:
+        final = evaluate(model, val_set, device, per_class=True, desc="final eval", **eval_kw)
     summary = {"run": str(out), "model": cfg.model, "kd": cfg.kd, "teacher": cfg.teacher, "best_epoch": best["epoch"] + 1,
                **{k: final[k] for k in SUMMARY_KEYS}, "per_class": final.get("per_class", {}),
                "params(M)": count_parameters(model) / 1e6, "GFLOPs": count_gflops(model, cfg.img_size),

@@ -156,7 +156,10 @@ class KDSession:
         return at, self.mbox(loc, conf, at)
 
     def _student_step(self, images, targets, epoch) -> dict:
-        _, t_conf, t_feats = self._teacher(images)
+        # GAN-KD's student step needs only D(adapter(S)); the teacher runs for the terms that read it.
+        t_conf = t_feats = None
+        if any(m in self.weights for m in ("soft", "fitnet", "began")):
+            _, t_conf, t_feats = self._teacher(images)
         loc, conf, feats = self.student.forward_features(images)
         at, mb = self._detection(loc, conf, targets)
         lam = self.cfg.kd_mbox_weight
@@ -283,7 +286,7 @@ class KDSession:
         for h in self.schedule.history[prev:]:
             tqdm.write(f"[kd:stage] epoch {h['epoch'] + 1}: {h['from']} -> {h['to']} ({h['why']})")
         self._good = self._snapshot()
-        means["total"] = sum(v for k, v in means.items() if k in ("loc", "cls", "gan", "soft", "fitnet", "began"))
+        means["total"] = 0.0 + sum(v for k, v in means.items() if k in ("loc", "cls", "gan", "soft", "fitnet", "began"))
         means["lr"] = (self.post_opt if self.schedule.stage == "post" else self.g_opt).param_groups[0]["lr"]
         self.last_info = {"stages": dict(stages_seen), "stage_now": self.schedule.stage, "round": self.schedule.rounds,
                           "mean_adversarial": mean_adv}

@@ -1,0 +1,133 @@
+"""Smoke-size distillation runs (64 px, 16 images): teacher frozen, clean student checkpoints, resume mid-stage."""
+import json
+
+import pytest
+import torch
+
+from distill.checkpoint import load_checkpoint, save_checkpoint
+from distill.config import TrainConfig, resolve
+from distill.data.shapes import CLASS_NAMES
+from distill.models import create_model
+from distill.presets import PRESETS
+
+KW = {"width_mult": 0.25, "min_ratio": 0.1, "max_ratio": 0.9}
+
+
+@pytest.fixture(scope="module")
+def teacher_ckpt(tmp_path_factory):
+    """A (random, seeded) tiny DarkNet-53 teacher checkpoint for the 8 shapes classes."""
+    path = tmp_path_factory.mktemp("teacher") / "best.pt"
+    torch.manual_seed(0)
+    m = create_model("ssd_darknet53", len(CLASS_NAMES), **KW).eval()
+    cfg = TrainConfig(model="ssd_darknet53", model_kwargs=KW, img_size=64)
+    save_checkpoint(path, {"model_name": "ssd_darknet53", "model_kwargs": KW, "num_classes": len(CLASS_NAMES),
+                           "model": m.state_dict(), "class_names": list(CLASS_NAMES), "category_ids": list(range(1, 9)),
+                           "config": cfg.to_dict(), "nms": vars(cfg.nms()).copy(), "epoch": 0, "step": 0, "best_map": 0.0})
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("data"))
+
+
+def smoke_cfg(teacher, data_root, out, **kw):
+    cli = {"preset": "smoke", "model": "ssdlite_mobilenetv2", "model_kwargs": KW, "teacher": teacher,
+           "data_root": data_root, "out": str(out), "device": "cpu", "eval_every": 100, **kw}
+    return resolve(cli, PRESETS)
+
+
+def build_session(cfg):
+    from distill.train import build_datasets, build_kd_session
+    train_set, _ = build_datasets(cfg)
+    student = create_model(cfg.model, len(train_set.class_names), **cfg.model_kwargs)
+    anchors = student.anchors(cfg.img_size)
+    return build_kd_session(cfg, student, anchors, train_set, torch.device("cpu")), train_set
+
+
+def test_teacher_unchanged_and_student_changed_after_kd_steps(teacher_ckpt, data_root, tmp_path):
+    from torch.utils.data import DataLoader
+
+    from distill.data import collate_train
+    cfg = smoke_cfg(teacher_ckpt, data_root, tmp_path / "run", kd="gan+soft+fitnet+began", epochs=2,
+                    gan_d_pretrain_iters=1)
+    kd, train_set = build_session(cfg)
+    t_before = {k: v.clone() for k, v in kd.teacher.state_dict().items()}
+    s_before = {k: v.clone() for k, v in kd.student.state_dict().items()}
+    loader = DataLoader(train_set, batch_size=8, shuffle=False, collate_fn=collate_train)
+    tr = kd.train_epoch(loader, 0)                  # 1 D step, then 1 student step with every term
+    assert kd.last_info["stages"] == {"d_pretrain": 1, "student": 1}
+    for key in ("loc", "cls", "gan", "soft", "fitnet", "began", "d_gan", "d_acc_real", "d_acc_fake", "adv"):
+        assert key in tr, key
+    assert not kd.teacher.training
+    assert all(not p.requires_grad for p in kd.teacher.parameters())
+    assert all(torch.equal(t_before[k], v) for k, v in kd.teacher.state_dict().items())
+    assert any(not torch.equal(s_before[k], v) for k, v in kd.student.state_dict().items())
+
+
+def test_frozen_student_during_discriminator_stage(teacher_ckpt, data_root, tmp_path):
+    from torch.utils.data import DataLoader
+
+    from distill.data import collate_train
+    cfg = smoke_cfg(teacher_ckpt, data_root, tmp_path / "run", kd="gan", epochs=2, gan_d_pretrain_iters=5)
+    kd, train_set = build_session(cfg)
+    s_before = {k: v.clone() for k, v in kd.student.state_dict().items()}
+    d_before = {k: v.clone() for k, v in kd.discs.state_dict().items()}
+    kd.train_epoch(DataLoader(train_set, batch_size=8, collate_fn=collate_train), 0)
+    assert kd.schedule.stage == "d_pretrain" and kd.schedule.stage_iters == 2
+    assert all(torch.equal(s_before[k], v) for k, v in kd.student.state_dict().items())   # incl. BN statistics
+    assert any(not torch.equal(d_before[k], v) for k, v in kd.discs.state_dict().items())
+
+
+def test_kd_run_checkpoint_and_resume_mid_stage(teacher_ckpt, data_root, tmp_path, monkeypatch):
+    from distill import train
+    from distill.kd.session import KDSession
+    out = tmp_path / "kd"
+    # 16 images / batch 8 = 2 iterations per epoch; D pre-learning lasts 3 -> it straddles epochs 1 and 2.
+    cfg = smoke_cfg(teacher_ckpt, data_root, out, kd="gan", epochs=3, gan_post_epochs=1, gan_d_pretrain_iters=3)
+    real_epoch = KDSession.train_epoch
+
+    def stop_at_second_epoch(self, loader, epoch, desc="kd"):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real_epoch(self, loader, epoch, desc)
+
+    monkeypatch.setattr(KDSession, "train_epoch", stop_at_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(cfg)
+    monkeypatch.setattr(KDSession, "train_epoch", real_epoch)
+    ck = load_checkpoint(out / "last.pt")
+    sched = ck["gan_state"]["schedule"]
+    assert ck["epoch"] == 0 and sched["stage"] == "d_pretrain" and sched["stage_iters"] == 2
+    for key in ("kd_modules", "discriminators", "gan_state", "kd_optimizers"):
+        assert key in ck
+    assert ck["kd_modules"]["adapters"] and ck["discriminators"]["patch"]
+
+    # the student's inference weights alone: they load strictly into a plain student
+    plain = create_model("ssdlite_mobilenetv2", 8, **KW)
+    plain.load_state_dict(ck["model"])
+    assert not any(k.startswith(("maps.", "adapters", "discs")) for k in ck["model"])
+    assert set(ck["model"]) == set(plain.state_dict())
+
+    rcfg, rck = train.resume_config(str(out), {})
+    summary = train.fit(rcfg, resume_ckpt=rck)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    # epoch 2 resumed inside D pre-learning: one more D iteration (3rd), then the student
+    assert rows[1]["kd"]["stages"] == {"d_pretrain": 1, "student": 1}
+    assert rows[2]["kd"]["stages"] == {"post": 2}
+    final = load_checkpoint(out / "last.pt")["gan_state"]["schedule"]
+    assert [(h["from"], h["to"]) for h in final["history"]][:2] == [("d_pretrain", "student"), ("student", "d_finetune")]
+    assert final["stage"] == "post"
+    assert summary["kd"] == "gan" and "mAP" in summary
+
+
+def test_bad_kd_arguments(teacher_ckpt, data_root, tmp_path):
+    with pytest.raises(ValueError, match="Did you mean 'soft'"):
+        build_session(smoke_cfg(teacher_ckpt, data_root, tmp_path, kd="sofft"))
+    with pytest.raises(ValueError, match="needs --teacher"):
+        build_session(smoke_cfg(None, data_root, tmp_path, kd="gan"))
+    with pytest.raises(ValueError, match="must exceed --gan-post-epochs"):
+        build_session(smoke_cfg(teacher_ckpt, data_root, tmp_path, kd="gan", epochs=2, gan_post_epochs=2))
+    with pytest.raises(ValueError, match="unknown method 'gann'"):
+        build_session(smoke_cfg(teacher_ckpt, data_root, tmp_path, kd="gan", kd_weights={"gann": 1}))
