@@ -107,8 +107,10 @@ def find_latest_checkpoint(runs_dir: str | Path = "runs", hint: str = "pass --ch
 
 
 def run_name(checkpoint: str | Path, runs_dir: str | Path = "runs") -> str:
-    """``runs/kd/best.pt`` -> ``kd``; ``runs/a/b/best.pt`` -> ``a/b``; elsewhere: the parent folder name."""
-    parent = Path(checkpoint).resolve().parent
+    """``runs/kd/best.pt`` (or the folder ``runs/kd``) -> ``kd``; ``runs/a/b/best.pt`` -> ``a/b``;
+    elsewhere: the name of the checkpoint's folder."""
+    p = Path(checkpoint).resolve()
+    parent = p if p.is_dir() else p.parent
     try:
         return parent.relative_to(Path(runs_dir).resolve()).as_posix() or parent.name
     except ValueError:

@@ -150,7 +150,7 @@ def test_latest_run_lookup(tmp_path):
         os.utime(p, (1000 + i, 1000 + (i if name != "kd/best.pt" else 10)))
     latest = find_latest_checkpoint(runs)
     assert latest == runs / "kd" / "best.pt"
-    assert run_name(runs / "x/y/best.pt", runs) == "x/y"
+    assert run_name(runs / "x/y/best.pt", runs) == "x/y" and run_name(runs / "kd", runs) == "kd"
     assert default_export_dir(latest, runs, tmp_path / "exports") == tmp_path / "exports" / "kd"
     with pytest.raises(ValueError, match="no best.pt"):
         find_latest_checkpoint(tmp_path / "empty")
