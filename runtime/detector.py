@@ -204,6 +204,8 @@ class Detector:
     and ``max_batch`` (largest batch one :meth:`infer` call takes; None = unlimited; a graph
     with a fixed batch dimension sets ``fixed_batch`` and gets padded batches), and implement
     :meth:`infer`.
+
+    A detector reuses its input buffer between calls: use one detector per thread.
     """
 
     name: str = "detector"

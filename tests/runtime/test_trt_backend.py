@@ -135,6 +135,13 @@ class FakeContext:
         return True
 
     def execute_async_v3(self, stream):
+        if self.cuda.capturing is not None:  # inside a CUDA-graph capture: recorded, not run
+            self.cuda.capturing.append(lambda: self._run())
+        else:
+            self._run()
+        return True
+
+    def _run(self):
         self.runs += 1
         mem = self.cuda.mem
         x = mem[self.addresses["images"]]
@@ -148,11 +155,11 @@ class FakeContext:
             num[i] = n
             boxes[i, :n] = [0.25, 0.5, 0.75, 1.0]
             scores[i, :n] = np.linspace(0.9, 0.5, n)
+            scores[i, 0] = 0.9 if x[i].mean() < 0 else 0.95  # the input shows through
             classes[i, :n] = i % 3
         for name, v in (("num_detections", num), ("detection_boxes", boxes), ("detection_scores", scores),
                         ("detection_classes", classes)):
             mem[self.addresses[name]] = v
-        return True
 
 
 class FakeCuda:
@@ -162,6 +169,8 @@ class FakeCuda:
 
     def __init__(self):
         self.mem, self.next = {}, 1000
+        self.capturing = None
+        self.launches = 0
 
     def set_device(self, i):
         pass
@@ -188,11 +197,29 @@ class FakeCuda:
     def host_free(self, token):
         pass
 
+    def _op(self, fn):
+        if self.capturing is not None:
+            self.capturing.append(fn)
+        else:
+            fn()
+
     def h2d(self, dst, src, stream):
-        self.mem[dst] = src.copy()
+        self._op(lambda: self.mem.__setitem__(dst, src.copy()))  # reads the host buffer when run
 
     def d2h(self, dst, src, stream):
-        np.copyto(dst, self.mem[src])
+        self._op(lambda: np.copyto(dst, self.mem[src]))
+
+    def begin_capture(self, stream):
+        self.capturing = []
+
+    def end_capture(self, stream):
+        graph, self.capturing = self.capturing, None
+        return graph
+
+    def launch(self, graph, stream):
+        self.launches += 1
+        for fn in graph:
+            fn()
 
 
 def _fake_trt_module(cuda):
@@ -241,6 +268,32 @@ def test_trt_detector_on_mocks_parses_outputs_into_detections(fake_engine):
     assert [len(d["scores"]) for d in many] == [1, 2, 3, 4, 5, 5, 5, 5, 1, 2]
     assert sorted(det._slots) == [2, 8]
     det.close()
+
+
+def test_cuda_graph_is_captured_once_per_batch_size_and_replayed(fake_engine):
+    plain = TRTDetector(fake_engine)
+    det = TRTDetector(fake_engine, cuda_graph=True)
+    dark, white = np.zeros((40, 60, 3), np.uint8), np.full((40, 60, 3), 255, np.uint8)
+    for images in ([dark, white], [white, dark], [dark]):
+        got, ref = det(images), plain(images)
+        for g, r in zip(got, ref):
+            for key in ("boxes", "scores", "labels"):
+                np.testing.assert_array_equal(g[key], r[key])
+    assert [d["scores"][0] for d in det([white, dark])] == pytest.approx([0.95, 0.9])
+    assert sorted(det._slots) == [1, 2] and all(s.graph is not None for s in det._slots.values())
+    assert det.cuda.launches == 4  # replays; TensorRT ran eagerly once per batch size before capture
+    assert det.context.runs == 2 + 4
+
+
+def test_cuda_api_fails_in_one_line_without_a_gpu():
+    from runtime.backends.trt_backend import cuda_api
+
+    try:
+        api = cuda_api()
+    except RuntimeError as e:
+        assert str(e).startswith("TensorRT backend unavailable") and "\n" not in str(e)
+    else:
+        pytest.skip(f"a CUDA device is usable here ({api.name})")
 
 
 def test_load_detector_routes_engines_to_tensorrt(fake_engine):
