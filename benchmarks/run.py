@@ -3,7 +3,7 @@
 ::
 
     python benchmarks/run.py --checkpoint runs/kd/best.pt --exports exports/kd --out reports/kd
-    python benchmarks/run.py          # the newest runs/*/best.pt, exports/<run>, reports/<run>
+    python benchmarks/run.py          # the newest runs/**/best.pt, exports/<run>, reports/<run>
     python benchmarks/run.py --quick  # few iterations, batch sizes 1 and 2, 4 images (tests, CI)
 
 Per backend (``BACKENDS`` below, one row each, ``unavailable`` with the reason when this
@@ -251,11 +251,18 @@ def run_backend(row: Backend, files: Sequence[str], batch_sizes: Sequence[int], 
 # Inputs.
 # --------------------------------------------------------------------------------------------
 def latest_run(runs: Path = Path("runs")) -> Path:
-    """The newest ``runs/*/best.pt`` (by modification time)."""
-    cands = sorted(runs.glob("*/best.pt"), key=lambda p: p.stat().st_mtime) if runs.is_dir() else []
+    """The newest ``runs/**/best.pt`` (by modification time), as ``python -m export.onnx`` picks it."""
+    cands = sorted(runs.glob("**/best.pt"), key=lambda p: p.stat().st_mtime) if runs.is_dir() else []
     if not cands:
-        raise ValueError(f"no {runs}/*/best.pt found: train first (python -m distill.train) or pass --checkpoint")
+        raise ValueError(f"no {runs}/**/best.pt found: train first (python -m distill.train) or pass --checkpoint")
     return cands[-1]
+
+
+def run_name(checkpoint: Path, runs: Path = Path("runs")) -> str:
+    """``runs/kd/best.pt`` -> ``kd``, ``runs/demo/student/best.pt`` -> ``demo/student`` (export's naming)."""
+    from export.data import run_name as export_run_name
+
+    return export_run_name(checkpoint, runs)
 
 
 def image_files(dataset: Any, indices: Sequence[int], tmp: Path) -> List[str]:
@@ -278,7 +285,7 @@ def image_files(dataset: Any, indices: Sequence[int], tmp: Path) -> List[str]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python benchmarks/run.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", default=None, help="PyTorch checkpoint (default: newest runs/*/best.pt)")
+    p.add_argument("--checkpoint", default=None, help="PyTorch checkpoint (default: newest runs/**/best.pt)")
     p.add_argument("--exports", default=None, help="export folder (default: exports/<run name>)")
     p.add_argument("--out", default=None, help="report folder (default: reports/<run name>)")
     p.add_argument("--data", default=None, help="validation data spec (default: the checkpoint's own)")
@@ -305,12 +312,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         checkpoint = Path(args.checkpoint) if args.checkpoint else latest_run()
         if not checkpoint.exists():
             raise ValueError(f"--checkpoint {checkpoint} does not exist")
-        run_name = (checkpoint if checkpoint.is_dir() else checkpoint.parent).name
-        exports = Path(args.exports) if args.exports else Path("exports") / run_name
+        name = run_name(checkpoint)
+        exports = Path(args.exports) if args.exports else Path("exports") / name
         if args.exports and not exports.is_dir():
             raise ValueError(f"--exports {exports} is not a folder")
         exports = exports if exports.is_dir() else None
-        out = Path(args.out) if args.out else Path("reports") / run_name
+        out = Path(args.out) if args.out else Path("reports") / name
         batch_sizes = ([int(s) for s in args.batch_sizes.split(",") if s.strip()] if args.batch_sizes
                        else list(QUICK_BATCH_SIZES if args.quick else DEFAULT_BATCH_SIZES))
         if not batch_sizes or min(batch_sizes) < 1:

@@ -80,13 +80,16 @@ def test_min_map_fails_the_run(tmp_path):
 def test_no_paths_uses_the_latest_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["--quick"]) == 2  # no runs/ yet
-    (tmp_path / "runs" / "kd").mkdir(parents=True)
-    shutil.copy(tiny_checkpoint(), tmp_path / "runs" / "kd" / "best.pt")
-    shutil.copytree(tiny_exports(), tmp_path / "exports" / "kd")
+    for run in ("old", "demo/student"):
+        (tmp_path / "runs" / run).mkdir(parents=True)
+        shutil.copy(tiny_checkpoint(), tmp_path / "runs" / run / "best.pt")
+    shutil.copytree(tiny_exports(), tmp_path / "exports" / "demo" / "student")
     code = main(["--quick", "--data", tiny_coco(), "--only", "onnxruntime-cpu-nms", "--no-peer"])
     assert code == 0
-    report = json.loads((tmp_path / "reports" / "kd" / "report.json").read_text())
-    assert report["checkpoint"] == str(Path("runs/kd/best.pt")) and report["exports"] == str(Path("exports/kd"))
+    report = json.loads((tmp_path / "reports" / "demo" / "student" / "report.json").read_text())
+    assert report["checkpoint"] == str(Path("runs/demo/student/best.pt"))
+    assert report["exports"] == str(Path("exports/demo/student"))
+    assert {b["name"]: b["status"] for b in report["backends"]}["onnxruntime-cpu-nms"] == "ok"
 
 
 def test_script_entry_point_runs_from_anywhere(tmp_path):
