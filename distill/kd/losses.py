@@ -36,8 +36,10 @@ def d_accuracy(real_logits: torch.Tensor | None, fake_logits: torch.Tensor | Non
 # --- Hinton et al. 2015 / text-nontext paper eq. (3): soft labels ------------------------------------------
 
 def soft_label_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
-                    mask: torch.Tensor | None = None) -> torch.Tensor:
-    """T^2 * KL(softmax(t/T) || softmax(s/T)) per anchor, averaged over the anchors in ``mask`` ([B, N] bool).
+                    mask: torch.Tensor | None = None, normalizer: float | torch.Tensor | None = None) -> torch.Tensor:
+    """T^2 * KL(softmax(t/T) || softmax(s/T)) per anchor, summed over the anchors in ``mask`` ([B, N] bool) and
+    divided by ``normalizer`` (default: their number, i.e. the mean). The session passes the number of
+    positive anchors, the normaliser of the multibox loss, so both terms live on the same scale.
 
     Eq. (3) of the text-nontext paper is the two-class cross-entropy with the teacher's probability as
     target; for C + 1 classes that is -sum_c p_t log p_s = KL + H(p_t). We report the KL (zero when the
@@ -50,7 +52,9 @@ def soft_label_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
     kl = (log_pt.exp() * (log_pt - log_ps)).sum(-1)          # [B, N]
     if mask is not None:
         kl = kl[mask]
-    return kl.mean() * t * t if kl.numel() else student_logits.sum() * 0.0
+    if not kl.numel():
+        return student_logits.sum() * 0.0
+    return kl.sum() / (kl.numel() if normalizer is None else normalizer) * t * t
 
 
 # --- FitNets (Romero et al. 2014): L2 hints ------------------------------------------------------------------

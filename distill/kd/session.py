@@ -175,8 +175,8 @@ class KDSession:
             # D accuracy on the student's maps while D is frozen (collapse detection)
             info["d_acc_student"] = sum(L.d_accuracy(None, lg)[1] for lg in logits) / len(logits)
         if "soft" in self.weights:
-            terms["soft"] = self.weights["soft"] * L.soft_label_loss(conf, t_conf, self.cfg.kd_temperature,
-                                                                     at.labels != IGNORE)
+            terms["soft"] = self.weights["soft"] * L.soft_label_loss(
+                conf, t_conf, self.cfg.kd_temperature, at.labels != IGNORE, (at.labels > 0).sum().clamp_min(1).float())
         if "fitnet" in self.weights:
             terms["fitnet"] = self.weights["fitnet"] * L.fitnet_loss(a_feats, t_feats)
         if self.began is not None:                                     # text-nontext eq. (5), b = weight

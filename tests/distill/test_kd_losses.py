@@ -59,3 +59,9 @@ def test_began_losses_and_k_update_eqs_4_to_6():
     assert L.began_k_update(0.5, 1.0, 0.5, 0.75, 1e-3) == pytest.approx(0.50025)
     assert L.began_k_update(0.0, 0.4, 0.6, 0.75, 1e-3) == 0.0          # clipped to [0, 1], k_0 = 0
     assert L.began_k_update(0.9999, 1.0, 0.0, 0.75, 1e-3) == 1.0
+
+
+def test_soft_label_normaliser():
+    s, te = torch.zeros(1, 3, 2), torch.tensor([[[math.log(3), 0.0]] * 3])
+    kl = 0.75 * math.log(1.5) + 0.25 * math.log(0.5)
+    assert L.soft_label_loss(s, te, 1.0, normalizer=1.0).item() == pytest.approx(3 * kl, abs=1e-6)
