@@ -1,0 +1,66 @@
+"""A real (tiny) training run end to end: the run folder's files, exact resume, CLI errors."""
+import json
+
+import pytest
+import torch
+
+import distill.train as train_mod
+from distill.config import resolve
+from distill.presets import PRESETS
+
+
+def _cfg(tmp_path, out, **kw):
+    args = {"preset": "smoke", "model": "ssdlite_mobilenetv2", "model_kwargs": {"width_mult": 0.25, "min_ratio": 0.1, "max_ratio": 0.9},
+            "data_root": str(tmp_path / "data"), "out": str(tmp_path / out), "epochs": 2, "device": "cpu", **kw}
+    return resolve(args, PRESETS)
+
+
+def test_smoke_run_writes_every_file(tmp_path):
+    summary = train_mod.fit(_cfg(tmp_path, "run"))
+    run = tmp_path / "run"
+    for name in ("last.pt", "best.pt", "config.yaml", "metrics.jsonl", "summary.json", "curves.png"):
+        assert (run / name).is_file(), name
+    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert {"loc", "cls", "total", "lr"} <= set(rows[0]["train"])
+    saved = json.loads((run / "summary.json").read_text())
+    for k in ("mAP", "AP50", "AP75", "APs", "APm", "APl", "params(M)", "GFLOPs"):
+        assert k in saved and k in summary
+    ck = torch.load(run / "last.pt", weights_only=True)
+    for k in ("model_name", "model_kwargs", "model", "optimizer", "scheduler", "epoch", "rng", "class_names",
+              "category_ids", "config", "nms"):
+        assert k in ck, k
+
+
+def test_resume_continues_exactly(tmp_path, monkeypatch):
+    train_mod.fit(_cfg(tmp_path, "straight"))
+    straight = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)["model"]
+
+    real = train_mod.train_one_epoch
+    calls = {"n": 0}
+
+    def crash_on_second_epoch(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("simulated stop")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(train_mod, "train_one_epoch", crash_on_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.fit(_cfg(tmp_path, "stopped"))
+    monkeypatch.setattr(train_mod, "train_one_epoch", real)
+    assert torch.load(tmp_path / "stopped" / "last.pt", weights_only=True)["epoch"] == 0
+    assert train_mod.main(["--resume", str(tmp_path / "stopped")]) == 0
+    resumed = torch.load(tmp_path / "stopped" / "last.pt", weights_only=True)
+    assert resumed["epoch"] == 1
+    for k, v in straight.items():
+        torch.testing.assert_close(resumed["model"][k], v, msg=k)
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert train_mod.main(["--model", "ssdlite_mobilenetv3", "--preset", "smoke", "--data-root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown model 'ssdlite_mobilenetv3'" in err and "Traceback" not in err
+    assert train_mod.main(["--model", "ssdlite_mobilenetv2", "--data", "coco:/nope.json:/nope"]) == 2
+    assert "/nope.json" in capsys.readouterr().err
+    assert train_mod.main(["--resume", str(tmp_path / "nothing")]) == 2
