@@ -30,7 +30,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
 
 from benchmarks.machine import machine_facts  # noqa: E402
 from benchmarks.peer import PEER_NAME  # noqa: E402

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_detector_helpers import (  # noqa: E402
+from test_detector_helpers import (  # noqa: E402,F401
     GRID, controlled_raw_graph, one_torch_thread, image_with_bright_cell, same_detections, tiny_checkpoint, tiny_exports,
 )
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_detector_helpers import (  # noqa: E402
+from test_detector_helpers import (  # noqa: E402,F401
     GRID, controlled_raw_graph, image_with_bright_cell, one_torch_thread, tiny_checkpoint, tiny_coco, tiny_exports,
 )
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_detector_helpers import one_torch_thread, perturbed_raw, tiny_checkpoint, tiny_coco, tiny_exports  # noqa: E402
+from test_detector_helpers import one_torch_thread, perturbed_raw, tiny_checkpoint, tiny_coco, tiny_exports  # noqa: E402,F401
 
 from runtime import load_detector  # noqa: E402
 from runtime.parity import EvalResult, Tolerances, agreement, compare_results, match_detections  # noqa: E402
