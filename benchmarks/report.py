@@ -104,6 +104,9 @@ def write_fps_plot(report: Dict[str, Any], path: Path) -> Path:
         ax.plot(xs, ys, marker="o", linestyle="--" if b["name"].startswith("peer") else "-", label=b["name"])
         plotted += 1
     ax.set_xscale("log", base=2)
+    sizes = sorted(int(v) for v in report["config"]["batch_sizes"])
+    ax.set_xticks(sizes, [str(v) for v in sizes])
+    ax.minorticks_off()
     ax.set_xlabel("batch size")
     ax.set_ylabel("images / s (end to end)")
     ax.set_title(f"{report.get('model_name', '')} {report.get('input_size')} on {report['machine'].get('gpu') or report['machine'].get('cpu')}",
