@@ -1,7 +1,9 @@
 """Named training recipes. A preset is a plain dict of config overrides; YAML and the command line win.
 
 * ``smoke``  -- seconds: tiny images and data, used by the tests.
-* ``quick``  -- the CPU default on the embedded dataset: minutes on 2 cores, 160 px input.
+* ``quick``  -- the CPU default on the embedded dataset: minutes on 2 cores. 128 px input, AdamW (reaches a
+               useful mAP in far fewer iterations than SGD from a cold start), zoom-out up to 2x
+               instead of SSD's 4x (short schedules cannot afford that many tiny objects).
 * ``ablate`` -- one run of ``python -m distill.ablate``: ~100 s on 2 cores, 80 px, 480 images.
 * ``voc``    -- SSD's Pascal VOC recipe (Liu et al. 2016): 300 px, batch 32, lr 1e-3, ~120k iterations
                on VOC07+12 (240 epochs of 517 iterations), lr / 10 at 2/3 and 5/6 of training.
@@ -15,8 +17,9 @@ PRESETS: dict[str, dict] = {
                   warmup_epochs=0.0, workers=0, eval_every=1, model_kwargs={"min_ratio": 0.1, "max_ratio": 0.9},
                   gan_d_pretrain_iters=2, gan_d_finetune_iters=1, gan_student_max_epochs=1, gan_post_epochs=0,
                   gan_post_step=1, ab_iters=1, disc_max_width=32),
-    "quick": dict(data="shapes", img_size=160, epochs=12, batch_size=32, lr=0.05, weight_decay=4e-5,
-                  warmup_epochs=1.0, schedule="cosine", workers=2, eval_every=3, eval_images=300,
+    "quick": dict(data="shapes", img_size=128, epochs=6, batch_size=16, optimizer="adamw", lr=2e-3,
+                  weight_decay=0.01, zoom_out_max=2.0, warmup_epochs=0.3, schedule="cosine", workers=1,
+                  eval_every=2, eval_images=300,
                   model_kwargs={"min_ratio": 0.1, "max_ratio": 0.9},
                   # GAN-KD schedule scaled to minutes (paper: 75 / 75 iterations, 180 + 80 epochs)
                   gan_d_pretrain_iters=10, gan_d_finetune_iters=5, gan_student_max_epochs=2, gan_post_epochs=2,

@@ -51,6 +51,7 @@ def seed_everything(seed: int) -> None:
 def build_datasets(cfg: TrainConfig):
     from .data import build_dataset, default_val_spec
     common = dict(img_size=cfg.img_size, mean=cfg.mean, std=cfg.std, on_bad_sample=cfg.on_bad_sample,
+                  zoom_out_max=cfg.zoom_out_max,
                   data_root=cfg.data_root,
                   shapes_kwargs={"num_train": cfg.shapes_train, "num_val": cfg.shapes_val, "seed": cfg.shapes_seed})
     train_set = build_dataset(cfg.data, "train", train=True, **common)
@@ -165,6 +166,9 @@ def fit(cfg: TrainConfig, resume_ckpt: dict | None = None) -> dict:
     """Train one model as configured; returns the run summary (also written to summary.json)."""
     t_start = time.time()
     device = pick_device(cfg.device)
+    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        # Data workers need cores too: oversubscribed OpenMP threads make CPU training many times slower.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - cfg.workers))
     out = Path(cfg.out or f"runs/{cfg.model}")
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)

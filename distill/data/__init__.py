@@ -56,7 +56,8 @@ def parse_spec(spec: str) -> Tuple[str, Tuple[str, ...]]:
 def build_dataset(spec: str, split: str, *, img_size: int, mean: Sequence[float],
                   std: Sequence[float], train: bool, augment: bool = True,
                   on_bad_sample: str = "error", data_root: str = "data",
-                  shapes_kwargs: Optional[Dict[str, Any]] = None) -> DetectionDataset:
+                  shapes_kwargs: Optional[Dict[str, Any]] = None,
+                  zoom_out_max: float = 4.0) -> DetectionDataset:
     """Build a :class:`DetectionDataset` from a spec (module docstring).
 
     ``split``: "train"/"val" for a bare ``shapes`` spec; coco/voc specs name their split
@@ -64,7 +65,8 @@ def build_dataset(spec: str, split: str, *, img_size: int, mean: Sequence[float]
     ``augment`` matter for ``train=True`` only. ``on_bad_sample``: "error" (ValueError naming the
     file and annotation) or "skip" (warn + count in ``dataset.bad_samples``). ``data_root`` and
     ``shapes_kwargs`` (num_train, num_val, seed, size_range) locate/parameterise the generated
-    shapes dataset, which is created on first use.
+    shapes dataset, which is created on first use. ``zoom_out_max``: largest RandomZoomOut side
+    factor (SSD's recipe: 4; short CPU schedules learn faster with 2).
     """
     kind, args = parse_spec(spec)
     report = BadSampleReporter(on_bad_sample)
@@ -93,7 +95,7 @@ def build_dataset(spec: str, split: str, *, img_size: int, mean: Sequence[float]
         name = f"voc:{Path(args[0]).name}:{args[1]}"
     return DetectionDataset(records, names, cids, train=train, img_size=img_size, mean=mean,
                             std=std, augment=augment, on_bad_sample=on_bad_sample, name=name,
-                            bad_samples=report.counts)
+                            bad_samples=report.counts, zoom_out_max=zoom_out_max)
 
 
 def default_val_spec(train_spec: str) -> str:

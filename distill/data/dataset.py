@@ -102,7 +102,7 @@ class DetectionDataset(torch.utils.data.Dataset):
                  category_ids: Sequence[int], *, train: bool, img_size: int,
                  mean: Sequence[float], std: Sequence[float], augment: bool = True,
                  on_bad_sample: str = "error", name: str = "dataset",
-                 bad_samples: Optional[Dict[str, int]] = None):
+                 bad_samples: Optional[Dict[str, int]] = None, zoom_out_max: float = 4.0):
         if len(class_names) != len(category_ids):
             raise ValueError(f"{len(class_names)} class names but {len(category_ids)} category ids")
         self.records = list(records)
@@ -119,9 +119,12 @@ class DetectionDataset(torch.utils.data.Dataset):
         self._bad_indices: set = set()
         if self.train:
             self._tf_plain = build_train_transform(img_size, mean, std, augment=False)
-            self._tf_aug = build_train_transform(img_size, mean, std, augment=True)
+            if zoom_out_max < 1.0:
+                raise ValueError(f"zoom_out_max must be >= 1 (1 disables zoom-out), got {zoom_out_max}")
+            zoom = (1.0, float(zoom_out_max))
+            self._tf_aug = build_train_transform(img_size, mean, std, augment=True, zoom_out_side=zoom)
             self._tf_aug_nocrop = build_train_transform(img_size, mean, std, augment=True,
-                                                        iou_crop=False)
+                                                        iou_crop=False, zoom_out_side=zoom)
 
     # ---------------------------------------------------------------- bookkeeping
     @property

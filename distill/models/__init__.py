@@ -1,8 +1,9 @@
 from .anchors import DefaultBoxGenerator
 from .box_coder import BoxCoder
 from .matcher import Matcher
-from .registry import ROLES, count_gflops, count_parameters, create_model, list_models, load_pretrained_backbone
+from .registry import (ROLES, count_gflops, count_parameters, create_model, find_offline_backbone_weights, list_models,
+                       load_pretrained_backbone)
 from .ssd import SSD
 
 __all__ = ["DefaultBoxGenerator", "BoxCoder", "Matcher", "SSD", "ROLES", "create_model", "list_models",
-           "load_pretrained_backbone", "count_parameters", "count_gflops"]
+           "load_pretrained_backbone", "find_offline_backbone_weights", "count_parameters", "count_gflops"]

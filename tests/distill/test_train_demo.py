@@ -2,13 +2,13 @@ import json
 
 import yaml
 
-from distill.demo import TEACHER, finished_run, stage_config
+from distill.demo import finished_run, stage_config, teacher_role
 from distill.kd import KD_FIELDS
 
 
 def test_cached_teacher_survives_new_distillation_config_keys(tmp_path):
     out = tmp_path / "teacher"
-    cfg = stage_config({}, TEACHER, out)
+    cfg = stage_config({}, teacher_role(), out)
     out.mkdir()
     saved = {k: v for k, v in cfg.to_dict().items() if k not in KD_FIELDS and k != "init_weights"}  # an older run
     (out / "config.yaml").write_text(yaml.safe_dump(saved))
