@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student", default="ssdlite_mobilenetv2", help="student model (default: ssdlite_mobilenetv2)")
     p.add_argument("--init-weights", default=None,
                    help="checkpoint every student starts from (shared warm start; default: the preset's, else random init)")
+    p.add_argument("--pretrained-backbone", default=None,
+                   help="ImageNet backbone weights of the student (default: the locally installed MobileNetV2 weights "
+                        "when present; 'none': random init)")
     p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' (default: auto)")
     return p
 
@@ -73,6 +76,12 @@ def run_config(args, method: Method, seed: int, out: Path):
         cli["config"] = args.config
     if args.init_weights:
         cli["init_weights"] = args.init_weights
+    elif args.pretrained_backbone != "none":
+        # The paper's students start from ImageNet backbones; use the locally installed ones when present.
+        from .models import find_offline_backbone_weights
+        path = args.pretrained_backbone or find_offline_backbone_weights(args.student)
+        if path:
+            cli["pretrained_backbone"] = str(path)
     return resolve(cli, PRESETS)
 
 
