@@ -223,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg0 = run_config(args, BY_NAME[names[0]], 0, out_root / names[0] / "seed0")
         teacher = teacher_row(args, cfg0, out_root)
         runs: dict[str, list[dict]] = {n: [] for n in names}
-        jobs = [(n, s) for s in range(args.seeds) for n in names]     # seed-major: early rows are comparable
+        # seed-major, baseline and GAN-KD first: the first rows already answer the main question
+        first = [n for n in ("baseline", "gan") if n in names]
+        jobs = [(n, s) for s in range(args.seeds) for n in first + [n for n in names if n not in first]]
         bar = tqdm(jobs, desc="ablation", dynamic_ncols=True)
         for name, seed in bar:
             bar.set_postfix(method=name, seed=seed)
