@@ -225,6 +225,7 @@ def fit(cfg: TrainConfig, resume_ckpt: dict | None = None) -> dict:
             kd.load_checkpoint_extra(resume_ckpt)
         start_epoch, step, best_map = resume_ckpt["epoch"] + 1, resume_ckpt["step"], resume_ckpt["best_map"]
         set_rng_state(resume_ckpt["rng"])
+        t_start -= resume_ckpt.get("elapsed_s", 0.0)       # wall time counts the whole run, not this process
         print(f"resumed {out} at epoch {start_epoch}/{cfg.epochs}")
     else:
         save_yaml(cfg, out / "config.yaml")
@@ -256,6 +257,7 @@ def fit(cfg: TrainConfig, resume_ckpt: dict | None = None) -> dict:
                                   max_images=cfg.eval_images, desc="eval", per_class=last, **eval_kw)
         ck = make_checkpoint(cfg, model, optimizer, scheduler, scaler, ema, epoch, step, train_set, best_map,
                              extra=kd.checkpoint_extra() if kd is not None else None)
+        ck["elapsed_s"] = time.time() - t_start
         if row["val"] is not None and row["val"]["mAP"] > best_map:
             best_map = ck["best_map"] = row["val"]["mAP"]
             save_checkpoint(out / "best.pt", ck)

@@ -58,9 +58,11 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
-    assert train_mod.main(["--model", "ssdlite_mobilenetv3", "--preset", "smoke", "--data-root", str(tmp_path)]) == 2
+    assert train_mod.main(["--model", "ssdlite_mobilenetv3", "--preset", "smoke", "--data-root", str(tmp_path),
+                           "--out", str(tmp_path / "r1")]) == 2
     err = capsys.readouterr().err
     assert "unknown model 'ssdlite_mobilenetv3'" in err and "Traceback" not in err
-    assert train_mod.main(["--model", "ssdlite_mobilenetv2", "--data", "coco:/nope.json:/nope"]) == 2
+    assert train_mod.main(["--model", "ssdlite_mobilenetv2", "--data", "coco:/nope.json:/nope",
+                           "--out", str(tmp_path / "r2")]) == 2
     assert "/nope.json" in capsys.readouterr().err
     assert train_mod.main(["--resume", str(tmp_path / "nothing")]) == 2
