@@ -21,8 +21,8 @@ install: $(STAMP)
 
 demo: $(STAMP)  ## teacher (cached) then distilled student on the embedded dataset, export, benchmark
 	$(BIN)/python -m distill.train
-	$(BIN)/python -m export.onnx
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python -m export.onnx --checkpoint runs/demo/student/best.pt --out exports/demo/student --int8
+	$(BIN)/python benchmarks/run.py --checkpoint runs/demo/student/best.pt --exports exports/demo/student --out reports/demo/student
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
