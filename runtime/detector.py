@@ -25,6 +25,7 @@ This module imports numpy and pillow only; backends import their libraries when 
 
 from __future__ import annotations
 
+import abc
 import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -196,7 +197,7 @@ class BatchPreprocessor:
 # --------------------------------------------------------------------------------------------
 # The interface.
 # --------------------------------------------------------------------------------------------
-class Detector:
+class Detector(abc.ABC):
     """Base class of every backend.
 
     Subclasses set ``meta`` (the sidecar :class:`ModelMeta`), ``name`` (report name, e.g.
@@ -222,9 +223,9 @@ class Detector:
         """Images -> (float32 [B, 3, H, W] network input (reused buffer), int64 [B, 2] orig (h, w))."""
         return self._pre(images)
 
+    @abc.abstractmethod
     def infer(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
         """float32 [B, 3, H, W] -> raw graph outputs (see the module docstring); model only."""
-        raise NotImplementedError
 
     def postprocess(self, outputs: Dict[str, np.ndarray], orig_hw: np.ndarray) -> List[Detections]:
         """Outputs of :meth:`infer` + original sizes -> detections in original-image pixels."""
