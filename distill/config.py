@@ -98,7 +98,7 @@ class TrainConfig:
     eval_every: int = _f(1, "evaluate every N epochs (and always after the last)")
     eval_images: int | None = _f(None, "evaluate on at most this many validation images (None: all)")
     resume: str | None = _f(None, "run folder (or last.pt) to continue exactly where it stopped")
-    preset: str | None = _f(None, "named recipe: smoke, quick, voc, coco (see distill/presets.py)")
+    preset: str | None = _f(None, "named recipe: smoke, quick, ablate, voc, coco (see distill/presets.py)")
     config: str | None = _f(None, "YAML file with any of these keys")
 
     def nms(self):
@@ -162,7 +162,7 @@ def _coerce(name: str, value: Any) -> Any:
 
 def build_parser(prog: str = "python -m distill.train", description: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
