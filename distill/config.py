@@ -173,7 +173,8 @@ def build_parser(prog: str = "python -m distill.train", description: str | None 
             if "choices" in f.metadata:
                 kw["choices"] = f.metadata["choices"]
             p.add_argument(flag, metavar=f.name.upper(), **kw)
-        p._option_string_actions[flag].help += f" (default: {default})"
+        if "default" not in f.metadata["help"]:
+            p._option_string_actions[flag].help += f" (default: {default})"
     return p
 
 
