@@ -15,7 +15,7 @@ from __future__ import annotations
 PRESETS: dict[str, dict] = {
     "smoke": dict(data="shapes", shapes_train=16, shapes_val=8, img_size=64, epochs=1, batch_size=8, lr=0.01,
                   warmup_epochs=0.0, workers=0, eval_every=1, model_kwargs={"min_ratio": 0.1, "max_ratio": 0.9},
-                  gan_d_pretrain_iters=2, gan_d_finetune_iters=1, gan_student_max_epochs=1, gan_post_epochs=0,
+                  gan_d_pretrain_iters=1, gan_d_finetune_iters=1, gan_student_max_epochs=1, gan_post_epochs=0,
                   gan_post_step=1, ab_iters=1, disc_max_width=32),
     "quick": dict(data="shapes", img_size=128, epochs=6, batch_size=16, optimizer="adamw", lr=2e-3,
                   weight_decay=0.01, zoom_out_max=2.0, warmup_epochs=0.3, schedule="cosine", workers=1,
