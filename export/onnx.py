@@ -233,12 +233,14 @@ def _export_onnx(checkpoint, out_dir, *, int8, calib_images, calib_count, calib_
     trunk = export_trunk(model, img_size, opset)
     ir = trunk.ir_version
 
+    def check_simplify_check(model: onnx.ModelProto, graph: str) -> onnx.ModelProto:
+        model = check_and_infer(model)
+        if simplify_graphs:
+            model = simplify(model, notes[graph])
+        return check_and_infer(model)
+
     # 2. raw graph -----------------------------------------------------------------------------
-    raw = _to_model(G.add_raw_tail(_gs(trunk), anchors, variances), ir)
-    raw = check_and_infer(raw)
-    if simplify_graphs:
-        raw = simplify(raw, notes["raw"])
-    raw = check_and_infer(raw)
+    raw = check_simplify_check(_to_model(G.add_raw_tail(_gs(trunk), anchors, variances), ir), "raw")
     files["raw"] = save_with_meta(raw, out / GRAPH_FILES["raw"], meta_for("raw"))
     _log(quiet, f"  wrote {files['raw']['onnx']}")
 
@@ -273,11 +275,7 @@ def _export_onnx(checkpoint, out_dir, *, int8, calib_images, calib_count, calib_
     raw_plain = onnx.ModelProto()
     raw_plain.CopyFrom(raw)
     del raw_plain.metadata_props[:]
-    nms_model = _to_model(G.add_onnx_nms_tail(_gs(raw_plain), base_meta.nms), ir)
-    nms_model = check_and_infer(nms_model)
-    if simplify_graphs:
-        nms_model = simplify(nms_model, notes["nms"])
-    nms_model = check_and_infer(nms_model)
+    nms_model = check_simplify_check(_to_model(G.add_onnx_nms_tail(_gs(raw_plain), base_meta.nms), ir), "nms")
     files["nms"] = save_with_meta(nms_model, out / GRAPH_FILES["nms"], meta_for("nms"))
     _log(quiet, f"  wrote {files['nms']['onnx']}")
 
