@@ -45,8 +45,8 @@ METHODS: tuple[Method, ...] = (
     Method("gan+soft", "GAN-KD + soft labels", "gan+soft"),
     Method("began", "BEGAN discriminator (k_t, eqs. 4-6)", "began"),
     Method("ab+gan", "activation-boundary init + GAN-KD", "ab+gan"),
-    # Loss (3) sums six BCE terms; at 96 px four of the six maps are <= 2x2 and their discriminators
-    # dominate the gradient. Averaging over the maps (weight 1/6) keeps lambda * L_MBOX in charge.
+    # Loss (3) sums six BCE terms; below 300 px several maps are <= 2x2 (three at 256 px) and their
+    # discriminators can dominate the gradient. Averaging over the maps (weight 1/6) keeps lambda * L_MBOX in charge.
     Method("gan-mean", "GAN-KD, adversarial sum averaged over the 6 maps", "gan", {"gan": 1 / 6}),
 )
 BY_NAME = {m.name: m for m in METHODS}

@@ -54,7 +54,7 @@ def build_datasets(cfg: TrainConfig):
                   zoom_out_max=cfg.zoom_out_max,
                   data_root=cfg.data_root,
                   shapes_kwargs={"num_train": cfg.shapes_train, "num_val": cfg.shapes_val, "seed": cfg.shapes_seed})
-    train_set = build_dataset(cfg.data, "train", train=True, **common)
+    train_set = build_dataset(cfg.data, "train", train=True, augment=cfg.augment, **common)
     val_spec = cfg.val_data or default_val_spec(cfg.data)
     val_set = build_dataset(val_spec, "val", train=False, **common)
     if list(val_set.class_names) != list(train_set.class_names):

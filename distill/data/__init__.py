@@ -54,7 +54,7 @@ def parse_spec(spec: str) -> Tuple[str, Tuple[str, ...]]:
 
 
 def build_dataset(spec: str, split: str, *, img_size: int, mean: Sequence[float],
-                  std: Sequence[float], train: bool, augment: bool = True,
+                  std: Sequence[float], train: bool, augment: bool | str = True,
                   on_bad_sample: str = "error", data_root: str = "data",
                   shapes_kwargs: Optional[Dict[str, Any]] = None,
                   zoom_out_max: float = 4.0) -> DetectionDataset:
@@ -62,7 +62,7 @@ def build_dataset(spec: str, split: str, *, img_size: int, mean: Sequence[float]
 
     ``split``: "train"/"val" for a bare ``shapes`` spec; coco/voc specs name their split
     themselves and ignore it. ``img_size`` S, ``mean``/``std`` (RGB, [0, 1] units) and
-    ``augment`` matter for ``train=True`` only. ``on_bad_sample``: "error" (ValueError naming the
+    ``augment`` (True/"ssd", "light", False/"none"; see transforms.AUGMENT_POLICIES) matter for ``train=True`` only. ``on_bad_sample``: "error" (ValueError naming the
     file and annotation) or "skip" (warn + count in ``dataset.bad_samples``). ``data_root`` and
     ``shapes_kwargs`` (num_train, num_val, seed, size_range) locate/parameterise the generated
     shapes dataset, which is created on first use. ``zoom_out_max``: largest RandomZoomOut side

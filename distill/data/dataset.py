@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torchvision import tv_tensors
 
-from distill.data.transforms import build_train_transform
+from distill.data.transforms import AUGMENT_POLICIES, build_train_transform
 from runtime.preprocess import load_image
 
 ON_BAD_SAMPLE = ("error", "skip")
@@ -100,7 +100,7 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     def __init__(self, records: Sequence[ImageRecord], class_names: Sequence[str],
                  category_ids: Sequence[int], *, train: bool, img_size: int,
-                 mean: Sequence[float], std: Sequence[float], augment: bool = True,
+                 mean: Sequence[float], std: Sequence[float], augment: bool | str = True,
                  on_bad_sample: str = "error", name: str = "dataset",
                  bad_samples: Optional[Dict[str, int]] = None, zoom_out_max: float = 4.0):
         if len(class_names) != len(category_ids):
@@ -110,7 +110,12 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.category_ids: List[int] = [int(c) for c in category_ids]
         self.image_ids: List[int] = [r.image_id for r in self.records]
         self.train = bool(train)
-        self.augment = bool(augment)
+        # True/"ssd": the full SSD recipe; "light": photometric + flip only; False/"none": resize only.
+        policy = {True: "ssd", False: "none"}.get(augment, augment) if isinstance(augment, bool) else augment
+        if policy not in AUGMENT_POLICIES:
+            raise ValueError(f"augment must be one of {list(AUGMENT_POLICIES)}, got {augment!r}")
+        self.augment_policy = policy
+        self.augment = policy != "none"
         self.img_size = int(img_size)
         self.mean, self.std = tuple(mean), tuple(std)
         self.name = name
@@ -122,7 +127,10 @@ class DetectionDataset(torch.utils.data.Dataset):
             if zoom_out_max < 1.0:
                 raise ValueError(f"zoom_out_max must be >= 1 (1 disables zoom-out), got {zoom_out_max}")
             zoom = (1.0, float(zoom_out_max))
-            self._tf_aug = build_train_transform(img_size, mean, std, augment=True, zoom_out_side=zoom)
+            if policy == "light":
+                zoom = (1.0, 1.0)
+            self._tf_aug = build_train_transform(img_size, mean, std, augment=True, zoom_out_side=zoom,
+                                                 iou_crop=policy == "ssd")
             self._tf_aug_nocrop = build_train_transform(img_size, mean, std, augment=True,
                                                         iou_crop=False, zoom_out_side=zoom)
 
@@ -235,7 +243,7 @@ def describe(dataset: DetectionDataset) -> str:
     n_boxes = sum(len(r.boxes) for r in dataset.records)
     n_ign = sum(int(r.ignore.sum()) for r in dataset.records)
     n_empty = sum(len(r.boxes) == 0 for r in dataset.records)
-    mode = ("train" + ("" if dataset.augment else " (no augmentation)")) if dataset.train else "eval"
+    mode = f"train (augmentation: {dataset.augment_policy})" if dataset.train else "eval"
     s = (f"{dataset.name}: {len(dataset)} images ({n_empty} without boxes), {n_boxes} boxes "
          f"({n_ign} crowd/difficult), {dataset.num_classes} classes, {mode}")
     if dataset.bad_samples:

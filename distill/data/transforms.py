@@ -22,6 +22,12 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2 as T
 
 
+#: Training augmentation policies: "ssd" the full recipe above (SSD's; slow to learn from on short
+#: schedules: zoom-out and IoU crops make most objects tiny or cut), "light" photometric distortion and
+#: horizontal flip only (the CPU presets), "none" resize only.
+AUGMENT_POLICIES = ("ssd", "light", "none")
+
+
 def labels_and_ignore(inputs: Any) -> Tuple[torch.Tensor, torch.Tensor]:
     """``labels_getter`` for SanitizeBoundingBoxes: the per-box tensors that travel with boxes.
 
@@ -55,11 +61,10 @@ def build_train_transform(img_size: int, mean: Sequence[float], std: Sequence[fl
     steps: list = []
     if augment:
         fill = tuple(int(round(m * 255)) for m in mean)
-        steps += [
-            T.RandomPhotometricDistort(p=0.5),
-            T.RandomZoomOut(fill={tv_tensors.Image: fill, "others": 0}, side_range=zoom_out_side,
-                            p=0.5),
-        ]
+        steps.append(T.RandomPhotometricDistort(p=0.5))
+        if max(zoom_out_side) > 1.0:
+            steps.append(T.RandomZoomOut(fill={tv_tensors.Image: fill, "others": 0}, side_range=zoom_out_side,
+                                         p=0.5))
         if iou_crop:
             steps.append(T.RandomIoUCrop())
         steps.append(T.RandomHorizontalFlip(p=0.5))

@@ -25,10 +25,13 @@ valid 3x3 down to 3, then a final conv covering the whole remaining patch"); 3, 
 from the table verbatim because the rule would drop their extra blocks. So:
 
 * 300 px (19/10/5/3/2/1): DNet1..DNet6 of the paper;
+* 256 px, the quick and ablate presets (16/8/4/2/1/1): generic(16) = 3/1/1, 3/2/1 ->8, 3/2/1 ->4,
+  3/1/0 ->2, final 2 ; generic(8) = 3/1/1, 3/2/1 ->4, 3/1/0 ->2, final 2 ; generic(4) = 3/1/1,
+  3/1/0 ->2, final 2 ; then DNet5, DNet6 x2;
 * 160 px (10/5/3/2/1/1): DNet2, DNet3, DNet4, DNet5, DNet6, DNet6 recipes;
 * 128 px (8/4/2/1/1/1): generic(8) = 3/1/1, 3/2/1 ->4, 3/1/0 ->2, final 2 ; generic(4) = 3/1/1,
   3/1/0 ->2, final 2 ; then DNet5, DNet6 x3;
-* 96 px, the ablation (6/3/2/1/1/1): generic(6) = 3/1/1, 3/2/1 ->3, final 3 ; then DNet4, DNet5, DNet6 x3;
+* 96 px (6/3/2/1/1/1): generic(6) = 3/1/1, 3/2/1 ->3, final 3 ; then DNet4, DNet5, DNet6 x3;
 * smoke 64 px (4/2/1/1/1/1): generic(4), DNet5, DNet6 x4.
 
 Instance norm is skipped on 1x1 maps (it would zero them: a 1x1 instance has no variance), which

@@ -68,3 +68,29 @@ def test_bad_parameters():
         build_train_transform(24, (0.5, 0.5), STD)
     with pytest.raises(ValueError, match="img_size"):
         build_train_transform(0, MEAN, STD)
+
+
+def test_light_policy_only_flips_and_resizes(tmp_path):
+    """augment="light": every box is the resized box or its horizontal mirror (no crop, no zoom-out)."""
+    from distill.data import build_dataset
+    ds = build_dataset("shapes", "train", img_size=64, mean=MEAN, std=STD, train=True, augment="light",
+                       data_root=tmp_path, shapes_kwargs={"num_train": 6, "num_val": 1})
+    plain = build_dataset("shapes", "train", img_size=64, mean=MEAN, std=STD, train=True, augment="none",
+                          data_root=tmp_path, shapes_kwargs={"num_train": 6, "num_val": 1})
+    assert ds.augment_policy == "light" and plain.augment_policy == "none"
+    torch.manual_seed(0)
+    flips = 0
+    for i in range(len(ds)):
+        for _ in range(4):
+            b = ds[i][1]["boxes"]
+            ref = plain[i][1]["boxes"]
+            mirrored = torch.stack([1 - ref[:, 2], ref[:, 1], 1 - ref[:, 0], ref[:, 3]], 1)
+            assert b.shape == ref.shape
+            same = torch.allclose(b, ref, atol=1e-5)
+            flipped = torch.allclose(b, mirrored, atol=1e-5)
+            assert same or flipped
+            flips += flipped and not same
+    assert flips > 0
+    with pytest.raises(ValueError, match="augment must be one of"):
+        build_dataset("shapes", "train", img_size=64, mean=MEAN, std=STD, train=True, augment="heavy",
+                      data_root=tmp_path, shapes_kwargs={"num_train": 6, "num_val": 1})
