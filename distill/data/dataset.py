@@ -111,7 +111,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.image_ids: List[int] = [r.image_id for r in self.records]
         self.train = bool(train)
         # True/"ssd": the full SSD recipe; "light": photometric + flip only; False/"none": resize only.
-        policy = {True: "ssd", False: "none"}.get(augment, augment) if isinstance(augment, bool) else augment
+        policy = ("ssd" if augment else "none") if isinstance(augment, bool) else augment
         if policy not in AUGMENT_POLICIES:
             raise ValueError(f"augment must be one of {list(AUGMENT_POLICIES)}, got {augment!r}")
         self.augment_policy = policy
@@ -126,9 +126,7 @@ class DetectionDataset(torch.utils.data.Dataset):
             self._tf_plain = build_train_transform(img_size, mean, std, augment=False)
             if zoom_out_max < 1.0:
                 raise ValueError(f"zoom_out_max must be >= 1 (1 disables zoom-out), got {zoom_out_max}")
-            zoom = (1.0, float(zoom_out_max))
-            if policy == "light":
-                zoom = (1.0, 1.0)
+            zoom = (1.0, float(zoom_out_max) if policy == "ssd" else 1.0)
             self._tf_aug = build_train_transform(img_size, mean, std, augment=True, zoom_out_side=zoom,
                                                  iou_crop=policy == "ssd")
             self._tf_aug_nocrop = build_train_transform(img_size, mean, std, augment=True,
