@@ -43,7 +43,7 @@ class TrainConfig:
     augment: str = _f("ssd", "training augmentation: 'ssd' (photometric, zoom-out, IoU crop, flip: SSD's recipe), "
                       "'light' (photometric + flip: learns several times faster on short schedules), 'none' (resize only)",
                       choices=["ssd", "light", "none"])
-    zoom_out_max: float = _f(4.0, "augmentation: largest zoom-out factor (SSD: 4; 1 disables zoom-out)")
+    zoom_out_max: float = _f(4.0, "--augment ssd: largest zoom-out factor (SSD: 4; 1 disables zoom-out)")
     mean: list = _f([0.485, 0.456, 0.406], "RGB mean on the 0..1 pixel scale")
     std: list = _f([0.229, 0.224, 0.225], "RGB std on the 0..1 pixel scale")
     # optimisation

@@ -66,7 +66,7 @@ def build_dataset(spec: str, split: str, *, img_size: int, mean: Sequence[float]
     file and annotation) or "skip" (warn + count in ``dataset.bad_samples``). ``data_root`` and
     ``shapes_kwargs`` (num_train, num_val, seed, size_range) locate/parameterise the generated
     shapes dataset, which is created on first use. ``zoom_out_max``: largest RandomZoomOut side
-    factor (SSD's recipe: 4; short CPU schedules learn faster with 2).
+    factor of the "ssd" policy (SSD's recipe: 4).
     """
     kind, args = parse_spec(spec)
     report = BadSampleReporter(on_bad_sample)

@@ -129,8 +129,9 @@ class DetectionDataset(torch.utils.data.Dataset):
             zoom = (1.0, float(zoom_out_max) if policy == "ssd" else 1.0)
             self._tf_aug = build_train_transform(img_size, mean, std, augment=True, zoom_out_side=zoom,
                                                  iou_crop=policy == "ssd")
-            self._tf_aug_nocrop = build_train_transform(img_size, mean, std, augment=True,
-                                                        iou_crop=False, zoom_out_side=zoom)
+            # images without boxes skip RandomIoUCrop; the other policies never crop anyway
+            self._tf_aug_nocrop = self._tf_aug if policy != "ssd" else build_train_transform(
+                img_size, mean, std, augment=True, iou_crop=False, zoom_out_side=zoom)
 
     # ---------------------------------------------------------------- bookkeeping
     @property

@@ -264,9 +264,10 @@ def _box_overlap(box: np.ndarray, others: Sequence[np.ndarray]) -> float:
     return best
 
 
-def _sample_object(rng: np.random.Generator, W: int, H: int, placed: Sequence[np.ndarray] = (),
-                   bucket: Optional[int] = None) -> Optional[Tuple[int, List[Tuple[np.ndarray, int]], np.ndarray]]:
-    """Pick class, size bucket, aspect, rotation and position; returns (label index, polys, box).
+def _sample_object(rng: np.random.Generator, W: int, H: int, placed: Sequence[np.ndarray],
+                   bucket: int) -> Optional[Tuple[int, List[Tuple[np.ndarray, int]], np.ndarray]]:
+    """Pick class, aspect, rotation and position of an object whose box area lies in size bucket
+    ``bucket`` (index into ``_AREA_RANGES``); returns (label index, polys, box).
 
     The position is re-drawn (up to ``_PLACEMENT_TRIES`` times) until the box overlaps every box in
     ``placed`` by at most ``_MAX_OVERLAP`` of the smaller box; None when no such position is found.
@@ -274,7 +275,7 @@ def _sample_object(rng: np.random.Generator, W: int, H: int, placed: Sequence[np
     cls = int(rng.integers(len(CLASS_NAMES)))
     name = CLASS_NAMES[cls]
     outer, hole = _UNIT_SHAPES[name]
-    lo, hi = _AREA_RANGES[int(rng.integers(3)) if bucket is None else bucket]
+    lo, hi = _AREA_RANGES[bucket]
     hi = min(hi, 0.45 * W * H)
     if hi <= lo:
         lo = hi / 2
