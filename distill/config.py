@@ -78,6 +78,8 @@ class TrainConfig:
     gan_d_pretrain_iters: int = _f(75, "stage 1, discriminator pre-learning iterations (paper: 75)")
     gan_d_finetune_iters: int = _f(75, "stage 3, discriminator fine-tuning iterations (paper: 75)")
     gan_student_max_epochs: int = _f(10, "cap on the epochs of one stage-2 round when the threshold is not reached")
+    gan_student_max_iters: int = _f(0, "if > 0: a stage-2 round ends after this many student iterations instead of "
+                                    "--gan-student-max-epochs (keeps the frozen discriminators fresh on short runs)")
     gan_post_epochs: int = _f(80, "stage 4, student post-learning epochs, counted in --epochs (paper: 180 adversarial + 80 post)")
     gan_post_lr: float = _f(5e-4, "stage 4 SGD initial learning rate (paper: 5e-4)")
     gan_post_step: int = _f(20, "stage 4: divide the learning rate by 1/--gan-post-gamma every N post epochs (paper: 20)")

@@ -7,13 +7,24 @@ Stages, in order::
     d_pretrain  1) discriminator pre-learning: ``d_pretrain_iters`` (75) iterations, adversarial loss (2)
                    only, student frozen
     student     2) student learning with frozen discriminators, loss (3); left at an epoch end when the
-                   epoch's mean adversarial loss < ``threshold`` (5e-4) or after ``student_max_epochs``
+                   epoch's mean adversarial loss < ``threshold`` (5e-4) or after ``student_max_epochs``,
+                   -- or, when ``student_max_iters`` > 0, after that many iterations instead of the epoch cap
     d_finetune  3) discriminator fine-tuning: ``d_finetune_iters`` (75) iterations, student frozen
                 4) 2 -> 3 -> 2 ... until ``adversarial_epochs`` epochs are done, then
     post        student post-learning: plain SSD loss, SGD (lr 5e-4, / 10 every 20 epochs)
 
-Iteration stages (ab_init, d_pretrain, d_finetune) may straddle epoch boundaries; the whole state
-is a plain dict saved in checkpoints (``gan_state``) so a resumed run continues in the same stage.
+The schedule only counts: the session (distill/kd/session.py) runs the iteration stages (ab_init,
+d_pretrain, d_finetune) on batches of their own, so an epoch is always one full pass of student (or
+post-learning) steps and a distillation run takes exactly as many student steps as its baseline. The
+whole state is a plain dict saved in checkpoints (``gan_state``): a resumed run continues in the same
+stage.
+
+``student_max_iters`` is not in the paper. There a frozen discriminator faces one stage-2 round of up to
+an epoch of ~500 iterations (VOC, batch 32) x many rounds; on a run of a few hundred iterations an
+epoch-long round lets the student learn to fool a stale discriminator (measured on the quick preset: a
+freshly trained D separates teacher and student maps on held-out images 100 % of the time after 15
+iterations, yet by the end of an epoch-long round it calls 75-85 % of student maps "real"), so short
+presets refresh D every ``student_max_iters`` student iterations.
 """
 from __future__ import annotations
 
@@ -31,6 +42,7 @@ class GanSchedule:
     threshold: float = 5e-4
     student_max_epochs: int = 10
     ab_iters: int = 0
+    student_max_iters: int = 0  # 0: rounds end only at epoch ends
     # state
     stage: str = ""
     stage_iters: int = 0        # iterations done in the current iteration stage
@@ -45,7 +57,8 @@ class GanSchedule:
             if self.adversarial_epochs <= 0:
                 self.stage = "post"
 
-    def _length(self, stage: str) -> int:
+    def length(self, stage: str) -> int:
+        """Iterations of an iteration stage (-1 for the others)."""
         return {"ab_init": self.ab_iters, "d_pretrain": self.d_pretrain_iters,
                 "d_finetune": self.d_finetune_iters}.get(stage, -1)
 
@@ -56,17 +69,23 @@ class GanSchedule:
 
     def _skip_empty(self, epoch: int) -> None:
         """Zero-length iteration stages are passed straight through."""
-        while self.stage in ITERATION_STAGES and self._length(self.stage) <= 0:
+        while self.stage in ITERATION_STAGES and self.length(self.stage) <= 0:
             nxt = "d_pretrain" if self.stage == "ab_init" else "student"
             self.history.append({"epoch": epoch, "from": self.stage, "to": nxt, "why": "0 iterations configured"})
             self.stage = nxt
 
     def after_iteration(self, epoch: int) -> None:
         """Call once per training iteration (epoch = 0-based epoch index it belonged to)."""
+        if self.stage == "student" and self.student_max_iters > 0:
+            self.stage_iters += 1
+            if self.stage_iters >= self.student_max_iters:
+                self._go("d_finetune", epoch, f"cap of {self.student_max_iters} student iterations")
+                self.rounds += 1
+            return
         if self.stage not in ITERATION_STAGES:
             return
         self.stage_iters += 1
-        if self.stage_iters >= self._length(self.stage):
+        if self.stage_iters >= self.length(self.stage):
             nxt = "d_pretrain" if self.stage == "ab_init" else "student"
             self._go(nxt, epoch, f"{self.stage_iters} iterations done")
 
@@ -77,7 +96,7 @@ class GanSchedule:
             self.stage_epochs += 1
             if mean_adversarial is not None and mean_adversarial < self.threshold:
                 self._go("d_finetune", epoch, f"mean adversarial loss {mean_adversarial:.2e} < {self.threshold:g}")
-            elif self.stage_epochs >= self.student_max_epochs:
+            elif self.student_max_iters <= 0 and self.stage_epochs >= self.student_max_epochs:
                 self._go("d_finetune", epoch, f"cap of {self.student_max_epochs} student epochs")
             if self.stage != "student":
                 self.rounds += 1

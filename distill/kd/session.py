@@ -21,6 +21,7 @@ from collections import defaultdict
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..engine import param_groups
@@ -29,7 +30,7 @@ from ..models import Matcher
 from . import losses as L
 from .discriminators import build_discriminators
 from .modules import Adapters, BeganAutoencoder
-from .schedule import GanSchedule
+from .schedule import ITERATION_STAGES, GanSchedule
 from .stability import StabilityMonitor, format_terms
 
 # Method -> default weight. began's 0.2 is b of the text-nontext paper, eq. (2).
@@ -37,6 +38,7 @@ METHODS: dict[str, float] = {"gan": 1.0, "soft": 1.0, "fitnet": 1.0, "began": 0.
 # Config keys that only matter to distillation (ignored when comparing plain runs, e.g. the cached teacher).
 KD_FIELDS = ("kd", "teacher", "kd_weights", "kd_mbox_weight", "kd_temperature", "ab_margin", "ab_iters", "gan_lr",
              "gan_threshold", "gan_d_pretrain_iters", "gan_d_finetune_iters", "gan_student_max_epochs",
+             "gan_student_max_iters",
              "gan_post_epochs", "gan_post_lr", "gan_post_step", "gan_post_gamma", "disc_max_width", "began_gamma",
              "began_fk", "kd_collapse_patience", "kd_max_skips")
 
@@ -120,7 +122,8 @@ class KDSession:
         self.schedule = GanSchedule(adversarial_epochs=cfg.epochs - cfg.gan_post_epochs,
                                     d_pretrain_iters=cfg.gan_d_pretrain_iters, d_finetune_iters=cfg.gan_d_finetune_iters,
                                     threshold=cfg.gan_threshold, student_max_epochs=cfg.gan_student_max_epochs,
-                                    ab_iters=cfg.ab_iters if "ab" in self.weights else 0)
+                                    ab_iters=cfg.ab_iters if "ab" in self.weights else 0,
+                                    student_max_iters=cfg.gan_student_max_iters)
         self.monitor = StabilityMonitor(max_skips=cfg.kd_max_skips, patience=cfg.kd_collapse_patience)
         self.matcher, self.mbox = Matcher(cfg.match_iou), MultiBoxLoss(cfg.neg_pos_ratio)
         self.step = 0
@@ -240,32 +243,76 @@ class KDSession:
         return {"loc": mb["loc"].item(), "cls": mb["cls"].item(), "det": (mb["loc"] + mb["cls"]).item()}
 
     # ----------------------------------------------------------------------------------------------- epoch
+    def _extra_batches(self, loader, epoch: int):
+        """Endless batches for the iteration stages (D pre-learning / fine-tuning, AB init): a shuffled stream
+        of their own over the training set. Drawing them leaves the global RNG untouched, so the student's
+        batches and augmentations are exactly those of the baseline run with the same seed."""
+        gen = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch + 7_919)
+        while True:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(torch.randint(2**62, (1,), generator=gen)))
+                batches = DataLoader(loader.dataset, batch_size=loader.batch_size, shuffle=True, drop_last=True,
+                                     generator=gen, num_workers=loader.num_workers, collate_fn=loader.collate_fn)
+                it = iter(batches)
+            while True:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(int(torch.randint(2**62, (1,), generator=gen)))
+                    batch = next(it, None)
+                if batch is None:
+                    break
+                yield batch
+
+    def run_iteration_stages(self, batches, epoch: int, log=None) -> None:
+        """Run the schedule's iteration stages (ab_init, d_pretrain, d_finetune) to their end on ``batches``.
+        With nothing to train (the baseline: every KD weight 0) the stage is only counted, no batch is drawn."""
+        while self.schedule.stage in ITERATION_STAGES:
+            stage = self.schedule.stage
+            idle = stage != "ab_init" and self.d_opt is None
+            if idle:
+                out = {}
+            else:
+                images = next(batches)[0].to(self.device, non_blocking=True)
+                out = self._ab_step(images, epoch) if stage == "ab_init" else self._d_step(images, epoch)
+            if log is not None:
+                log(stage, out)
+            self.step += 0 if idle else 1
+            self.schedule.after_iteration(epoch)
+
     def train_epoch(self, loader, epoch: int, desc: str = "kd") -> dict:
-        """One pass over ``loader`` following the schedule; returns the mean of every logged number."""
+        """One pass of student (or post-learning) steps over ``loader`` following the schedule; the iteration
+        stages run on batches of their own in between. Returns the mean of every logged number."""
         self.student.train()
         sums, counts = defaultdict(float), defaultdict(int)
         adv_sum, adv_n, fool_sum, fool_n, stages_seen = 0.0, 0, 0.0, 0, defaultdict(int)
+
+        def log(stage, out):
+            stages_seen[stage] += 1
+            for k, v in out.items():
+                if v is not None and math.isfinite(v):
+                    sums[k] += v
+                    counts[k] += 1
+            if stage in ITERATION_STAGES:     # D / AB iterations: show their count and the D accuracies
+                post = {"stage": f"{stage} {self.schedule.stage_iters + 1}/{self.schedule.length(stage)}"}
+                post.update({k: f"{v:.3f}" for k, v in out.items() if k in ("d_gan", "d_acc_real", "d_acc_fake", "ab")})
+                bar.set_postfix(post)
+
+        extra = None
         bar = tqdm(loader, desc=f"{desc} {epoch + 1}", leave=False, dynamic_ncols=True)
         for images, targets in bar:
+            if self.schedule.stage in ITERATION_STAGES:
+                extra = extra if extra is not None else self._extra_batches(loader, epoch)
+                self.run_iteration_stages(extra, epoch, log)
             images = images.to(self.device, non_blocking=True)
             stage = self.schedule.stage
             if stage == "post":
                 out = self._post_step(images, targets, epoch)
-            elif stage == "ab_init":
-                out = self._ab_step(images, epoch)
-            elif stage in ("d_pretrain", "d_finetune"):
-                out = self._d_step(images, epoch)
             else:
                 out = self._student_step(images, targets, epoch)
                 if "adv" in out:
                     adv_sum, adv_n = adv_sum + out["adv"], adv_n + 1
                 if "d_acc_student" in out:
                     fool_sum, fool_n = fool_sum + out["d_acc_student"], fool_n + 1
-            stages_seen[stage] += 1
-            for k, v in out.items():
-                if v is not None and math.isfinite(v):
-                    sums[k] += v
-                    counts[k] += 1
+            log(stage, out)
             self.step += 1
             self.schedule.after_iteration(epoch)
             post = {"stage": stage}

@@ -57,3 +57,13 @@ def test_no_adversarial_term_uses_the_cap(adv):
     s = GanSchedule(adversarial_epochs=5, d_pretrain_iters=1, student_max_epochs=1)
     run_epoch(s, 0, 2, adv=adv)
     assert s.stage == "d_finetune"
+
+
+def test_student_iteration_cap_replaces_the_epoch_cap():
+    s = GanSchedule(adversarial_epochs=3, d_pretrain_iters=1, d_finetune_iters=1, student_max_epochs=1, student_max_iters=2)
+    assert run_epoch(s, 0, 5, adv=1.0) == ["d_pretrain", "student", "student", "d_finetune", "student"]
+    assert s.stage == "student" and s.stage_iters == 1 and s.rounds == 1       # the round goes on into epoch 1
+    assert run_epoch(s, 1, 3, adv=1.0) == ["student", "d_finetune", "student"]
+    assert s.rounds == 2 and "cap of 2 student iterations" in s.history[-2]["why"]
+    run_epoch(s, 2, 3, adv=1e-4)        # the paper's threshold still ends a round at an epoch end
+    assert s.history[-2]["to"] == "d_finetune" and "<" in s.history[-2]["why"] and s.stage == "post"

@@ -55,8 +55,8 @@ def test_teacher_unchanged_and_student_changed_after_kd_steps(teacher_ckpt, data
     t_before = {k: v.clone() for k, v in kd.teacher.state_dict().items()}
     s_before = {k: v.clone() for k, v in kd.student.state_dict().items()}
     loader = DataLoader(train_set, batch_size=8, shuffle=False, collate_fn=collate_train)
-    tr = kd.train_epoch(loader, 0)                  # 1 D step, then 1 student step with every term
-    assert kd.last_info["stages"] == {"d_pretrain": 1, "student": 1}
+    tr = kd.train_epoch(loader, 0)        # 1 D step on a batch of its own, then 2 student steps with every term
+    assert kd.last_info["stages"] == {"d_pretrain": 1, "student": 2}
     for key in ("loc", "cls", "gan", "soft", "fitnet", "began", "d_gan", "d_acc_real", "d_acc_fake", "adv"):
         assert key in tr, key
     assert not kd.teacher.training
@@ -73,18 +73,34 @@ def test_frozen_student_during_discriminator_stage(teacher_ckpt, data_root, tmp_
     kd, train_set = build_session(cfg)
     s_before = {k: v.clone() for k, v in kd.student.state_dict().items()}
     d_before = {k: v.clone() for k, v in kd.discs.state_dict().items()}
-    kd.train_epoch(DataLoader(train_set, batch_size=8, collate_fn=collate_train), 0)
-    assert kd.schedule.stage == "d_pretrain" and kd.schedule.stage_iters == 2
+    loader = DataLoader(train_set, batch_size=8, collate_fn=collate_train)
+    rng = torch.get_rng_state()
+    seen = []
+    kd.run_iteration_stages(kd._extra_batches(loader, 0), 0, log=lambda stage, out: seen.append(stage))
+    assert seen == ["d_pretrain"] * 5 and kd.schedule.stage == "student"     # 5 iterations > 2 batches per pass
     assert all(torch.equal(s_before[k], v) for k, v in kd.student.state_dict().items())   # incl. BN statistics
     assert any(not torch.equal(d_before[k], v) for k, v in kd.discs.state_dict().items())
+    # the D batches come from a stream of their own: the student's batches / augmentations are the baseline's
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_baseline_pipeline_draws_no_discriminator_batches(teacher_ckpt, data_root, tmp_path):
+    cfg = smoke_cfg(teacher_ckpt, data_root, tmp_path / "run", kd="gan", kd_weights={"gan": 0.0}, epochs=2,
+                    gan_d_pretrain_iters=4)
+    kd, _ = build_session(cfg)
+    seen = []
+    kd.run_iteration_stages(iter(()), 0, log=lambda stage, out: seen.append((stage, out)))   # an empty stream
+    assert seen == [("d_pretrain", {})] * 4 and kd.schedule.stage == "student" and kd.discs is None
 
 
 def test_kd_run_checkpoint_and_resume_mid_stage(teacher_ckpt, data_root, tmp_path, monkeypatch):
     from distill import train
     from distill.kd.session import KDSession
     out = tmp_path / "kd"
-    # 16 images / batch 8 = 2 iterations per epoch; D pre-learning lasts 3 -> it straddles epochs 1 and 2.
-    cfg = smoke_cfg(teacher_ckpt, data_root, out, kd="gan", epochs=3, gan_post_epochs=1, gan_d_pretrain_iters=3)
+    # 16 images / batch 8 = 2 student iterations per epoch; D stages run on batches of their own; a round of
+    # 3 student iterations straddles epochs 1 and 2.
+    cfg = smoke_cfg(teacher_ckpt, data_root, out, kd="gan", epochs=3, gan_post_epochs=1, gan_d_pretrain_iters=3,
+                    gan_d_finetune_iters=1, gan_student_max_iters=3)
     real_epoch = KDSession.train_epoch
 
     def stop_at_second_epoch(self, loader, epoch, desc="kd"):
@@ -98,7 +114,7 @@ def test_kd_run_checkpoint_and_resume_mid_stage(teacher_ckpt, data_root, tmp_pat
     monkeypatch.setattr(KDSession, "train_epoch", real_epoch)
     ck = load_checkpoint(out / "last.pt")
     sched = ck["gan_state"]["schedule"]
-    assert ck["epoch"] == 0 and sched["stage"] == "d_pretrain" and sched["stage_iters"] == 2
+    assert ck["epoch"] == 0 and sched["stage"] == "student" and sched["stage_iters"] == 2
     for key in ("kd_modules", "discriminators", "gan_state", "kd_optimizers"):
         assert key in ck
     assert ck["kd_modules"]["adapters"] and ck["discriminators"]["patch"]
@@ -113,11 +129,14 @@ def test_kd_run_checkpoint_and_resume_mid_stage(teacher_ckpt, data_root, tmp_pat
     summary = train.fit(rcfg, resume_ckpt=rck)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
-    # epoch 2 resumed inside D pre-learning: one more D iteration (3rd), then the student
-    assert rows[1]["kd"]["stages"] == {"d_pretrain": 1, "student": 1}
+    assert rows[0]["kd"]["stages"] == {"d_pretrain": 3, "student": 2}
+    # epoch 2 resumed inside the round: its 3rd student iteration, 1 D fine-tuning iteration, the next round
+    assert rows[1]["kd"]["stages"] == {"student": 2, "d_finetune": 1}
     assert rows[2]["kd"]["stages"] == {"post": 2}
     final = load_checkpoint(out / "last.pt")["gan_state"]["schedule"]
-    assert [(h["from"], h["to"]) for h in final["history"]][:2] == [("d_pretrain", "student"), ("student", "d_finetune")]
+    assert [(h["from"], h["to"]) for h in final["history"]] == [
+        ("d_pretrain", "student"), ("student", "d_finetune"), ("d_finetune", "student"), ("student", "post")]
+    assert final["history"][1]["epoch"] == 1 and "3 student iterations" in final["history"][1]["why"]
     assert final["stage"] == "post"
     assert summary["kd"] == "gan" and "mAP" in summary
 
