@@ -80,6 +80,8 @@ class TrainConfig:
     gan_student_max_epochs: int = _f(10, "cap on the epochs of one stage-2 round when the threshold is not reached")
     gan_student_max_iters: int = _f(0, "if > 0: a stage-2 round ends after this many student iterations instead of "
                                     "--gan-student-max-epochs (keeps the frozen discriminators fresh on short runs)")
+    gan_conditional: bool = _f(False, "discriminators also see the input image, average-pooled to each map's size: the "
+                               "conditional D(x, y) of GAN-KD eq. (2) (Tables 2-3 draw the unconditional D(y))")
     gan_post_epochs: int = _f(80, "stage 4, student post-learning epochs, counted in --epochs (paper: 180 adversarial + 80 post)")
     gan_post_lr: float = _f(5e-4, "stage 4 SGD initial learning rate (paper: 5e-4)")
     gan_post_step: int = _f(20, "stage 4: divide the learning rate by 1/--gan-post-gamma every N post epochs (paper: 20)")

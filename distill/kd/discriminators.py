@@ -42,6 +42,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -91,13 +92,17 @@ class PatchDiscriminator(nn.Module):
         channels: input channels (the teacher's map width).
         size: map side; picks the layer list via :func:`layer_specs`.
         width: hidden width (Tables 2-3: = channels).
+        cond_channels: channels of a conditioning input concatenated to the map (0: none, as drawn in
+            Tables 2-3). Eq. (2) writes the conditional form D(x, y) / D(x, G(x)): with ``cond_channels=3``
+            the network also sees the input image x, average-pooled to the map's size.
     """
 
-    def __init__(self, channels: int, size: int, width: int | None = None, negative_slope: float = 0.2):
+    def __init__(self, channels: int, size: int, width: int | None = None, negative_slope: float = 0.2,
+                 cond_channels: int = 0):
         super().__init__()
         width = width or channels
         layers: list[nn.Module] = []
-        cin, side = channels, size
+        cin, side = channels + cond_channels, size
         for spec in layer_specs(size):
             if spec.final:
                 layers.append(nn.Conv2d(cin, 1, spec.k, spec.s, spec.p, bias=False))
@@ -109,14 +114,20 @@ class PatchDiscriminator(nn.Module):
                 layers.append(nn.LeakyReLU(negative_slope, inplace=True))
                 cin = width
         self.net = nn.Sequential(*layers)
-        self.channels, self.size = channels, size
+        self.channels, self.size, self.cond_channels = channels, size, cond_channels
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        if self.cond_channels:
+            if cond is None or cond.shape[1] != self.cond_channels:
+                raise ValueError(f"this discriminator is conditional: it needs a [B, {self.cond_channels}, H, W] input")
+            x = torch.cat([x, F.adaptive_avg_pool2d(cond.to(x.dtype), x.shape[-2:])], 1)
         return self.net(x)
 
 
-def build_discriminators(channels: list[int], sizes: list[int], max_width: int | None = None) -> nn.ModuleList:
+def build_discriminators(channels: list[int], sizes: list[int], max_width: int | None = None,
+                         cond_channels: int = 0) -> nn.ModuleList:
     """One :class:`PatchDiscriminator` per feature map (GAN-KD paper, sec. 4 and Tables 2-3)."""
     if len(channels) != len(sizes):
         raise ValueError(f"{len(channels)} channel counts for {len(sizes)} map sizes")
-    return nn.ModuleList(PatchDiscriminator(c, s, min(c, max_width) if max_width else c) for c, s in zip(channels, sizes))
+    return nn.ModuleList(PatchDiscriminator(c, s, min(c, max_width) if max_width else c, cond_channels=cond_channels)
+                         for c, s in zip(channels, sizes))

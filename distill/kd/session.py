@@ -38,7 +38,7 @@ METHODS: dict[str, float] = {"gan": 1.0, "soft": 1.0, "fitnet": 1.0, "began": 0.
 # Config keys that only matter to distillation (ignored when comparing plain runs, e.g. the cached teacher).
 KD_FIELDS = ("kd", "teacher", "kd_weights", "kd_mbox_weight", "kd_temperature", "ab_margin", "ab_iters", "gan_lr",
              "gan_threshold", "gan_d_pretrain_iters", "gan_d_finetune_iters", "gan_student_max_epochs",
-             "gan_student_max_iters",
+             "gan_student_max_iters", "gan_conditional",
              "gan_post_epochs", "gan_post_lr", "gan_post_step", "gan_post_gamma", "disc_max_width", "began_gamma",
              "began_fk", "kd_collapse_patience", "kd_max_skips")
 
@@ -108,7 +108,8 @@ class KDSession:
         t_ch, s_ch = list(teacher.feature_channels), list(student.feature_channels)
         need_feats = any(m in self.weights for m in ("gan", "fitnet", "began", "ab"))
         self.adapters = Adapters(s_ch, t_ch).to(device) if need_feats else None
-        self.discs = build_discriminators(t_ch, sizes, cfg.disc_max_width).to(device) if "gan" in self.weights else None
+        self.discs = (build_discriminators(t_ch, sizes, cfg.disc_max_width, cond_channels=3 if cfg.gan_conditional else 0)
+                      .to(device) if "gan" in self.weights else None)
         self.began = nn.ModuleList(BeganAutoencoder(c) for c in t_ch).to(device) if "began" in self.weights else None
         self.began_k = [0.0] * len(t_ch)             # k_0 = 0 (text-nontext paper, after eq. (5))
         g_params = list(student.parameters()) + (list(self.adapters.parameters()) if self.adapters else [])
@@ -171,7 +172,7 @@ class KDSession:
         a_feats = self.adapters(feats) if self.adapters is not None else None
         if self.discs is not None:                                     # eq. (3): sum_i L_GAN_i, D_i frozen
             set_requires_grad(self.discs, False)
-            logits = [d(f) for d, f in zip(self.discs, a_feats)]
+            logits = [d(f, images) for d, f in zip(self.discs, a_feats)]
             adv = sum(L.gan_g_loss(lg) for lg in logits)
             terms["gan"] = self.weights["gan"] * adv
             info["adv"] = adv.item()
@@ -215,8 +216,8 @@ class KDSession:
             a_feats = self.adapters(self.student.forward_features(images)[2])
         info: dict[str, float] = {}
         if self.discs is not None:
-            real = [d(t) for d, t in zip(self.discs, t_feats)]
-            fake = [d(s) for d, s in zip(self.discs, a_feats)]
+            real = [d(t, images) for d, t in zip(self.discs, t_feats)]
+            fake = [d(s, images) for d, s in zip(self.discs, a_feats)]
             terms = {"d_gan": sum(L.gan_d_loss(r, f) for r, f in zip(real, fake))}
             accs = [L.d_accuracy(r, f) for r, f in zip(real, fake)]
             info["d_acc_real"] = sum(a[0] for a in accs) / len(accs)

@@ -55,3 +55,19 @@ def test_discriminators_on_real_teacher_maps(img_size, expected):
     ds = build_discriminators(teacher.feature_channels, expected)
     for d, f in zip(ds, feats):
         assert d(f).shape == (2, 1, 1, 1)
+
+
+def test_conditional_discriminator_sees_the_image():
+    """Eq. (2)'s D(x, y): the input image, pooled to the map size, is concatenated to the map."""
+    torch.manual_seed(0)
+    discs = build_discriminators([16, 8], [8, 1], cond_channels=3)
+    images = torch.randn(2, 3, 64, 64)
+    maps = [torch.randn(2, 16, 8, 8), torch.randn(2, 8, 1, 1)]
+    outs = [d(m, images) for d, m in zip(discs, maps)]
+    assert [tuple(o.shape) for o in outs] == [(2, 1, 1, 1), (2, 1, 1, 1)]
+    assert discs[0].net[0].in_channels == 16 + 3
+    # the same map with another image gets another score: the image is an input
+    assert not torch.allclose(discs[0](maps[0], images), discs[0](maps[0], images.flip(-1)))
+    with pytest.raises(ValueError, match="conditional"):
+        discs[0](maps[0])
+    assert build_discriminators([16], [8])[0](maps[0]).shape == (2, 1, 1, 1)     # Tables 2-3: unconditional

@@ -150,3 +150,14 @@ def test_bad_kd_arguments(teacher_ckpt, data_root, tmp_path):
         build_session(smoke_cfg(teacher_ckpt, data_root, tmp_path, kd="gan", epochs=2, gan_post_epochs=2))
     with pytest.raises(ValueError, match="unknown method 'gann'"):
         build_session(smoke_cfg(teacher_ckpt, data_root, tmp_path, kd="gan", kd_weights={"gann": 1}))
+
+
+def test_conditional_gan_kd_epoch(teacher_ckpt, data_root, tmp_path):
+    from torch.utils.data import DataLoader
+
+    from distill.data import collate_train
+    cfg = smoke_cfg(teacher_ckpt, data_root, tmp_path / "run", kd="gan", epochs=2, gan_conditional=True)
+    kd, train_set = build_session(cfg)
+    assert all(d.cond_channels == 3 for d in kd.discs)
+    tr = kd.train_epoch(DataLoader(train_set, batch_size=8, collate_fn=collate_train), 0)
+    assert kd.last_info["stages"] == {"d_pretrain": 1, "student": 2} and tr["adv"] > 0
