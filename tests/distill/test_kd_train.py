@@ -161,3 +161,20 @@ def test_conditional_gan_kd_epoch(teacher_ckpt, data_root, tmp_path):
     assert all(d.cond_channels == 3 for d in kd.discs)
     tr = kd.train_epoch(DataLoader(train_set, batch_size=8, collate_fn=collate_train), 0)
     assert kd.last_info["stages"] == {"d_pretrain": 1, "student": 2} and tr["adv"] > 0
+
+
+def test_diagnose_gradients_and_discriminator_learnability(teacher_ckpt, data_root, tmp_path, capsys):
+    from distill import train
+    from distill.kd import diagnose
+    out = tmp_path / "kd"
+    train.fit(smoke_cfg(teacher_ckpt, data_root, out, kd="gan", epochs=2, gan_post_epochs=1))
+    assert diagnose.main([str(out), "--batches", "1", "--d-iters", "2", "--out", str(tmp_path / "d.json")]) == 0
+    res = json.loads((tmp_path / "d.json").read_text())
+    assert set(res["gradients"]) == {"det", "gan", "soft", "fitnet"}
+    assert abs(res["gradients"]["det"]["cos_with_det"] - 1.0) < 1e-3          # the detection gradient with itself
+    assert all(g["grad_norm"] > 0 for g in res["gradients"].values())
+    rows = res["discriminator_learnability"]
+    assert rows[-1]["iteration"] == 2 and len(rows[-1]["held_out_acc_real"]) == 6
+    assert "cos(det)" in capsys.readouterr().out
+    # a plain (non-GAN) run folder is refused with a one-line reason
+    assert diagnose.main([str(tmp_path / "nowhere")]) == 2
