@@ -3,6 +3,8 @@
 Every method trains the same student on the same data with the same staged pipeline (distill/kd/schedule.py:
 D pre-learning -> student / D fine-tuning rounds -> SGD post-learning), the same number of epochs and the
 same seeds; only the distillation terms differ. The baseline is that pipeline with every KD weight at 0.
+Discriminator stages draw batches of their own, so for a given seed every method's student steps see the
+same batches with the same augmentations as the baseline's.
 
 Writes to ``--out``: one run folder per (method, seed) -- finished ones are skipped on a re-run, stopped
 ones are resumed --, ``ablation.json`` (every run and the aggregates), ``ablation.md`` (mean +- std of

@@ -33,6 +33,7 @@ PRESETS: dict[str, dict] = {
     # x 2 epochs, the 4-stage schedule scaled to 46 iterations per epoch: D pre-learning (5 it.), student
     # epoch, D fine-tuning (5 it.), student epoch; no SGD post-learning (it only polishes long runs).
     # distill.ablate adds the ImageNet MobileNetV2 backbone when it is installed (as the paper's students).
+    # (docs/ablation.md 3.2 was measured when D iterations still used up the epoch's batches.)
     "ablate": dict(data="shapes", shapes_train=750, shapes_val=300, img_size=256, augment="light", epochs=2,
                    batch_size=16, workers=0, eval_every=2, eval_images=None,
                    model_kwargs={"min_ratio": 0.1, "max_ratio": 0.9},
