@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from runtime.metadata import write_json_atomic
 
@@ -105,12 +106,11 @@ def gradient_alignment(kd, batches) -> dict:
 def discriminator_learnability(kd, batches, held_out, iters: int) -> list[dict]:
     """Train fresh discriminators ``iters`` iterations; held-out accuracy per map every iters / 5."""
     from . import losses as L
-    from .discriminators import build_discriminators
+    from .discriminators import PatchDiscriminator
     from .session import frozen_bn_stats
     old = kd.discs
-    kd.discs = build_discriminators([d.channels for d in old], [d.size for d in old], max(
-        m.out_channels for d in old for m in d.net if isinstance(m, torch.nn.Conv2d)),
-        cond_channels=old[0].cond_channels).to(kd.device)
+    kd.discs = nn.ModuleList(PatchDiscriminator(d.channels, d.size, d.width, cond_channels=d.cond_channels)
+                             for d in old).to(kd.device)
     kd.d_opt = torch.optim.Adam(kd.discs.parameters(), lr=kd.cfg.gan_lr, betas=(0.5, 0.999))
     images = held_out[0].to(kd.device)
     rows, every = [], max(1, iters // 5)

@@ -114,7 +114,7 @@ class PatchDiscriminator(nn.Module):
                 layers.append(nn.LeakyReLU(negative_slope, inplace=True))
                 cin = width
         self.net = nn.Sequential(*layers)
-        self.channels, self.size, self.cond_channels = channels, size, cond_channels
+        self.channels, self.size, self.width, self.cond_channels = channels, size, width, cond_channels
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         if self.cond_channels:
