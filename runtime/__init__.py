@@ -4,14 +4,22 @@
 onnxruntime nor tensorrt; each backend imports its library when a model is opened.
 """
 
+from __future__ import annotations
+
+import importlib
 from typing import Any
 
-__all__ = ["load_detector", "Detector"]
+# name -> module that defines it, imported on first access.
+_LAZY = {
+    "load_detector": "runtime.load",
+    "Detector": "runtime.detector",
+    "BackendUnavailable": "runtime.errors",
+}
+
+__all__ = sorted(_LAZY)
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from runtime import detector
-
-        return getattr(detector, name)
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'runtime' has no attribute {name!r}")

@@ -1,8 +1,8 @@
-"""One ``Detector`` interface for every backend, and ``load_detector`` that picks the backend.
+"""The ``Detector`` interface every backend implements, and the output parsing they share.
 
 ::
 
-    det = load_detector("exports/kd/model_nms.onnx")     # or .engine, or a .pt checkpoint
+    det = load_detector("exports/kd/model_nms.onnx")     # runtime.load: picks the backend
     dets = det(["a.jpg", pil_image, hwc_uint8])          # list of {boxes, scores, labels}
 
 A detector is three steps, each callable on its own so benchmarks can time them separately:
@@ -12,63 +12,36 @@ A detector is three steps, each callable on its own so benchmarks can time them 
     postprocess(outputs, hw)    -> per image {"boxes" float32 [K, 4] xyxy original pixels,
                                               "scores" float32 [K], "labels" int64 [K] in 1..C}
 
-Graph outputs (DESIGN.md) come in two kinds, told apart by their names:
+Graph outputs (:mod:`runtime.outputs`) come in two kinds, told apart by their names:
 
 * ``"nms"``: ``num_detections`` int32 [B, 1], ``detection_boxes`` float32 [B, K, 4] normalised
   xyxy, ``detection_scores`` [B, K], ``detection_classes`` int32 [B, K] 0-based object class;
 * ``"raw"``: ``boxes`` [B, N, 4] normalised xyxy and ``scores`` [B, N, C + 1] softmax (column 0
-  background); NMS is then done by :func:`runtime.nms_reference.efficient_nms` with the
+  background); NMS is then done by :func:`runtime.nms_reference.efficient_nms` semantics with the
   sidecar's :class:`~runtime.metadata.NMSConfig` (thresholds are never re-typed here).
 
-This module imports numpy and pillow only; backends import their libraries when built.
+This module imports numpy and pillow only, and no backend: backends import it.
 """
 
 from __future__ import annotations
 
 import abc
 import os
-from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from runtime.metadata import ModelMeta, NMSConfig, read_sidecar
+from runtime.metadata import ModelMeta, NMSConfig
+from runtime.nms_fast import efficient_nms_fast
 from runtime.nms_reference import efficient_nms
-from runtime.preprocess import load_image, resize, scale_boxes
+from runtime.outputs import NMS_OUTPUTS
+from runtime.preprocess import Preprocessor, scale_boxes
 
-NMS_OUTPUTS = ("num_detections", "detection_boxes", "detection_scores", "detection_classes")
-RAW_OUTPUTS = ("boxes", "scores")
-INPUT_NAME = "images"
-
-Detections = Dict[str, np.ndarray]
-
-CHECKPOINT_SUFFIXES = (".pt", ".pth")
-ONNX_SUFFIXES = (".onnx",)
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
-# provider= values accepted by load_detector for .onnx files.
-PROVIDERS = ("cpu", "cuda", "tensorrt", "reference")
-
-
-def output_kind(names: Sequence[str]) -> str:
-    """``"nms"`` or ``"raw"`` from a graph's output names; ValueError for anything else."""
-    names = set(names)
-    if set(NMS_OUTPUTS) <= names:
-        return "nms"
-    if set(RAW_OUTPUTS) <= names:
-        return "raw"
-    raise ValueError(
-        f"graph outputs {sorted(names)} are neither the NMS outputs {list(NMS_OUTPUTS)} nor the "
-        f"raw outputs {list(RAW_OUTPUTS)} (DESIGN.md, 'Graph outputs')"
-    )
-
-
-def cpu_cores() -> int:
-    """CPU cores this process may run on (affinity-aware)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+# One image's detections: boxes float32 [K, 4] xyxy original pixels, scores float32 [K],
+# labels int64 [K] in 1..C.
+Detections = dict[str, np.ndarray]
 
 
 # --------------------------------------------------------------------------------------------
@@ -82,7 +55,7 @@ def detections_from_nms(
     orig_hw: np.ndarray,
     num_classes: int,
     resize_mode: str = "stretch",
-) -> List[Detections]:
+) -> list[Detections]:
     """NMS graph outputs -> detections in original-image pixels.
 
     ``num_detections`` int [B, 1]; ``boxes`` [B, K, 4] normalised xyxy; ``scores`` [B, K];
@@ -125,20 +98,18 @@ def detections_from_nms(
 
 
 def nms_of_raw(boxes: np.ndarray, scores: np.ndarray, nms: NMSConfig, exact_reference: bool = False
-               ) -> Tuple[np.ndarray, ...]:
+               ) -> tuple[np.ndarray, ...]:
     """Raw outputs (boxes [B, N, 4] normalised xyxy, scores [B, N, C+1]) -> the four NMS outputs.
 
     EfficientNMS_TRT semantics with the sidecar's settings; the background column is dropped so
     the classes come out 0-based exactly as the NMS graphs emit them. By default the blocked
-    implementation :func:`runtime.backends.numpy_nms.efficient_nms_fast` (bit-identical results,
+    implementation :func:`runtime.nms_fast.efficient_nms_fast` (bit-identical results,
     tested); ``exact_reference=True`` runs :func:`runtime.nms_reference.efficient_nms` itself.
     """
     scores = np.asarray(scores)
     if scores.ndim != 3 or scores.shape[2] < 2:
         raise ValueError(f"raw scores must be [B, N, C + 1] with C >= 1, got {scores.shape}")
     if not exact_reference:
-        from runtime.backends.numpy_nms import efficient_nms_fast
-
         return efficient_nms_fast(
             boxes, scores[:, :, 1:],
             score_threshold=nms.score_threshold, iou_threshold=nms.iou_threshold,
@@ -151,47 +122,6 @@ def nms_of_raw(boxes: np.ndarray, scores: np.ndarray, nms: NMSConfig, exact_refe
         max_output_boxes=nms.max_detections, pre_nms_top_k=nms.pre_nms_top_k,
         class_agnostic=nms.class_agnostic, background_class=-1,
     )
-
-
-# --------------------------------------------------------------------------------------------
-# Preprocessing into a reused buffer (bit-identical to runtime.preprocess.preprocess_batch).
-# --------------------------------------------------------------------------------------------
-class BatchPreprocessor:
-    """:func:`runtime.preprocess.preprocess_batch` writing into a preallocated input buffer.
-
-    Same pixels bit for bit (same ``load_image`` and ``resize``; the normalisation
-    ``(p / 255 - mean) / std`` is evaluated in float32 once per possible byte value and then
-    looked up, which gives the identical float32 results), but no per-call allocation of the
-    network input. The returned batch is a view of that buffer: the next call overwrites it.
-    """
-
-    def __init__(self, meta: ModelMeta) -> None:
-        self.input_size = tuple(int(v) for v in meta.input_size)
-        self.resize_mode = meta.resize_mode
-        mean = np.asarray(meta.mean, dtype=np.float32)
-        std = np.asarray(meta.std, dtype=np.float32)
-        v = np.arange(256, dtype=np.float32) / np.float32(255.0)
-        self.lut = np.ascontiguousarray((v[None, :] - mean[:, None]) / std[:, None], dtype=np.float32)
-        self._buf: Optional[np.ndarray] = None
-
-    def __call__(self, images: Sequence[Any]) -> Tuple[np.ndarray, np.ndarray]:
-        """Images (paths, PIL images, uint8 HWC arrays) -> (float32 [B, 3, H, W], int64 [B, 2])."""
-        if isinstance(images, (str, os.PathLike, np.ndarray, Image.Image)) or len(images) == 0:
-            raise ValueError(f"images must be a non-empty list of images, got {type(images).__name__}")
-        h, w = self.input_size
-        n = len(images)
-        if self._buf is None or self._buf.shape[0] < n:
-            self._buf = np.empty((n, 3, h, w), dtype=np.float32)
-        batch = self._buf[:n]
-        orig = np.empty((n, 2), dtype=np.int64)
-        for i, src in enumerate(images):
-            rgb = load_image(src)
-            orig[i] = rgb.shape[:2]
-            if rgb.shape[:2] != (h, w):
-                rgb = resize(rgb, (h, w), self.resize_mode)
-            for c in range(3):
-                np.take(self.lut[c], rgb[:, :, c], out=batch[i, c])
-        return batch, orig
 
 
 # --------------------------------------------------------------------------------------------
@@ -211,23 +141,23 @@ class Detector(abc.ABC):
 
     name: str = "detector"
     kind: str = "raw"
-    max_batch: Optional[int] = None
-    fixed_batch: Optional[int] = None
+    max_batch: int | None = None
+    fixed_batch: int | None = None
 
     def __init__(self, meta: ModelMeta) -> None:
         self.meta = meta
-        self._pre = BatchPreprocessor(meta)
+        self._pre = Preprocessor.from_meta(meta, reuse_buffer=True)
 
     # -- the three steps -------------------------------------------------------------------
-    def preprocess(self, images: Sequence[Any]) -> Tuple[np.ndarray, np.ndarray]:
+    def preprocess(self, images: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
         """Images -> (float32 [B, 3, H, W] network input (reused buffer), int64 [B, 2] orig (h, w))."""
         return self._pre(images)
 
     @abc.abstractmethod
-    def infer(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """float32 [B, 3, H, W] -> raw graph outputs (see the module docstring); model only."""
 
-    def postprocess(self, outputs: Dict[str, np.ndarray], orig_hw: np.ndarray) -> List[Detections]:
+    def postprocess(self, outputs: dict[str, np.ndarray], orig_hw: np.ndarray) -> list[Detections]:
         """Outputs of :meth:`infer` + original sizes -> detections in original-image pixels."""
         if self.kind == "raw":
             nms_out = nms_of_raw(outputs["boxes"], outputs["scores"], self.meta.nms)
@@ -236,7 +166,7 @@ class Detector(abc.ABC):
         return detections_from_nms(*nms_out, orig_hw, self.meta.num_classes, self.meta.resize_mode)
 
     # -- conveniences ----------------------------------------------------------------------
-    def run_batch(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
+    def run_batch(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """:meth:`infer` with the batch padded to ``fixed_batch`` / split at ``max_batch``."""
         n = batch.shape[0]
         if self.fixed_batch is not None and n != self.fixed_batch:
@@ -266,7 +196,7 @@ class Detector(abc.ABC):
     def close(self) -> None:
         """Release runtime resources (sessions, device buffers). Idempotent."""
 
-    def __enter__(self) -> "Detector":
+    def __enter__(self) -> Detector:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -274,76 +204,3 @@ class Detector(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, model={self.meta.model_name!r}, kind={self.kind!r})"
-
-
-# --------------------------------------------------------------------------------------------
-# Backend choice.
-# --------------------------------------------------------------------------------------------
-def load_detector(
-    path: Any,
-    device: str = "cpu",
-    provider: Optional[str] = None,
-    fp16: bool = False,
-    **kwargs: Any,
-) -> Detector:
-    """Open a model file with the backend its kind calls for.
-
-    * ``.pt`` / ``.pth`` checkpoint, or a run folder: PyTorch (``device`` "cpu" / "cuda[:N]",
-      ``fp16`` on CUDA only). Imports torch and distill here, not before.
-    * ``.onnx`` with graph ``raw`` / ``nms`` / ``int8`` in its sidecar: ONNX Runtime.
-      ``provider``: None or "cpu" (default), "cuda", "tensorrt" (execution providers; must be
-      installed). ``fp16`` is not an ONNX Runtime option: the precision is the graph's.
-    * ``.onnx`` with graph ``trt`` (EfficientNMS_TRT plugin node): ONNX Runtime cannot run the
-      plugin; ``provider="reference"`` runs the CPU reference (ORT up to the plugin inputs +
-      numpy EfficientNMS), ``provider="tensorrt"`` the ORT TensorRT execution provider.
-    * ``.engine`` / ``.plan``: TensorRT (needs the ``tensorrt`` package and a CUDA device).
-
-    Extra keyword arguments go to the backend (e.g. ``threads=`` for ONNX Runtime,
-    ``cuda_graph=True`` for TensorRT). Raises ValueError for bad arguments and RuntimeError
-    (one line) when the needed runtime is not available on this machine.
-    """
-    p = Path(path)
-    if provider is not None and provider not in PROVIDERS:
-        raise ValueError(f"provider must be one of {list(PROVIDERS)} or None, got {provider!r}")
-    suffix = p.suffix.lower()
-    if p.is_dir() or suffix in CHECKPOINT_SUFFIXES:
-        if provider not in (None, "cpu", "cuda"):
-            raise ValueError(f"provider={provider!r} does not apply to a PyTorch checkpoint; use device=")
-        from runtime.backends.torch_backend import TorchDetector
-
-        return TorchDetector(p, device=device, fp16=fp16, **kwargs)
-    if not p.is_file():
-        raise ValueError(f"model file not found: {p}")
-    if suffix in ONNX_SUFFIXES:
-        meta = read_sidecar(p)
-        if fp16:
-            raise ValueError(
-                f"fp16 is not an ONNX Runtime option ({p.name} runs in the precision it was exported "
-                f"with, {meta.precision}); use an fp16 TensorRT engine or the PyTorch backend on CUDA"
-            )
-        if meta.graph == "trt":
-            if provider == "reference":
-                from runtime.backends.trt_reference_backend import TRTReferenceDetector
-
-                return TRTReferenceDetector(p, meta=meta, **kwargs)
-            if provider != "tensorrt":
-                raise RuntimeError(
-                    f"{p.name} is the TensorRT plugin graph (EfficientNMS_TRT), which ONNX Runtime's "
-                    f"{provider or 'cpu'} provider cannot run: build an engine (python -m export.trt), "
-                    f"or pass provider='reference' for its CPU reference"
-                )
-        elif provider == "reference":
-            raise ValueError(f"provider='reference' is for the TensorRT plugin graph only; {p.name} is graph {meta.graph!r}")
-        from runtime.backends.ort_backend import ORTDetector
-
-        return ORTDetector(p, meta=meta, provider=provider, device=device, **kwargs)
-    if suffix in ENGINE_SUFFIXES:
-        if provider not in (None, "tensorrt"):
-            raise ValueError(f"provider={provider!r} does not apply to a TensorRT engine")
-        from runtime.backends.trt_backend import TRTDetector
-
-        return TRTDetector(p, device=device, fp16=fp16, **kwargs)
-    raise ValueError(
-        f"cannot tell the backend of {p}: expected a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)} or a "
-        f"run folder), an ONNX graph (.onnx) or a TensorRT engine ({', '.join(ENGINE_SUFFIXES)})"
-    )

@@ -9,7 +9,8 @@ Conventions recorded here (see DESIGN.md):
 * pixels: the network input is ``(pixel / 255 - mean) / std`` in RGB, NCHW, float32.
 * ``input_size`` is ``(H, W)``; ``resize_mode="stretch"`` warps the whole image to ``H x W``.
 
-This module imports only the standard library (no numpy, no torch).
+This module imports only the standard library, :mod:`runtime.atomic` and :mod:`runtime.errors`
+(no numpy, no torch).
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ import json
 import math
 import os
 import platform
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any
+
+from runtime.atomic import write_json_atomic
+from runtime.errors import check_choice
 
 FORMAT_VERSION = 1
 SUPPORTED_FORMAT_VERSIONS = (1,)
@@ -33,9 +36,6 @@ COLORS = ("RGB",)
 RESIZE_MODES = ("stretch",)
 GRAPHS = ("raw", "nms", "trt", "int8", "engine", "checkpoint")
 PRECISIONS = ("fp32", "fp16", "int8", "best")
-
-PathLike = Union[str, "os.PathLike[str]"]
-
 
 def _check_threshold(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -49,12 +49,7 @@ def _check_positive_int(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be an int > 0, got {value!r}")
 
 
-def _check_choice(name: str, value: Any, choices: Tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
-
-
-def _check_keys(where: str, given: Dict[str, Any], required: set, allowed: set) -> None:
+def _check_keys(where: str, given: dict[str, Any], required: set[str], allowed: set[str]) -> None:
     missing = sorted(required - set(given))
     if missing:
         raise ValueError(f"{where}: missing keys {missing}")
@@ -90,11 +85,11 @@ class NMSConfig:
             raise ValueError(f"nms.class_agnostic must be a bool, got {self.class_agnostic!r}")
         return self
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "NMSConfig":
+    def from_dict(cls, d: dict[str, Any]) -> "NMSConfig":
         names = {f.name for f in dataclasses.fields(cls)}
         if not isinstance(d, dict):
             raise ValueError(f"nms must be a dict, got {type(d).__name__}")
@@ -113,11 +108,11 @@ class ModelMeta:
     """
 
     model_name: str
-    class_names: List[str]
-    category_ids: List[int]
-    input_size: Tuple[int, int]
-    mean: Tuple[float, float, float]
-    std: Tuple[float, float, float]
+    class_names: list[str]
+    category_ids: list[int]
+    input_size: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
     format_version: int = FORMAT_VERSION
     layout: str = "NCHW"
     color: str = "RGB"
@@ -125,10 +120,10 @@ class ModelMeta:
     nms: NMSConfig = field(default_factory=NMSConfig)
     graph: str = "raw"
     precision: str = "fp32"
-    onnx_sha256: Optional[str] = None
-    nms_plugin: Optional[Dict[str, str]] = None
-    versions: Dict[str, str] = field(default_factory=dict)
-    extra: Dict[str, Any] = field(default_factory=dict)
+    onnx_sha256: str | None = None
+    nms_plugin: dict[str, str] | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Normalise JSON lists back to the declared tuple/list types.
@@ -176,11 +171,11 @@ class ModelMeta:
                 raise ValueError(f"{name} must be 3 finite floats (RGB, 0..1 scale), got {vals!r}")
         if any(v <= 0 for v in self.std):
             raise ValueError(f"std must be > 0, got {self.std!r}")
-        _check_choice("layout", self.layout, LAYOUTS)
-        _check_choice("color", self.color, COLORS)
-        _check_choice("resize_mode", self.resize_mode, RESIZE_MODES)
-        _check_choice("graph", self.graph, GRAPHS)
-        _check_choice("precision", self.precision, PRECISIONS)
+        check_choice("layout", self.layout, LAYOUTS)
+        check_choice("color", self.color, COLORS)
+        check_choice("resize_mode", self.resize_mode, RESIZE_MODES)
+        check_choice("graph", self.graph, GRAPHS)
+        check_choice("precision", self.precision, PRECISIONS)
         if not isinstance(self.nms, NMSConfig):
             raise ValueError(f"nms must be an NMSConfig, got {type(self.nms).__name__}")
         self.nms.validate()
@@ -195,7 +190,7 @@ class ModelMeta:
                 raise ValueError(f"{name} must be a dict, got {getattr(self, name)!r}")
         return self
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples become lists, ``nms`` a nested dict)."""
         d = dataclasses.asdict(self)
         d["input_size"] = list(self.input_size)
@@ -204,7 +199,7 @@ class ModelMeta:
         return d
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "ModelMeta":
+    def from_dict(cls, d: dict[str, Any]) -> "ModelMeta":
         """Inverse of :meth:`to_dict`; rejects unknown format versions, missing or unknown keys."""
         if not isinstance(d, dict):
             raise ValueError(f"sidecar must be a JSON object, got {type(d).__name__}")
@@ -220,7 +215,7 @@ class ModelMeta:
         return cls(**d)
 
 
-def sidecar_path(model_path: PathLike) -> Path:
+def sidecar_path(model_path: str | os.PathLike[str]) -> Path:
     """``x.onnx`` -> ``x.json``, ``x.engine`` -> ``x.json`` (same folder, same stem)."""
     p = Path(model_path)
     if p.suffix == ".json":
@@ -228,33 +223,14 @@ def sidecar_path(model_path: PathLike) -> Path:
     return p.with_suffix(".json")
 
 
-def write_json_atomic(path: PathLike, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON to ``path`` atomically (temp file in the same dir + os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, allow_nan=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def write_sidecar(model_path: PathLike, meta: ModelMeta) -> Path:
+def write_sidecar(model_path: str | os.PathLike[str], meta: ModelMeta) -> Path:
     """Validate ``meta`` and write it next to ``model_path``; return the sidecar path."""
     if not isinstance(meta, ModelMeta):
         raise ValueError(f"meta must be a ModelMeta, got {type(meta).__name__}")
     return write_json_atomic(sidecar_path(model_path), meta.validate().to_dict())
 
 
-def read_sidecar(model_path: PathLike) -> ModelMeta:
+def read_sidecar(model_path: str | os.PathLike[str]) -> ModelMeta:
     """Read the sidecar of ``model_path`` (or a ``.json`` sidecar path given directly)."""
     p = Path(model_path)
     path = p if p.suffix == ".json" else sidecar_path(p)
@@ -271,7 +247,7 @@ def read_sidecar(model_path: PathLike) -> ModelMeta:
         raise ValueError(f"sidecar {path} is malformed: {e}") from e
 
 
-def sha256_file(path: PathLike, chunk_size: int = 1 << 20) -> str:
+def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -292,7 +268,7 @@ _VERSIONED = {
 }
 
 
-def library_versions() -> Dict[str, str]:
+def library_versions() -> dict[str, str]:
     """Installed versions of python, numpy, onnx, onnxruntime, torch, torchvision, tensorrt.
 
     Libraries that are not installed are left out. Uses importlib.metadata only.

@@ -13,11 +13,12 @@ import contextlib
 import copy
 import io
 import math
-from typing import Any, Dict, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from runtime.metadata import write_json_atomic
+from runtime.atomic import write_json_atomic
 
 # COCOeval.stats index of each reported metric.
 _STAT_INDEX = {"mAP": 0, "AP50": 1, "AP75": 2, "APs": 3, "APm": 4, "APl": 5, "AR100": 8}
@@ -29,7 +30,7 @@ def to_coco_results(
     scores: Any,
     labels: Any,
     category_ids: Sequence[int],
-) -> List[Dict[str, Any]]:
+) -> list[dict[str, Any]]:
     """Detections of one image -> COCO result dicts ``{image_id, category_id, bbox, score}``.
 
     ``boxes_xyxy``: [N, 4] absolute pixels of the original image. ``scores``: [N].
@@ -74,7 +75,7 @@ def to_coco_results(
     ]
 
 
-def write_coco_results(path: Any, results: List[Dict[str, Any]]) -> Any:
+def write_coco_results(path: Any, results: list[dict[str, Any]]) -> Any:
     """Write COCO result dicts (from :func:`to_coco_results`) as a JSON list, atomically."""
     if not isinstance(results, list):
         raise ValueError(f"results must be a list of dicts, got {type(results).__name__}")
@@ -86,7 +87,7 @@ def _quiet(verbose: bool):
     return contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
 
 
-def _check_gt(gt: Dict[str, Any]) -> Dict[str, Any]:
+def _check_gt(gt: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(gt, dict):
         raise ValueError(f"gt must be a COCO-format dict, got {type(gt).__name__}")
     missing = [k for k in ("images", "annotations", "categories") if k not in gt]
@@ -113,9 +114,9 @@ class CocoEvaluator:
 
     def __init__(
         self,
-        gt: Dict[str, Any],
+        gt: dict[str, Any],
         category_ids: Sequence[int],
-        class_names: Optional[Sequence[str]] = None,
+        class_names: Sequence[str] | None = None,
         verbose: bool = False,
     ) -> None:
         from pycocotools.coco import COCO  # numpy-only dependency, imported on use
@@ -143,7 +144,7 @@ class CocoEvaluator:
 
     def reset(self) -> None:
         """Forget everything processed so far."""
-        self._results: List[Dict[str, Any]] = []
+        self._results: list[dict[str, Any]] = []
         self._seen: set = set()
 
     def process(self, image_id: int, boxes_xyxy: Any, scores: Any, labels: Any) -> None:
@@ -155,18 +156,18 @@ class CocoEvaluator:
         self._seen.add(image_id)
 
     @property
-    def results(self) -> List[Dict[str, Any]]:
+    def results(self) -> list[dict[str, Any]]:
         """COCO result dicts accumulated so far (for :func:`write_coco_results`)."""
         return self._results
 
-    def evaluate(self, per_class: bool = True) -> Dict[str, Any]:
+    def evaluate(self, per_class: bool = True) -> dict[str, Any]:
         """Return ``{mAP, AP50, AP75, APs, APm, APl, AR100, num_detections[, per_class]}``.
 
         Metrics are floats in 0..100 points; a metric with no gt to measure (e.g. APs with no
         small objects) is NaN, as pycocotools reports -1. No detections at all -> all 0.0.
         ``per_class`` maps class name -> AP (IoU 0.50:0.95, all areas, 100 dets).
         """
-        out: Dict[str, Any] = {k: 0.0 for k in _STAT_INDEX}
+        out: dict[str, Any] = {k: 0.0 for k in _STAT_INDEX}
         out["num_detections"] = len(self._results)
         if not self._results:
             # pycocotools' loadRes crashes on an empty result list; nothing detected scores 0.

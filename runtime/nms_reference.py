@@ -53,14 +53,10 @@ bit-for-bit parity, or drop such rows when comparing.
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
-
 import numpy as np
 
 BOX_CORNER = 0
 BOX_CENTER_SIZE = 1
-PLUGIN_NAME = "EfficientNMS_TRT"
-PLUGIN_VERSION = "1"
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -80,7 +76,7 @@ def _center_to_corner(b: np.ndarray) -> np.ndarray:
     return np.concatenate([b[..., 0:2] - half, b[..., 0:2] + half], axis=-1)
 
 
-def decode_boxes(raw: np.ndarray, anchors: Optional[np.ndarray], box_coding: int) -> np.ndarray:
+def decode_boxes(raw: np.ndarray, anchors: np.ndarray | None, box_coding: int) -> np.ndarray:
     """Plugin box decoding. raw, anchors: float32 [M, 4] in ``box_coding``; -> corners [M, 4].
 
     Without anchors the boxes are only converted to corners (center-size) or returned as they
@@ -158,10 +154,32 @@ def _check_inputs(boxes, scores, anchors, box_coding, background_class, max_outp
     return boxes, scores, anchors
 
 
+def _greedy_nms(boxes: np.ndarray, classes: np.ndarray, iou_threshold: np.float32, limit: int,
+                class_agnostic: bool) -> np.ndarray:
+    """Positions kept by one greedy pass over candidates in score order (boxes float32 [M, 4]
+    corners, classes int [M]): a box suppresses later boxes of its class (of any class with
+    ``class_agnostic``) at IoU >= ``iou_threshold``; stops after ``limit`` kept. int64 [<= limit]."""
+    alive = np.ones(len(boxes), dtype=bool)
+    kept = []
+    for j in range(len(boxes)):
+        if not alive[j]:
+            continue
+        kept.append(j)
+        if len(kept) == limit:
+            break
+        rest = np.arange(j + 1, len(boxes))
+        rest = rest[alive[rest]]
+        if not class_agnostic:
+            rest = rest[classes[rest] == classes[j]]
+        if rest.size:
+            alive[rest[iou_one_to_many(boxes[j], boxes[rest]) >= iou_threshold]] = False
+    return np.asarray(kept, dtype=np.int64)
+
+
 def efficient_nms(
     boxes: np.ndarray,
     scores: np.ndarray,
-    anchors: Optional[np.ndarray] = None,
+    anchors: np.ndarray | None = None,
     *,
     score_threshold: float,
     iou_threshold: float,
@@ -171,7 +189,7 @@ def efficient_nms(
     class_agnostic: bool = False,
     box_coding: int = BOX_CORNER,
     pre_nms_top_k: int = 4096,
-) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """EfficientNMS_TRT on the CPU (semantics in the module docstring).
 
     Args:
@@ -218,23 +236,7 @@ def efficient_nms(
         anc = None if anchors is None else anchors[0 if anchors.shape[0] == 1 else i, anchor_idx]
         cand_boxes = decode_boxes(raw, anc, box_coding)
 
-        alive = np.ones(cand.size, dtype=bool)
-        kept = []
-        for j in range(cand.size):
-            if not alive[j]:
-                continue
-            kept.append(j)
-            if len(kept) == k:
-                break
-            rest = np.arange(j + 1, cand.size)
-            rest = rest[alive[rest]]
-            if not class_agnostic:
-                rest = rest[class_idx[rest] == class_idx[j]]
-            if rest.size:
-                suppressed = iou_one_to_many(cand_boxes[j], cand_boxes[rest]) >= np.float32(iou_threshold)
-                alive[rest[suppressed]] = False
-
-        kept = np.asarray(kept, dtype=np.int64)
+        kept = _greedy_nms(cand_boxes, class_idx, np.float32(iou_threshold), k, class_agnostic)
         m = kept.size
         num[i, 0] = m
         out_boxes[i, :m] = cand_boxes[kept]

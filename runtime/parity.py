@@ -23,29 +23,33 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
-from runtime.metadata import write_json_atomic
-from runtime.nms_reference import iou_one_to_many
+from runtime.atomic import write_json_atomic
+from runtime.errors import BackendUnavailable
+from runtime.evaluate import check_classes, data_for, open_dataset
+from runtime.evaluation import eval_subset, inference_on_dataset
+from runtime.matching import MATCH_IOU, match_by_iou
+from runtime.metrics import CocoEvaluator
 
-MATCH_IOU = 0.95
 MAP_TOLERANCE = {"fp32": 0.2, "fp16": 0.3, "int8": 1.0, "best": 1.0}
-MIN_AGREEMENT: Dict[str, Optional[float]] = {"fp32": 0.95, "fp16": 0.80, "int8": None, "best": None}
+MIN_AGREEMENT: dict[str, float | None] = {"fp32": 0.95, "fp16": 0.80, "int8": None, "best": None}
 
 
 @dataclass
 class Tolerances:
     """Per-precision bounds; a missing precision falls back to the loosest one (int8)."""
 
-    map_points: Dict[str, float] = field(default_factory=lambda: dict(MAP_TOLERANCE))
-    min_agreement: Dict[str, Optional[float]] = field(default_factory=lambda: dict(MIN_AGREEMENT))
+    map_points: dict[str, float] = field(default_factory=lambda: dict(MAP_TOLERANCE))
+    min_agreement: dict[str, float | None] = field(default_factory=lambda: dict(MIN_AGREEMENT))
     match_iou: float = MATCH_IOU
 
-    def for_precision(self, precision: str) -> Dict[str, Any]:
+    def for_precision(self, precision: str) -> dict[str, Any]:
         return {"max_abs_delta_map": self.map_points.get(precision, self.map_points["int8"]),
                 "min_agreement": self.min_agreement.get(precision, self.min_agreement.get("int8")),
                 "match_iou": self.match_iou}
@@ -57,44 +61,16 @@ class EvalResult:
 
     name: str
     precision: str
-    image_ids: List[int]
-    detections: List[Dict[str, np.ndarray]]
-    metrics: Dict[str, Any]
+    image_ids: list[int]
+    detections: list[dict[str, np.ndarray]]
+    metrics: dict[str, Any]
 
 
 # --------------------------------------------------------------------------------------------
 # Detection-level agreement.
 # --------------------------------------------------------------------------------------------
-def match_detections(ref: Dict[str, np.ndarray], cand: Dict[str, np.ndarray],
-                     iou_threshold: float = MATCH_IOU) -> np.ndarray:
-    """Greedy one-to-one matching of one image's detections.
-
-    Reference detections in descending score order each take the unmatched candidate detection
-    of the same label with the highest IoU, if that IoU >= ``iou_threshold``. Boxes: xyxy, same
-    frame for both. Returns int64 [K_ref]: the matched candidate index, or -1.
-    """
-    rb = np.asarray(ref["boxes"], np.float32).reshape(-1, 4)
-    cb = np.asarray(cand["boxes"], np.float32).reshape(-1, 4)
-    rl = np.asarray(ref["labels"]).reshape(-1)
-    cl = np.asarray(cand["labels"]).reshape(-1)
-    out = np.full(len(rb), -1, dtype=np.int64)
-    if len(rb) == 0 or len(cb) == 0:
-        return out
-    taken = np.zeros(len(cb), dtype=bool)
-    for i in np.argsort(-np.asarray(ref["scores"], np.float32).reshape(-1), kind="stable"):
-        ok = np.flatnonzero((cl == rl[i]) & ~taken)
-        if ok.size == 0:
-            continue
-        ious = iou_one_to_many(rb[i], cb[ok])
-        j = int(np.argmax(ious))
-        if ious[j] >= iou_threshold:
-            out[i] = ok[j]
-            taken[ok[j]] = True
-    return out
-
-
-def agreement(ref_dets: Sequence[Dict[str, np.ndarray]], cand_dets: Sequence[Dict[str, np.ndarray]],
-              iou_threshold: float = MATCH_IOU) -> Dict[str, Any]:
+def agreement(ref_dets: Sequence[dict[str, np.ndarray]], cand_dets: Sequence[dict[str, np.ndarray]],
+              iou_threshold: float = MATCH_IOU) -> dict[str, Any]:
     """Agreement over a list of images (same order in both lists).
 
     ``agreement``: matched / reference detections (1.0 when the reference has none and the
@@ -106,7 +82,7 @@ def agreement(ref_dets: Sequence[Dict[str, np.ndarray]], cand_dets: Sequence[Dic
     n_ref = n_cand = matched = 0
     max_diff = 0.0
     for r, c in zip(ref_dets, cand_dets):
-        m = match_detections(r, c, iou_threshold)
+        m = match_by_iou(r, c, iou_threshold)
         n_ref += len(m)
         n_cand += len(np.asarray(c["scores"]).reshape(-1))
         hit = m >= 0
@@ -129,7 +105,7 @@ def _delta(a: Any, b: Any) -> float:
 
 
 def compare_results(reference: EvalResult, candidate: EvalResult,
-                    tolerances: Optional[Tolerances] = None) -> Dict[str, Any]:
+                    tolerances: Tolerances | None = None) -> dict[str, Any]:
     """Parity of one candidate against the reference: deltas, agreement and the verdict."""
     tol = (tolerances or Tolerances()).for_precision(candidate.precision)
     if list(reference.image_ids) != list(candidate.image_ids):
@@ -153,26 +129,45 @@ def compare_results(reference: EvalResult, candidate: EvalResult,
     }
 
 
-def run_eval(det: Any, dataset: Any, indices: Sequence[int], gt: Dict[str, Any], *, batch_size: int = 8,
+class _Recorder:
+    """An evaluator that also keeps every image's detections (parity compares them one by one)."""
+
+    def __init__(self, evaluator: CocoEvaluator) -> None:
+        self.evaluator = evaluator
+        self.image_ids: list[int] = []
+        self.detections: list[dict[str, np.ndarray]] = []
+
+    def reset(self) -> None:
+        self.evaluator.reset()
+        self.image_ids, self.detections = [], []
+
+    def process(self, image_id: int, boxes: Any, scores: Any, labels: Any) -> None:
+        self.evaluator.process(image_id, boxes, scores, labels)
+        self.image_ids.append(int(image_id))
+        self.detections.append({"boxes": boxes, "scores": scores, "labels": labels})
+
+    def evaluate(self, per_class: bool = True) -> dict[str, Any]:
+        return self.evaluator.evaluate(per_class=per_class)
+
+
+def run_eval(det: Any, dataset: Any, indices: Sequence[int], gt: dict[str, Any], *, batch_size: int = 8,
              progress: bool = False) -> EvalResult:
     """Detections of ``det`` on ``dataset[indices]`` and their COCO metrics against ``gt``."""
-    from runtime.evaluate import check_classes, predict_dataset, score
-
     check_classes(dataset, det.meta)
-    ids, dets = predict_dataset(det, dataset, indices, batch_size, progress)
-    return EvalResult(det.name, det.meta.precision, ids, dets, score(ids, dets, gt, det.meta))
+    rec = _Recorder(CocoEvaluator(gt, det.meta.category_ids, det.meta.class_names))
+    metrics = inference_on_dataset(det, dataset, rec, indices=indices, batch_size=batch_size, progress=progress,
+                                   desc=det.name)
+    return EvalResult(det.name, det.meta.precision, rec.image_ids, rec.detections, metrics)
 
 
-def check_parity(reference: Any, candidates: Sequence[Any], dataset: Any, *, max_images: Optional[int] = None,
-                 batch_size: int = 8, tolerances: Optional[Tolerances] = None,
-                 progress: bool = False) -> Dict[str, Any]:
+def check_parity(reference: Any, candidates: Sequence[Any], dataset: Any, *, max_images: int | None = None,
+                 batch_size: int = 8, tolerances: Tolerances | None = None,
+                 progress: bool = False) -> dict[str, Any]:
     """Reference detector vs candidate detectors on the same images of ``dataset``.
 
     Returns ``{"reference": {name, mAP, per_class}, "candidates": [compare_results(...)], "ok"}``.
     """
-    from runtime.evaluate import subset
-
-    indices, gt = subset(dataset, max_images)
+    indices, gt = eval_subset(dataset, max_images)
     ref = run_eval(reference, dataset, indices, gt, batch_size=batch_size, progress=progress)
     rows = [compare_results(ref, run_eval(c, dataset, indices, gt, batch_size=batch_size, progress=progress),
                             tolerances) for c in candidates]
@@ -181,7 +176,7 @@ def check_parity(reference: Any, candidates: Sequence[Any], dataset: Any, *, max
             "candidates": rows, "ok": all(r["ok"] for r in rows)}
 
 
-def format_rows(report: Dict[str, Any]) -> str:
+def format_rows(report: dict[str, Any]) -> str:
     ref = report["reference"]
     lines = [f"reference {ref['name']}: mAP {ref['mAP']:.2f} on {ref.get('images', '?')} images",
              f"{'candidate':<28} {'prec':<5} {'mAP':>6} {'ΔmAP':>7} {'agree':>6} {'maxΔs':>7}  verdict"]
@@ -198,14 +193,14 @@ def format_rows(report: Dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------
 # CLI.
 # --------------------------------------------------------------------------------------------
-def export_files(folder: Path) -> List[Path]:
+def export_files(folder: Path) -> list[Path]:
     """The graphs and engines of an export folder (those with a sidecar), in a stable order."""
     files = sorted(p for p in folder.iterdir() if p.suffix in (".onnx", ".engine", ".plan")
                    and p.with_suffix(".json").is_file())
     return files
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m runtime.parity", description=__doc__.split("\n\n")[0])
     p.add_argument("--reference", required=True, help="PyTorch checkpoint (.pt or run folder)")
     p.add_argument("--exports", default=None, help="export folder: every .onnx / .engine with a sidecar")
@@ -218,8 +213,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--out", default=None, help="write the report as JSON here")
     args = p.parse_args(argv)
 
-    from runtime.detector import load_detector
-    from runtime.evaluate import DataSpec, default_data, open_dataset
+    from runtime.load import load_detector
     from runtime.metadata import read_sidecar
 
     try:
@@ -231,9 +225,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             files += export_files(Path(args.exports))
         if not files:
             raise ValueError("no candidates: pass --exports DIR and/or --candidates FILE ...")
-        data = DataSpec(args.data, args.data_root or "data") if args.data else default_data(ref.meta, ref.checkpoint["config"])
-        if args.data_root:
-            data.data_root = args.data_root
+        data = data_for(ref, args.data, args.data_root)
         dataset = open_dataset(data, ref.meta)
     except (ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -243,11 +235,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         try:
             provider = "reference" if f.suffix == ".onnx" and read_sidecar(f).graph == "trt" else None
             candidates.append(load_detector(f, device=args.device, provider=provider))
-        except (ValueError, RuntimeError) as e:
+        except BackendUnavailable as e:  # this host cannot run it: not a parity failure
             skipped.append({"name": f.name, "status": "unavailable", "reason": str(e), "ok": True})
+        except (ValueError, RuntimeError) as e:  # a broken artefact
+            skipped.append({"name": f.name, "status": "failed", "reason": str(e), "ok": False})
     report = check_parity(ref, candidates, dataset, max_images=args.max_images, batch_size=args.batch_size,
                           progress=True)
     report["candidates"] += skipped
+    report["ok"] = all(r["ok"] for r in report["candidates"])
     report["data"] = data.spec
     print(format_rows(report))
     if args.out:

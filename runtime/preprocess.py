@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from runtime.errors import check_choice
 from runtime.metadata import RESIZE_MODES
 
 # 16/32-bit integer greyscale modes; PIL's convert("RGB") would clip them at 255.
@@ -28,8 +30,7 @@ _WIDE_INT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 
 
 def _check_resize_mode(mode: str) -> None:
-    if mode not in RESIZE_MODES:
-        raise ValueError(f"resize_mode must be one of {list(RESIZE_MODES)}, got {mode!r}")
+    check_choice("resize_mode", mode, RESIZE_MODES)
 
 
 def _pil_to_rgb(img: Image.Image, name: str) -> np.ndarray:
@@ -96,7 +97,7 @@ def load_image(src: Any) -> np.ndarray:
     )
 
 
-def _check_size_hw(size_hw: Sequence[int]) -> Tuple[int, int]:
+def _check_size_hw(size_hw: Sequence[int]) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in size_hw)
     except (TypeError, ValueError):
@@ -143,22 +144,13 @@ def preprocess_batch(
     mean: Sequence[float],
     std: Sequence[float],
     resize_mode: str = "stretch",
-) -> Tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray]:
     """Images of any sizes -> (float32 [B, 3, H, W] network input, int64 [B, 2] original (h, w)).
 
-    Each element of ``images`` is anything :func:`load_image` accepts.
+    Each element of ``images`` is anything :func:`load_image` accepts. A fresh array each call;
+    :class:`Preprocessor` does the same work bound to one model (and can reuse its buffer).
     """
-    _check_resize_mode(resize_mode)
-    h, w = _check_size_hw(input_size)
-    if isinstance(images, (str, os.PathLike, np.ndarray, Image.Image)) or len(images) == 0:
-        raise ValueError(f"images must be a non-empty list of images, got {type(images).__name__}")
-    batch = np.empty((len(images), 3, h, w), dtype=np.float32)
-    orig = np.empty((len(images), 2), dtype=np.int64)
-    for i, src in enumerate(images):
-        rgb = load_image(src)
-        orig[i] = rgb.shape[:2]
-        batch[i] = normalize(resize(rgb, (h, w), resize_mode), mean, std)
-    return batch, orig
+    return Preprocessor(input_size, mean, std, resize_mode)(images)
 
 
 def scale_boxes(boxes_norm: np.ndarray, orig_hw: Any, resize_mode: str = "stretch") -> np.ndarray:
@@ -187,9 +179,16 @@ def scale_boxes(boxes_norm: np.ndarray, orig_hw: Any, resize_mode: str = "stretc
 
 
 class Preprocessor:
-    """:func:`preprocess_batch` and :func:`scale_boxes` bound to one model's settings.
+    """:func:`load_image`, :func:`resize` and :func:`normalize` for a batch, bound to one model.
 
     Build it from the sidecar with :meth:`from_meta` so nothing is re-typed per backend.
+    ``pre(images) -> (float32 [B, 3, H, W], int64 [B, 2] original (h, w))``.
+
+    The normalisation ``(p / 255 - mean) / std`` is evaluated by :func:`normalize` once for each
+    of the 256 byte values and then looked up per pixel: the same float32 results, bit for bit,
+    without float arithmetic per pixel. With ``reuse_buffer=True`` (what a detector uses) the
+    network input is written into one preallocated buffer and the returned batch is a view of it:
+    the next call overwrites it, so use one preprocessor per thread.
     """
 
     def __init__(
@@ -198,21 +197,45 @@ class Preprocessor:
         mean: Sequence[float],
         std: Sequence[float],
         resize_mode: str = "stretch",
+        reuse_buffer: bool = False,
     ) -> None:
         _check_resize_mode(resize_mode)
         self.input_size = _check_size_hw(input_size)
         self.mean = tuple(float(v) for v in mean)
         self.std = tuple(float(v) for v in std)
         self.resize_mode = resize_mode
+        self.reuse_buffer = bool(reuse_buffer)
+        byte_values = np.arange(256, dtype=np.uint8).reshape(1, 256, 1).repeat(3, axis=2)
+        self.lut = np.ascontiguousarray(normalize(byte_values, self.mean, self.std)[:, 0, :])  # [3, 256]
+        self._buf: np.ndarray | None = None
 
     @classmethod
-    def from_meta(cls, meta: Any) -> "Preprocessor":
+    def from_meta(cls, meta: Any, reuse_buffer: bool = False) -> Preprocessor:
         """Build from a :class:`runtime.metadata.ModelMeta`."""
-        return cls(meta.input_size, meta.mean, meta.std, meta.resize_mode)
+        return cls(meta.input_size, meta.mean, meta.std, meta.resize_mode, reuse_buffer=reuse_buffer)
 
-    def __call__(self, images: Sequence[Any]) -> Tuple[np.ndarray, np.ndarray]:
-        """Images -> (float32 [B, 3, H, W], int64 [B, 2] original (h, w))."""
-        return preprocess_batch(images, self.input_size, self.mean, self.std, self.resize_mode)
+    def _batch_buffer(self, n: int) -> np.ndarray:
+        h, w = self.input_size
+        if not self.reuse_buffer:
+            return np.empty((n, 3, h, w), dtype=np.float32)
+        if self._buf is None or self._buf.shape[0] < n:
+            self._buf = np.empty((n, 3, h, w), dtype=np.float32)
+        return self._buf[:n]
+
+    def __call__(self, images: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+        """Images (paths, PIL images, uint8 arrays; any sizes) -> (float32 [B, 3, H, W], int64 [B, 2])."""
+        if isinstance(images, (str, os.PathLike, np.ndarray, Image.Image)) or len(images) == 0:
+            raise ValueError(f"images must be a non-empty list of images, got {type(images).__name__}")
+        batch = self._batch_buffer(len(images))
+        orig = np.empty((len(images), 2), dtype=np.int64)
+        for i, src in enumerate(images):
+            rgb = load_image(src)
+            orig[i] = rgb.shape[:2]
+            if rgb.shape[:2] != self.input_size:
+                rgb = resize(rgb, self.input_size, self.resize_mode)
+            for c in range(3):
+                np.take(self.lut[c], rgb[:, :, c], out=batch[i, c])
+        return batch, orig
 
     def scale_boxes(self, boxes_norm: np.ndarray, orig_hw: Any) -> np.ndarray:
         """Normalised xyxy -> absolute pixels of the original image (see :func:`scale_boxes`)."""

@@ -12,7 +12,8 @@ does the same.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +26,7 @@ PLUGIN_TOP_K = 4096
 REQUIRED_ATTRS = ("score_threshold", "iou_threshold", "max_output_boxes", "background_class",
                   "score_activation", "box_coding")
 
-Outputs = Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+Outputs = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 def _import_onnx():
@@ -40,7 +41,7 @@ def _import_onnx():
     return onnx, onnxruntime
 
 
-def plugin_attributes(node: Any) -> Dict[str, Any]:
+def plugin_attributes(node: Any) -> dict[str, Any]:
     """EfficientNMS_TRT attributes of an onnx NodeProto as python values; raises ValueError
     naming any required attribute that is missing."""
     onnx, _ = _import_onnx()
@@ -61,7 +62,7 @@ class TrtGraphReference:
     threads (0 = ORT default).
     """
 
-    def __init__(self, model: Union[str, "os.PathLike[str]", Any], intra_op_threads: int = 0):
+    def __init__(self, model: str | os.PathLike[str] | Any, intra_op_threads: int = 0):
         onnx, ort = _import_onnx()
         proto = onnx.load(os.fspath(model)) if isinstance(model, (str, os.PathLike)) else model
         nodes = [n for n in proto.graph.node if n.op_type == PLUGIN_NAME]
@@ -81,8 +82,8 @@ class TrtGraphReference:
         # Constant plugin inputs (the anchors) are read from the graph; the rest are computed by ORT.
         inits = {t.name: t for t in proto.graph.initializer}
         const_nodes = {n.output[0]: n for n in proto.graph.node if n.op_type == "Constant"}
-        self._constants: Dict[str, np.ndarray] = {}
-        computed: List[str] = []
+        self._constants: dict[str, np.ndarray] = {}
+        computed: list[str] = []
         for name in self.node.input:
             if name in inits:
                 self._constants[name] = onnx.numpy_helper.to_array(inits[name])
@@ -119,7 +120,7 @@ class TrtGraphReference:
         self.session = ort.InferenceSession(sub.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
 
-    def plugin_inputs(self, images: np.ndarray) -> List[Optional[np.ndarray]]:
+    def plugin_inputs(self, images: np.ndarray) -> list[np.ndarray | None]:
         """The plugin's input tensors for ``images`` float32 [B, 3, H, W]: [boxes, scores(, anchors)]."""
         x = np.ascontiguousarray(images, dtype=np.float32)
         run = dict(zip(self._computed, self.session.run(self._computed, {self.input_name: x}))) \
@@ -141,7 +142,7 @@ class TrtGraphReference:
         )
 
 
-def _backward_closure(nodes: Sequence[Any], targets: Sequence[str]) -> List[int]:
+def _backward_closure(nodes: Sequence[Any], targets: Sequence[str]) -> list[int]:
     """Indices (in graph order) of the nodes needed to compute the tensors ``targets``."""
     producer = {o: i for i, n in enumerate(nodes) for o in n.output}
     needed, stack, seen = set(), list(targets), set()
@@ -155,7 +156,7 @@ def _backward_closure(nodes: Sequence[Any], targets: Sequence[str]) -> List[int]
     return sorted(needed)
 
 
-def run_trt_graph_reference(onnx_path: Union[str, "os.PathLike[str]", Any], images_nchw: np.ndarray) -> Outputs:
+def run_trt_graph_reference(onnx_path: str | os.PathLike[str] | Any, images_nchw: np.ndarray) -> Outputs:
     """One-shot :class:`TrtGraphReference`: the four plugin outputs of ``model_trt.onnx`` for
     ``images_nchw`` float32 [B, 3, H, W]."""
     return TrtGraphReference(onnx_path)(images_nchw)

@@ -7,26 +7,30 @@ execution, outputs fetched by name. Imports onnxruntime when a detector is built
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import numpy as np
 
-from runtime.detector import INPUT_NAME, Detector, cpu_cores, output_kind
+from runtime.backends import cpu_cores
+from runtime.detector import Detector
+from runtime.errors import BackendUnavailable, check_choice
 from runtime.metadata import ModelMeta, read_sidecar
+from runtime.outputs import INPUT_NAME, output_kind
 
 _EP = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 
 
-def import_ort():
+def import_ort() -> Any:
+    """The ``onnxruntime`` module, or a one-line :class:`BackendUnavailable` saying how to install it."""
     try:
         import onnxruntime as ort
     except ImportError as e:
-        raise RuntimeError(f"ONNX Runtime backend unavailable: cannot import onnxruntime ({e}); "
-                           f"pip install onnxruntime (or onnxruntime-gpu)") from None
+        raise BackendUnavailable(f"ONNX Runtime backend unavailable: cannot import onnxruntime ({e}); "
+                                 f"pip install onnxruntime (or onnxruntime-gpu)") from None
     return ort
 
 
-def session_options(ort: Any, threads: Optional[int] = None) -> Any:
+def session_options(ort: Any, threads: int | None = None) -> Any:
     """SessionOptions: ORT_ENABLE_ALL, intra-op threads = cores (or ``threads``), sequential."""
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -37,23 +41,22 @@ def session_options(ort: Any, threads: Optional[int] = None) -> Any:
     return so
 
 
-def providers_for(ort: Any, provider: Optional[str], device: str) -> List[Any]:
-    """Execution-provider list for ``provider`` (None: from ``device``); RuntimeError if missing."""
+def providers_for(ort: Any, provider: str | None, device: str) -> list[Any]:
+    """Execution-provider list for ``provider`` (None: from ``device``); BackendUnavailable if missing."""
     name = provider or ("cuda" if str(device).startswith("cuda") else "cpu")
-    if name not in _EP:
-        raise ValueError(f"ONNX Runtime provider must be one of {list(_EP)}, got {name!r}")
+    check_choice("ONNX Runtime provider", name, _EP)
     if str(device) not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
         raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     ep = _EP[name]
     available = ort.get_available_providers()
     if ep not in available:
-        raise RuntimeError(f"ONNX Runtime provider {name!r} ({ep}) is not available here; installed: "
-                           f"{', '.join(available)}")
+        raise BackendUnavailable(f"ONNX Runtime provider {name!r} ({ep}) is not available here; installed: "
+                                 f"{', '.join(available)}")
     if name == "cpu":
         return [ep]
     device_id = int(str(device).split(":")[1]) if ":" in str(device) else 0
-    opts: Dict[str, Any] = {"device_id": device_id}
-    chain: List[Any] = [(ep, opts)]
+    opts: dict[str, Any] = {"device_id": device_id}
+    chain: list[Any] = [(ep, opts)]
     if name == "tensorrt":
         opts.update({"trt_fp16_enable": False, "trt_engine_cache_enable": True})
         if "CUDAExecutionProvider" in available:
@@ -68,8 +71,8 @@ class ORTDetector(Detector):
     cores this process may use). The graph's output names decide raw vs NMS outputs.
     """
 
-    def __init__(self, path: Any, meta: Optional[ModelMeta] = None, provider: Optional[str] = None,
-                 device: str = "cpu", threads: Optional[int] = None) -> None:
+    def __init__(self, path: Any, meta: ModelMeta | None = None, provider: str | None = None,
+                 device: str = "cpu", threads: int | None = None) -> None:
         ort = import_ort()
         path = Path(path)
         meta = meta or read_sidecar(path)
@@ -102,7 +105,7 @@ class ORTDetector(Detector):
         self.provider = short
         self.name = f"onnxruntime-{short}-{meta.graph}"
 
-    def infer(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         if batch.dtype != np.float32 or not batch.flags.c_contiguous:
             batch = np.ascontiguousarray(batch, dtype=np.float32)
         values = self.session.run(self.output_names, {INPUT_NAME: batch})
@@ -110,3 +113,30 @@ class ORTDetector(Detector):
 
     def close(self) -> None:
         self.session = None
+
+
+def open_model(path: Path, *, device: str = "cpu", provider: str | None = None, fp16: bool = False,
+               **kwargs: Any) -> Detector:
+    """An ``.onnx`` graph: ONNX Runtime, or for the TensorRT plugin graph (sidecar graph ``trt``) its
+    CPU reference (``provider="reference"``) or ORT's TensorRT execution provider."""
+    meta = read_sidecar(path)
+    if fp16:
+        raise ValueError(
+            f"fp16 is not an ONNX Runtime option ({path.name} runs in the precision it was exported "
+            f"with, {meta.precision}); use an fp16 TensorRT engine or the PyTorch backend on CUDA"
+        )
+    if meta.graph == "trt":
+        if provider == "reference":
+            from runtime.backends.trt_reference_backend import TRTReferenceDetector
+
+            return TRTReferenceDetector(path, meta=meta, **kwargs)
+        if provider != "tensorrt":
+            raise RuntimeError(
+                f"{path.name} is the TensorRT plugin graph (EfficientNMS_TRT), which ONNX Runtime's "
+                f"{provider or 'cpu'} provider cannot run: build an engine (python -m export.trt), "
+                f"or pass provider='reference' for its CPU reference"
+            )
+    elif provider == "reference":
+        raise ValueError(f"provider='reference' is for the TensorRT plugin graph only; {path.name} is graph "
+                         f"{meta.graph!r}")
+    return ORTDetector(path, meta=meta, provider=provider, device=device, **kwargs)

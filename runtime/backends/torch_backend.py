@@ -8,11 +8,12 @@ torch and distill are imported when a detector is built, never at module import.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
 import numpy as np
 
 from runtime.detector import Detector, Detections, detections_from_nms
+from runtime.errors import BackendUnavailable
 
 
 class TorchDetector(Detector):
@@ -36,7 +37,7 @@ class TorchDetector(Detector):
         except (RuntimeError, TypeError) as e:
             raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from e
         if dev.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(f"PyTorch backend: device {device!r} asked for but CUDA is not available here")
+            raise BackendUnavailable(f"PyTorch backend: device {device!r} asked for but CUDA is not available here")
         if dev.type not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
         if fp16 and dev.type != "cuda":
@@ -60,7 +61,7 @@ class TorchDetector(Detector):
         self.name = f"pytorch-{dev.type}" + ("-fp16" if fp16 else "")
         self._torch = torch
 
-    def infer(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         from distill.postprocess import decode_outputs
 
         torch = self._torch
@@ -72,7 +73,7 @@ class TorchDetector(Detector):
             boxes, scores = decode_outputs(loc.float(), conf.float(), self.anchors, self.model.box_coder)
             return {"boxes": boxes.float().cpu().numpy(), "scores": scores.cpu().numpy()}
 
-    def postprocess(self, outputs: Dict[str, np.ndarray], orig_hw: np.ndarray) -> List[Detections]:
+    def postprocess(self, outputs: dict[str, np.ndarray], orig_hw: np.ndarray) -> list[Detections]:
         from distill.postprocess import select_detections
 
         torch = self._torch
@@ -96,3 +97,10 @@ class TorchDetector(Detector):
             scores[i, :n] = d["scores"].numpy()
             classes[i, :n] = d["labels"].numpy() - 1
         return detections_from_nms(num, boxes, scores, classes, orig_hw, self.meta.num_classes, self.meta.resize_mode)
+
+
+def open_model(path: Path, *, device: str = "cpu", provider: str | None = None, fp16: bool = False,
+               **kwargs: Any) -> Detector:
+    """A ``.pt`` / ``.pth`` checkpoint or a run folder (best.pt, else last.pt). ``provider`` ("cpu" /
+    "cuda", checked by :func:`runtime.load.load_detector`) adds nothing to ``device``."""
+    return TorchDetector(path, device=device, fp16=fp16, **kwargs)

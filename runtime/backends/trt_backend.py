@@ -12,8 +12,9 @@ Device memory comes from cuda-python (``cuda.bindings.runtime``, or the older ``
 or, where that is what the image ships (Jetson), pycuda. Host buffers are page-locked.
 
 Nothing here needs a GPU at import; without TensorRT or a CUDA device the detector fails to build
-with one-line RuntimeErrors. :func:`discover_io`, :func:`plan_io` and the output parsing (shared
-with every backend, :func:`runtime.detector.detections_from_nms`) are plain code tested with mocks.
+with a one-line :class:`~runtime.errors.BackendUnavailable`. :func:`discover_io`, :func:`plan_io`
+and the output parsing (shared with every backend, :func:`runtime.detector.detections_from_nms`)
+are plain code tested with mocks.
 """
 
 from __future__ import annotations
@@ -21,25 +22,28 @@ from __future__ import annotations
 import ctypes
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from runtime.detector import INPUT_NAME, Detector, output_kind
+from runtime.detector import Detector
+from runtime.errors import BackendUnavailable
 from runtime.metadata import ModelMeta, read_sidecar
+from runtime.outputs import INPUT_NAME, output_kind
 
 
 def import_tensorrt() -> Any:
-    """The ``tensorrt`` module, or a one-line RuntimeError saying why the backend cannot run."""
+    """The ``tensorrt`` module, or a one-line :class:`BackendUnavailable` saying why the backend cannot run."""
     try:
         import tensorrt as trt
     except ImportError:
-        raise RuntimeError(
+        raise BackendUnavailable(
             "TensorRT backend unavailable: the 'tensorrt' Python package is not installed on this machine "
             "(it needs an NVIDIA GPU host: pip install tensorrt, or JetPack's python3-libnvinfer on Jetson)"
         ) from None
     except Exception as e:  # noqa: BLE001 - a broken install (missing libnvinfer.so) raises OSError etc.
-        raise RuntimeError(f"TensorRT backend unavailable: 'import tensorrt' failed: {str(e).splitlines()[0]}") from None
+        raise BackendUnavailable(f"TensorRT backend unavailable: 'import tensorrt' failed: {str(e).splitlines()[0]}") from None
     return trt
 
 
@@ -53,12 +57,12 @@ class TensorSpec:
 
     name: str
     is_input: bool
-    shape: Tuple[int, ...]
+    shape: tuple[int, ...]
     dtype: np.dtype
-    profile: Optional[Tuple[Tuple[int, ...], Tuple[int, ...], Tuple[int, ...]]] = None
+    profile: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None = None
 
 
-def discover_io(engine: Any, trt: Any) -> List[TensorSpec]:
+def discover_io(engine: Any, trt: Any) -> list[TensorSpec]:
     """Every I/O tensor of a TensorRT 10 engine, in engine order."""
     specs = []
     for i in range(engine.num_io_tensors):
@@ -80,10 +84,10 @@ class IOPlan:
     from the profile)."""
 
     input: TensorSpec
-    outputs: Tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
     kind: str
-    fixed_batch: Optional[int]
-    max_batch: Optional[int]
+    fixed_batch: int | None
+    max_batch: int | None
     min_batch: int
 
 
@@ -152,7 +156,7 @@ class _CudaPython:
     def free(self, ptr: int) -> None:
         self.rt.cudaFree(ptr)
 
-    def host_empty(self, shape: Tuple[int, ...], dtype: np.dtype) -> Tuple[np.ndarray, Any]:
+    def host_empty(self, shape: tuple[int, ...], dtype: np.dtype) -> tuple[np.ndarray, Any]:
         nbytes = max(int(np.prod(shape)) * np.dtype(dtype).itemsize, 1)
         ptr = int(self._ok(self.rt.cudaMallocHost(nbytes), "cudaMallocHost"))
         raw = (ctypes.c_uint8 * nbytes).from_address(ptr)
@@ -221,7 +225,7 @@ class _PyCuda:
     def free(self, ptr: Any) -> None:
         ptr.free()
 
-    def host_empty(self, shape: Tuple[int, ...], dtype: np.dtype) -> Tuple[np.ndarray, Any]:
+    def host_empty(self, shape: tuple[int, ...], dtype: np.dtype) -> tuple[np.ndarray, Any]:
         arr = self.cuda.pagelocked_empty(shape, dtype)
         return arr, None
 
@@ -239,7 +243,7 @@ class _PyCuda:
 
 
 def cuda_api() -> Any:
-    """cuda-python if importable, else pycuda; RuntimeError (one line) if neither works."""
+    """cuda-python if importable, else pycuda; BackendUnavailable (one line) if neither works."""
     errors = []
     for cls in (_CudaPython, _PyCuda):
         try:
@@ -248,7 +252,7 @@ def cuda_api() -> Any:
             errors.append(f"{cls.name}: not installed ({e.name or e})")
         except Exception as e:  # noqa: BLE001 - no driver / no device / broken install
             errors.append(f"{cls.name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
-    raise RuntimeError("TensorRT backend unavailable: no usable CUDA device or CUDA Python binding ("
+    raise BackendUnavailable("TensorRT backend unavailable: no usable CUDA device or CUDA Python binding ("
                        + "; ".join(errors) + ")")
 
 
@@ -260,9 +264,9 @@ class _Slot:
 
     def __init__(self) -> None:
         self.batch = 0
-        self.host: Dict[str, np.ndarray] = {}
-        self.host_tokens: List[Any] = []
-        self.device: Dict[str, Any] = {}
+        self.host: dict[str, np.ndarray] = {}
+        self.host_tokens: list[Any] = []
+        self.device: dict[str, Any] = {}
         self.graph: Any = None
 
 
@@ -275,7 +279,7 @@ class TRTDetector(Detector):
     """
 
     def __init__(self, path: Any, device: str = "cuda", fp16: bool = False, cuda_graph: bool = False,
-                 meta: Optional[ModelMeta] = None) -> None:
+                 meta: ModelMeta | None = None) -> None:
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"engine file not found: {path}")
@@ -313,7 +317,7 @@ class TRTDetector(Detector):
         if self.cuda_graph and not hasattr(self.cuda, "begin_capture"):
             raise ValueError(f"cuda_graph=True needs cuda-python; this host has {self.cuda.name}")
         self.stream = self.cuda.stream()
-        self._slots: Dict[int, _Slot] = {}
+        self._slots: dict[int, _Slot] = {}
         self._bound = 0
 
     def _slot(self, n: int) -> _Slot:
@@ -348,7 +352,7 @@ class TRTDetector(Detector):
         for spec in self.plan.outputs:
             self.cuda.d2h(slot.host[spec.name], slot.device[spec.name], self.stream)
 
-    def infer(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         slot = self._slot(batch.shape[0])
         np.copyto(slot.host[INPUT_NAME], batch, casting="same_kind")
         if self.cuda_graph:
@@ -374,3 +378,9 @@ class TRTDetector(Detector):
         self._slots = {}
         self.context = None
         self.engine = None
+
+
+def open_model(path: Path, *, device: str = "cpu", provider: str | None = None, fp16: bool = False,
+               **kwargs: Any) -> Detector:
+    """A serialized engine; ``device="cpu"`` (the load_detector default) means cuda:0."""
+    return TRTDetector(path, device=device, fp16=fp16, **kwargs)

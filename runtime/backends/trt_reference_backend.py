@@ -9,12 +9,15 @@ then the numpy reference of the plugin with the node's own attributes
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any
 
 import numpy as np
 
-from runtime.detector import NMS_OUTPUTS, Detector, cpu_cores
+from runtime.backends import cpu_cores
+from runtime.detector import Detector
+from runtime.errors import BackendUnavailable
 from runtime.metadata import ModelMeta, read_sidecar
+from runtime.outputs import NMS_OUTPUTS
 
 
 class TRTReferenceDetector(Detector):
@@ -23,7 +26,7 @@ class TRTReferenceDetector(Detector):
     kind = "nms"
     name = "trt-reference-cpu"
 
-    def __init__(self, path: Any, meta: Optional[ModelMeta] = None, threads: Optional[int] = None) -> None:
+    def __init__(self, path: Any, meta: ModelMeta | None = None, threads: int | None = None) -> None:
         from runtime.trt_reference import TrtGraphReference
 
         path = Path(path)
@@ -35,13 +38,13 @@ class TRTReferenceDetector(Detector):
         try:
             self.reference = TrtGraphReference(path, intra_op_threads=int(threads) if threads else cpu_cores())
         except ImportError as e:
-            raise RuntimeError(f"TensorRT CPU reference unavailable: {e}") from None
+            raise BackendUnavailable(f"TensorRT CPU reference unavailable: {e}") from None
         k = int(self.reference.attrs["max_output_boxes"])
         if k != meta.nms.max_detections:
             raise ValueError(f"{path.name}: plugin max_output_boxes {k} differs from the sidecar's "
                              f"nms.max_detections {meta.nms.max_detections}")
 
-    def infer(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         return dict(zip(NMS_OUTPUTS, self.reference(batch)))
 
     def close(self) -> None:

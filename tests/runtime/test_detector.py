@@ -9,15 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_detector_helpers import (  # noqa: E402,F401
-    GRID, controlled_raw_graph, one_torch_thread, image_with_bright_cell, same_detections, tiny_checkpoint, tiny_exports,
+from runtime import load_detector
+from runtime.detector import detections_from_nms
+from runtime.metadata import read_sidecar
+from runtime.outputs import output_kind
+from runtime.preprocess import Preprocessor, preprocess_batch
+from tests.helpers import (
+    GRID, controlled_raw_graph, image_with_bright_cell, same_detections, tiny_checkpoint, tiny_exports,
 )
-
-from runtime import load_detector  # noqa: E402
-from runtime.detector import BatchPreprocessor, detections_from_nms, output_kind  # noqa: E402
-from runtime.metadata import read_sidecar  # noqa: E402
-from runtime.preprocess import preprocess_batch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -110,9 +109,9 @@ def test_controlled_model_mixed_batch_each_in_its_own_frame():
     np.testing.assert_allclose(b["boxes"][0], [30, 150, 40, 200], atol=0.2)
 
 
-def test_batch_preprocessor_is_bit_identical_to_preprocess_batch():
+def test_detector_preprocessor_is_bit_identical_to_preprocess_batch():
     meta = read_sidecar(tiny_exports() / "model_raw.onnx")
-    pre = BatchPreprocessor(meta)
+    pre = Preprocessor.from_meta(meta, reuse_buffer=True)
     images = noise_images() + [np.zeros((64, 64, 3), np.uint8), np.full((7, 9, 3), 255, np.uint8)]
     ref, ref_hw = preprocess_batch(images, meta.input_size, meta.mean, meta.std)
     got, got_hw = pre(images)
@@ -168,7 +167,7 @@ def test_trt_graph_needs_the_reference_provider():
 
 
 def test_ort_session_is_lean():
-    from runtime.detector import cpu_cores
+    from runtime.backends import cpu_cores
 
     det = load_detector(tiny_exports() / "model_raw.onnx")
     so = det.session.get_session_options()

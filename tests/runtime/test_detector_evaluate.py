@@ -2,21 +2,17 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_detector_helpers import (  # noqa: E402,F401
-    GRID, controlled_raw_graph, image_with_bright_cell, one_torch_thread, tiny_checkpoint, tiny_coco, tiny_exports,
-)
-
-from runtime import load_detector  # noqa: E402
-from runtime.evaluate import _CocoFolder, default_data, evaluate_detector, main, open_dataset  # noqa: E402
-from runtime.metadata import read_sidecar  # noqa: E402
+from runtime import load_detector
+from runtime.datasets import coco_folder as _CocoFolder
+from runtime.evaluate import default_data, evaluate_detector, main, open_dataset
+from runtime.metadata import read_sidecar
+from tests.helpers import GRID, controlled_raw_graph, image_with_bright_cell, tiny_checkpoint, tiny_coco, tiny_exports
 
 
 def _cells_dataset(tmp_path: Path) -> str:

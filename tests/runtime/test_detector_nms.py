@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.backends.numpy_nms import efficient_nms_fast
+from runtime.nms_fast import efficient_nms_fast
 from runtime.detector import nms_of_raw
 from runtime.metadata import NMSConfig
 from runtime.nms_reference import efficient_nms

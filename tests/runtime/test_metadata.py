@@ -12,7 +12,6 @@ from runtime.metadata import (
     read_sidecar,
     sha256_file,
     sidecar_path,
-    write_json_atomic,
     write_sidecar,
 )
 
@@ -141,14 +140,6 @@ def test_read_sidecar_errors_name_the_file(tmp_path):
     (tmp_path / "old.json").write_text(json.dumps({"format_version": 0}))
     with pytest.raises(ValueError, match="old.json.*format_version"):
         read_sidecar(tmp_path / "old.onnx")
-
-
-def test_write_json_atomic_replaces(tmp_path):
-    p = tmp_path / "sub" / "r.json"
-    write_json_atomic(p, {"a": 1})
-    write_json_atomic(p, [1, 2])
-    assert json.loads(p.read_text()) == [1, 2]
-    assert [f.name for f in p.parent.iterdir()] == ["r.json"]
 
 
 def test_sha256_file(tmp_path):

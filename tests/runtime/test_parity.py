@@ -3,18 +3,14 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_detector_helpers import one_torch_thread, perturbed_raw, tiny_checkpoint, tiny_coco, tiny_exports  # noqa: E402,F401
-
-from runtime import load_detector  # noqa: E402
-from runtime.parity import EvalResult, Tolerances, agreement, compare_results, match_detections  # noqa: E402
-
+from runtime import load_detector
+from runtime.matching import match_by_iou
+from runtime.parity import EvalResult, Tolerances, agreement, compare_results
+from tests.helpers import perturbed_raw, tiny_checkpoint, tiny_coco, tiny_exports
 
 
 def _d(boxes, scores, labels):
@@ -25,13 +21,13 @@ def _d(boxes, scores, labels):
 def test_match_is_one_to_one_same_class_and_iou_bounded():
     ref = _d([[0, 0, 10, 10], [0, 0, 10, 10], [20, 20, 30, 30]], [0.9, 0.8, 0.7], [1, 1, 2])
     cand = _d([[0, 0, 10, 10.2], [20, 20, 30, 30]], [0.85, 0.7], [1, 1])
-    m = match_detections(ref, cand)
+    m = match_by_iou(ref, cand)
     assert m.tolist() == [0, -1, -1]  # second ref has no partner left; third has the wrong class
     a = agreement([ref], [cand])
     assert a["matched"] == 1 and a["agreement"] == pytest.approx(1 / 3)
     assert a["max_score_diff"] == pytest.approx(0.05, abs=1e-6)
     shifted = _d([[0, 0, 10, 12]], [0.9], [1])  # IoU 0.83 < 0.95
-    assert match_detections(ref, shifted).tolist() == [-1, -1, -1]
+    assert match_by_iou(ref, shifted).tolist() == [-1, -1, -1]
     assert agreement([_d([], [], [])], [_d([], [], [])])["agreement"] == 1.0
 
 

@@ -147,3 +147,15 @@ def test_preprocessor_from_meta():
     ref, _ = preprocess_batch([img], (8, 12), MEAN, STD)
     np.testing.assert_array_equal(batch, ref)
     np.testing.assert_allclose(pre.scale_boxes(np.array([[0, 0, 1, 1]]), orig[0]), [[0, 0, 9, 9]])
+
+
+def test_preprocessor_buffer_reuse():
+    fresh = Preprocessor((8, 12), MEAN, STD)
+    a, _ = fresh([rgb(9, 9, 1)])
+    b, _ = fresh([rgb(9, 9, 2)])
+    assert not np.shares_memory(a, b)
+    reused = Preprocessor((8, 12), MEAN, STD, reuse_buffer=True)
+    c, _ = reused([rgb(9, 9, 1), rgb(5, 5, 2)])
+    d, _ = reused([rgb(9, 9, 3)])
+    assert np.shares_memory(c, d) and d.shape == (1, 3, 8, 12)
+    np.testing.assert_array_equal(d, preprocess_batch([rgb(9, 9, 3)], (8, 12), MEAN, STD)[0])

@@ -12,7 +12,7 @@ import pytest
 
 from runtime.backends import trt_backend
 from runtime.backends.trt_backend import TensorSpec, TRTDetector, discover_io, plan_io
-from runtime.detector import load_detector
+from runtime.load import load_detector
 from runtime.metadata import ModelMeta, NMSConfig, write_sidecar
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,8 +17,6 @@ random inputs with ties -- but organised for speed:
 
 from __future__ import annotations
 
-from typing import Tuple
-
 import numpy as np
 
 _BLOCK = 256  # IoU rows per block: [256, M] float32 stays in cache-sized chunks even for M = 4096
@@ -81,7 +79,7 @@ def efficient_nms_fast(
     max_output_boxes: int,
     pre_nms_top_k: int = 4096,
     class_agnostic: bool = False,
-) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """boxes float [B, N, 4] corners (any frame), scores float [B, N, C] -> the plugin's four
     outputs (see :func:`runtime.nms_reference.efficient_nms`; no background column, no anchors)."""
     boxes = np.asarray(boxes, dtype=np.float32)

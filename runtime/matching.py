@@ -1,0 +1,155 @@
+"""Do two sets of detections agree? Two questions, two functions, named for what they answer.
+
+* :func:`match_exact`: are two sets of fixed-K NMS graph outputs the same detections, row for
+  row within small tolerances? (an exported graph against the PyTorch postprocess, or against
+  the CPU reference of the TensorRT plugin: the same arithmetic, so only rounding may differ)
+* :func:`match_by_iou`: which detections of one image does another backend find again, same
+  class and nearly the same box (IoU >= 0.95)? (parity across backends and precisions, where
+  scores and boxes may move a little and the order of detections is not fixed)
+
+Pure numpy.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from runtime.nms_reference import iou_one_to_many
+
+# The four NMS graph outputs (runtime.outputs.NMS_OUTPUTS), in that order: num_detections int32
+# [B, 1], detection_boxes float32 [B, K, 4], detection_scores float32 [B, K], detection_classes int32 [B, K].
+NmsOutputs = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+EXACT_BOX_TOL, EXACT_SCORE_TOL, EXACT_TIE_TOL = 1e-4, 1e-4, 1e-6
+MATCH_IOU = 0.95  # match_by_iou: a detection found again has IoU >= this with the reference's
+
+
+def _fail(out: dict[str, Any], why: str) -> dict[str, Any]:
+    out["match"], out["why"] = False, out["why"] or why
+    return out
+
+
+def _tied_tail(g_scores: np.ndarray, r_scores: np.ndarray, k: int, tie_tol: float, i: int,
+               out: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """When the K output rows are full, rows tied with the K-th score may be any of the tied
+    (anchor, class) pairs: they are compared by count only. Returns (got rows already used,
+    reference rows skipped)."""
+    n = len(g_scores)
+    if n != k or not n:
+        return np.zeros(n, bool), np.zeros(len(r_scores), bool)
+    cut = float(r_scores[n - 1])
+    g_tail = np.abs(g_scores - cut) <= tie_tol
+    r_tail = np.abs(r_scores - cut) <= tie_tol
+    if g_tail.sum() != r_tail.sum():
+        _fail(out, f"image {i}: {int(g_tail.sum())} vs {int(r_tail.sum())} rows tied with the last score")
+    return g_tail.copy(), r_tail
+
+
+def _box_diffs(g_boxes: np.ndarray, r_box: np.ndarray, raw_boxes: np.ndarray | None, raw_scores: np.ndarray | None,
+               r_score: float, box_tol: float, tie_tol: float) -> tuple[np.ndarray, bool]:
+    """Max-coordinate difference of each candidate box [M, 4] to the reference box; with the
+    reference's raw outputs, a box of any anchor whose score ties the reference detection's
+    (exact-tie swap) counts as equal. Returns (differences [M], whether a tie swap was used)."""
+    d = np.max(np.abs(g_boxes - r_box), axis=1)
+    if d.min() <= box_tol or raw_boxes is None:
+        return d, False
+    alt = raw_boxes[np.abs(raw_scores - r_score) <= tie_tol]                                 # [T, 4]
+    if not len(alt):
+        return d, False
+    d_alt = np.min(np.max(np.abs(g_boxes[:, None, :] - alt[None]), axis=2), axis=1)
+    if d_alt.min() > box_tol:
+        return d, False
+    return np.where(d_alt <= box_tol, 0.0, d), True
+
+
+def _match_image(i: int, got: NmsOutputs, ref: NmsOutputs, raw: tuple[np.ndarray, np.ndarray] | None,
+                 box_tol: float, score_tol: float, tie_tol: float, out: dict[str, Any]) -> None:
+    gn, gb, gs, gc = got
+    rn, rb, rs, rc = ref
+    n, m = int(gn[i, 0]), int(rn[i, 0])
+    if n != m:
+        _fail(out, f"image {i}: {n} detections vs {m}")
+        return
+    if np.any(np.diff(gs[i, :n]) > 1e-7):
+        _fail(out, f"image {i}: scores not in descending order")
+    if np.any(gb[i, n:] != 0) or np.any(gs[i, n:] != 0) or np.any(gc[i, n:] != 0):
+        _fail(out, f"image {i}: padding rows are not zero")
+    used, r_tail = _tied_tail(gs[i, :n], rs[i, :m], gb.shape[1], tie_tol, i, out)
+    for j in np.flatnonzero(~r_tail):
+        cls, score = int(rc[i, j]), float(rs[i, j])
+        cand = np.flatnonzero(~used & (gc[i, :n] == cls) & (np.abs(gs[i, :n] - rs[i, j]) <= score_tol))
+        if cand.size == 0:
+            _fail(out, f"image {i}: no detection of class {cls} with score {score:.6f}")
+            continue
+        raw_boxes, raw_scores = (raw[0][i], raw[1][i, :, cls + 1]) if raw is not None else (None, None)
+        d, swapped = _box_diffs(gb[i, cand], rb[i, j], raw_boxes, raw_scores, rs[i, j], box_tol, tie_tol)
+        out["tie_swaps"] += int(swapped)
+        best = cand[int(np.argmin(d))]
+        used[best] = True
+        out["max_box_diff"] = max(out["max_box_diff"], float(d.min()))
+        out["max_score_diff"] = max(out["max_score_diff"], float(abs(gs[i, best] - rs[i, j])))
+        if d.min() > box_tol:
+            _fail(out, f"image {i}: box of class {cls} (score {score:.6f}) differs by {d.min():.2e}")
+
+
+def match_exact(got: NmsOutputs, ref: NmsOutputs, box_tol: float = EXACT_BOX_TOL,
+                score_tol: float = EXACT_SCORE_TOL, raw: tuple[np.ndarray, np.ndarray] | None = None,
+                tie_tol: float = EXACT_TIE_TOL) -> dict[str, Any]:
+    """Do two sets of NMS outputs (:data:`NmsOutputs`, normalised xyxy boxes) describe the same
+    detections?
+
+    Per image: same ``num_detections``; scores non-increasing; every valid row of ``ref`` pairs
+    with one valid row of ``got`` of the same class whose score and box agree within the
+    tolerances (pairing is by value, so rows of exactly equal score may come in either order);
+    padding rows are all zero.
+
+    Exact ties: when several anchors have the same score for a class (saturated features of an
+    untrained net do that), which of them survives NMS depends on the sort's tie order, which no
+    implementation fixes (the plugin's GPU sort neither). Given ``raw`` = the reference's
+    (boxes [B,N,4], scores [B,N,C+1]), a box of any anchor tied (within ``tie_tol``) with the
+    reference detection is accepted too; such pairs are counted in ``tie_swaps``. Likewise, when
+    the K output rows are full, rows whose score ties the last (K-th) score may belong to any of
+    the tied (anchor, class) pairs: those are compared by count only.
+    Returns {"match", "max_box_diff", "max_score_diff", "tie_swaps", "num_got", "num_ref", "why"}.
+    """
+    g = tuple(np.asarray(a) for a in got)
+    r = tuple(np.asarray(a) for a in ref)
+    out: dict[str, Any] = {"match": True, "max_box_diff": 0.0, "max_score_diff": 0.0, "tie_swaps": 0,
+                           "num_got": g[0].reshape(-1).tolist(), "num_ref": r[0].reshape(-1).tolist(), "why": ""}
+    if g[1].shape != r[1].shape or g[0].shape != r[0].shape:
+        return _fail(out, f"shapes differ: {g[1].shape} vs {r[1].shape}")
+    if g[0].dtype != np.int32 or g[3].dtype != np.int32:
+        return _fail(out, f"num_detections / detection_classes must be int32, got {g[0].dtype} / {g[3].dtype}")
+    for i in range(g[0].shape[0]):
+        _match_image(i, g, r, raw, box_tol, score_tol, tie_tol, out)
+    return out
+
+
+def match_by_iou(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray],
+                 iou_threshold: float = MATCH_IOU) -> np.ndarray:
+    """Greedy one-to-one matching of one image's detections by IoU.
+
+    ``ref`` / ``cand``: ``boxes`` [K, 4] xyxy (same frame for both, e.g. original pixels),
+    ``scores`` [K], ``labels`` [K] int. Reference detections in descending score order each take
+    the unmatched candidate detection of the same label with the highest IoU, if that IoU >=
+    ``iou_threshold``. Returns int64 [K_ref]: the matched candidate index, or -1.
+    """
+    rb = np.asarray(ref["boxes"], np.float32).reshape(-1, 4)
+    cb = np.asarray(cand["boxes"], np.float32).reshape(-1, 4)
+    rl = np.asarray(ref["labels"]).reshape(-1)
+    cl = np.asarray(cand["labels"]).reshape(-1)
+    out = np.full(len(rb), -1, dtype=np.int64)
+    if len(rb) == 0 or len(cb) == 0:
+        return out
+    taken = np.zeros(len(cb), dtype=bool)
+    for i in np.argsort(-np.asarray(ref["scores"], np.float32).reshape(-1), kind="stable"):
+        ok = np.flatnonzero((cl == rl[i]) & ~taken)
+        if ok.size == 0:
+            continue
+        ious = iou_one_to_many(rb[i], cb[ok])
+        j = int(np.argmax(ious))
+        if ious[j] >= iou_threshold:
+            out[i] = ok[j]
+            taken[ok[j]] = True
+    return out
