@@ -1,18 +1,20 @@
 """Where export finds images: a folder given on the command line, the checkpoint's own datasets
 (only if they are already on disk: export never generates a dataset as a side effect), or
-synthetic images when nothing real is available. Also the "latest run" lookup of the CLIs.
+synthetic images when nothing real is available. Also the one "latest run" lookup of the CLIs
+(:func:`find_latest_checkpoint`, :func:`run_name`), used by export and benchmarks alike.
+Preprocessing is not here: it is ``runtime.preprocess``, the one implementation.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any
 
 import numpy as np
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
-def list_images(folder: str | Path, limit: Optional[int] = None) -> List[Path]:
+def list_images(folder: str | Path, limit: int | None = None) -> list[Path]:
     """Image files under ``folder`` (recursive, sorted, so the selection is reproducible)."""
     root = Path(folder)
     if not root.is_dir():
@@ -23,7 +25,7 @@ def list_images(folder: str | Path, limit: Optional[int] = None) -> List[Path]:
     return files[:limit] if limit else files
 
 
-def synthetic_images(n: int, seed: int = 0, size_range: Tuple[int, int] = (48, 160)) -> List[np.ndarray]:
+def synthetic_images(n: int, seed: int = 0, size_range: tuple[int, int] = (48, 160)) -> list[np.ndarray]:
     """``n`` uint8 [h, w, 3] RGB images of various sizes with overlapping filled rectangles and
     discs on a smooth background, plus noise: detector-like input when no real image is available."""
     rng = np.random.default_rng(seed)
@@ -49,7 +51,7 @@ def synthetic_images(n: int, seed: int = 0, size_range: Tuple[int, int] = (48, 1
     return out
 
 
-def _shapes_on_disk(cfg: dict) -> Tuple[bool, str]:
+def _shapes_on_disk(cfg: dict) -> tuple[bool, str]:
     from distill.data import shapes
     params = shapes.resolve_params(num_train=cfg.get("shapes_train"), num_val=cfg.get("shapes_val"),
                                    seed=cfg.get("shapes_seed"))
@@ -57,7 +59,7 @@ def _shapes_on_disk(cfg: dict) -> Tuple[bool, str]:
     return root.is_dir(), str(root)
 
 
-def checkpoint_dataset(cfg: dict, split: str = "val", *, allow_generate: bool = False) -> Tuple[Optional[Any], str]:
+def checkpoint_dataset(cfg: dict, split: str = "val", *, allow_generate: bool = False) -> tuple[Any | None, str]:
     """The checkpoint config's eval-mode dataset of ``split`` ("val": ``val_data`` or the default
     validation spec of ``data``; "train": ``data``), or (None, why not).
 
@@ -91,9 +93,30 @@ def checkpoint_dataset(cfg: dict, split: str = "val", *, allow_generate: bool = 
         return None, f"dataset not available ({e.__class__.__name__}: {e})"
 
 
-def dataset_images(dataset: Any, n: int) -> List[np.ndarray]:
+def dataset_images(dataset: Any, n: int) -> list[np.ndarray]:
     """The first ``n`` images (uint8 HWC RGB) of an eval-mode dataset."""
     return [dataset[i][0] for i in range(min(n, len(dataset)))]
+
+
+def calibration_images(count: int, folder: str | Path | None = None, cfg: dict | None = None
+                       ) -> tuple[list[Any] | None, str]:
+    """Up to ``count`` INT8 calibration images and where they come from: the image files of
+    ``folder`` (paths, sorted), else every n-th training image (uint8 HWC RGB) of the checkpoint
+    config ``cfg``, spread over the whole set, when that dataset is on disk. (None, why not) when
+    neither is available; ValueError when ``folder`` holds no images."""
+    if count < 1:
+        raise ValueError(f"the calibration image count must be >= 1, got {count}")
+    if folder is not None:
+        files = [str(p) for p in list_images(folder, limit=count)]
+        return files, f"{folder} ({len(files)} images)"
+    if cfg is None:
+        return None, "no checkpoint config"
+    ds, why = checkpoint_dataset(cfg, "train")
+    if ds is None:
+        return None, why
+    step = max(1, len(ds) // count)
+    images = [ds[i][0] for i in range(0, len(ds), step)][:count]
+    return images, f"checkpoint training data {why} ({len(images)} images, every {step}th)"
 
 
 # --------------------------------------------------------------------------- runs and exports
@@ -121,8 +144,3 @@ def default_export_dir(checkpoint: str | Path, runs_dir: str | Path = "runs",
                        exports_dir: str | Path = "exports") -> Path:
     return Path(exports_dir) / run_name(checkpoint, runs_dir)
 
-
-def preprocess(images: Sequence[Any], meta: Any) -> np.ndarray:
-    """Images -> float32 [B, 3, H, W] through runtime.preprocess (the one preprocessing)."""
-    from runtime.preprocess import preprocess_batch
-    return preprocess_batch(list(images), meta.input_size, meta.mean, meta.std, meta.resize_mode)[0]

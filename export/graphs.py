@@ -21,22 +21,20 @@ the INT8 quantizer finds the float tail to leave alone.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-PLUGIN_NAME = "EfficientNMS_TRT"
+from runtime.outputs import NMS_OUTPUTS, RAW_OUTPUTS
+from runtime.trt_reference import PLUGIN_NAME
+
 # onnx.checker rejects unknown ops of the default domain, so the plugin node lives in its own
 # domain. TensorRT's ONNX parser dispatches on op_type alone (unknown op types go to the plugin
 # registry by name + ``plugin_version`` + ``plugin_namespace``), so the domain does not matter to it.
 PLUGIN_DOMAIN = "trt.plugins"
-# The plugin always keeps the 4096 best candidates before NMS (README "Process Description").
-PLUGIN_TOP_K = 4096
-NMS_OUTPUTS = ("num_detections", "detection_boxes", "detection_scores", "detection_classes")
-RAW_OUTPUTS = ("boxes", "scores")
 TAIL_PREFIXES = {"raw": "decode/", "trt": "plugin_inputs/", "nms": "nms/"}
 # Same exp() overflow guard as distill.models.box_coder (log(1000 / 16)).
 WH_CLAMP = math.log(1000.0 / 16)
@@ -55,8 +53,8 @@ class _Tail:
     def const(self, what: str, values) -> gs.Constant:
         return gs.Constant(self.name(what), np.asarray(values))
 
-    def op(self, op: str, inputs: Sequence, attrs: Optional[dict] = None, n_out: int = 1,
-           out_names: Optional[Sequence[str]] = None, domain: Optional[str] = None):
+    def op(self, op: str, inputs: Sequence, attrs: dict | None = None, n_out: int = 1,
+           out_names: Sequence[str] | None = None, domain: str | None = None):
         name = self.name(op.lower())
         outs = [gs.Variable(out_names[i] if out_names else f"{name}:{i}") for i in range(n_out)]
         self.graph.nodes.append(gs.Node(op=op, name=name, attrs=dict(attrs or {}), inputs=list(inputs),
@@ -74,6 +72,11 @@ def _tensor(graph: gs.Graph, name: str) -> gs.Variable:
 def _set_output(var: gs.Variable, name: str, dtype, shape) -> gs.Variable:
     var.name, var.dtype, var.shape = name, dtype, list(shape)
     return var
+
+
+def _nms_output_types(batch: int | str, k: int) -> tuple[list[type], list[list[int | str]]]:
+    """(dtypes, shapes) of the four NMS outputs in NMS_OUTPUTS order (DESIGN.md "Graph outputs")."""
+    return [np.int32, np.float32, np.float32, np.int32], [[batch, 1], [batch, k, 4], [batch, k], [batch, k]]
 
 
 def _check_anchors(anchors: np.ndarray) -> np.ndarray:
@@ -108,8 +111,8 @@ def add_raw_tail(graph: gs.Graph, anchors: np.ndarray, variances: Sequence[float
     scores = t.op("Softmax", [conf_t], {"axis": -1})
     batch = graph.inputs[0].shape[0] if graph.inputs and graph.inputs[0].shape else "batch"
     num_cls = conf_t.shape[-1] if conf_t.shape else None
-    graph.outputs = [_set_output(boxes, "boxes", np.float32, [batch, n, 4]),
-                     _set_output(scores, "scores", np.float32, [batch, n, num_cls])]
+    graph.outputs = [_set_output(boxes, RAW_OUTPUTS[0], np.float32, [batch, n, 4]),
+                     _set_output(scores, RAW_OUTPUTS[1], np.float32, [batch, n, num_cls])]
     return graph.cleanup().toposort()
 
 
@@ -153,7 +156,7 @@ class PluginSpec:
     plugin_version: str = "1"
     plugin_namespace: str = ""
 
-    def attrs(self) -> Dict[str, object]:
+    def attrs(self) -> dict[str, object]:
         return {"score_threshold": float(self.score_threshold), "iou_threshold": float(self.iou_threshold),
                 "max_output_boxes": int(self.max_output_boxes), "background_class": int(self.background_class),
                 "score_activation": int(self.score_activation), "class_agnostic": int(self.class_agnostic),
@@ -180,10 +183,8 @@ def insert_efficient_nms(graph: gs.Graph, anchors: np.ndarray, spec: PluginSpec,
     a = _check_anchors(anchors)
     d, s = _tensor(graph, deltas), _tensor(graph, scores)
     batch, k = graph.inputs[0].shape[0], int(spec.max_output_boxes)
-    outs = [gs.Variable("num_detections", np.int32, [batch, 1]),
-            gs.Variable("detection_boxes", np.float32, [batch, k, 4]),
-            gs.Variable("detection_scores", np.float32, [batch, k]),
-            gs.Variable("detection_classes", np.int32, [batch, k])]
+    outs = [gs.Variable(name, dtype, shape) for name, dtype, shape
+            in zip(NMS_OUTPUTS, *_nms_output_types(batch, k))]
     anchors_c = gs.Constant("nms_anchors", a[None].copy())
     graph.nodes.append(gs.Node(op=PLUGIN_NAME, name="nms/efficient_nms", attrs=spec.attrs(),
                                inputs=[d, s, anchors_c], outputs=outs, domain=domain))
@@ -259,14 +260,12 @@ def add_onnx_nms_tail(graph: gs.Graph, nms, *, boxes: str = "boxes", scores: str
     det_cls = t.op("GatherElements", [cand_cls, pos], {"axis": 1})
     det_cls = t.op("Cast", [t.op("Where", [valid, det_cls, t.const("zero", i64(0))])], {"to": onnx.TensorProto.INT32})
     batch = graph.inputs[0].shape[0]
-    graph.outputs = [_set_output(num, "num_detections", np.int32, [batch, 1]),
-                     _set_output(det_boxes, "detection_boxes", np.float32, [batch, k_out, 4]),
-                     _set_output(det_scores, "detection_scores", np.float32, [batch, k_out]),
-                     _set_output(det_cls, "detection_classes", np.int32, [batch, k_out])]
+    graph.outputs = [_set_output(var, name, dtype, shape) for var, name, dtype, shape
+                     in zip((num, det_boxes, det_scores, det_cls), NMS_OUTPUTS, *_nms_output_types(batch, k_out))]
     return graph.cleanup().toposort()
 
 
-def to_model(graph: gs.Graph, *, plugin_domain: Optional[str] = None) -> onnx.ModelProto:
+def to_model(graph: gs.Graph, *, plugin_domain: str | None = None) -> onnx.ModelProto:
     """gs.Graph -> ModelProto (the trunk's opset), with the plugin domain imported when used."""
     model = gs.export_onnx(graph)
     have = {o.domain for o in model.opset_import}
@@ -275,12 +274,12 @@ def to_model(graph: gs.Graph, *, plugin_domain: Optional[str] = None) -> onnx.Mo
     return model
 
 
-def tail_node_names(model: onnx.ModelProto, prefix: str) -> List[str]:
+def tail_node_names(model: onnx.ModelProto, prefix: str) -> list[str]:
     """Names of the tail nodes: those named ``prefix*`` and everything downstream of them.
 
     (Downstream closure, because a simplifier may rename or fuse some of the tail's nodes.)"""
     start = [n for n in model.graph.node if n.name.startswith(prefix)]
-    consumers: Dict[str, List[onnx.NodeProto]] = {}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
     for n in model.graph.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
@@ -300,7 +299,7 @@ class PluginNodeInfo:
     """What :func:`find_plugin_node` reads back from a graph."""
 
     node: onnx.NodeProto
-    attrs: Dict[str, object] = field(default_factory=dict)
+    attrs: dict[str, object] = field(default_factory=dict)
 
 
 def find_plugin_node(model: onnx.ModelProto) -> PluginNodeInfo:

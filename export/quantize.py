@@ -1,5 +1,5 @@
 """ONNX Runtime INT8 static quantization (QDQ, uint8 activations, per-channel int8 weights) of
-the raw graph.
+the raw graph: ``model_raw.onnx`` -> ``model_int8.onnx`` + sidecar (:func:`quantize_int8`).
 
 Calibration images go through ``runtime.preprocess`` -- the one preprocessing -- in a
 :class:`ImageCalibrationReader`. The decoder + softmax tail (``decode/*`` nodes and everything
@@ -8,12 +8,16 @@ probabilities costs accuracy and saves nothing measurable.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Sequence
+from typing import Any
 
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+from export.artifacts import GRAPH_FILES, WrittenGraph, check_and_infer, count_qdq_model, save_with_meta
 
 CALIB_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                  "percentile": CalibrationMethod.Percentile}
@@ -22,12 +26,12 @@ CALIB_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMetho
 def image_batches(images: Sequence[Any], meta: Any, batch_size: int) -> Iterator[np.ndarray]:
     """float32 [b, 3, H, W] batches (the last one may be smaller) of images (paths or uint8
     arrays), preprocessed by runtime.preprocess with the sidecar's settings."""
-    from runtime.preprocess import preprocess_batch
+    from runtime.preprocess import Preprocessor
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    pre = Preprocessor.from_meta(meta)
     for start in range(0, len(images), batch_size):
-        chunk = list(images[start:start + batch_size])
-        yield preprocess_batch(chunk, meta.input_size, meta.mean, meta.std, meta.resize_mode)[0]
+        yield pre(list(images[start:start + batch_size]))[0]
 
 
 class ImageCalibrationReader(CalibrationDataReader):
@@ -41,7 +45,7 @@ class ImageCalibrationReader(CalibrationDataReader):
         self.progress, self._bar = progress, None
         self.rewind()
 
-    def get_next(self) -> Optional[Dict[str, np.ndarray]]:
+    def get_next(self) -> dict[str, np.ndarray] | None:
         if self.progress and self._bar is None:
             from tqdm import tqdm
             self._bar = tqdm(total=len(self), desc="INT8 calibration", unit="batch", leave=False, dynamic_ncols=True)
@@ -63,8 +67,8 @@ class ImageCalibrationReader(CalibrationDataReader):
 
 def quantize_raw_graph(model_path: str | Path, out_path: str | Path, images: Sequence[Any], meta: Any, *,
                        exclude_nodes: Sequence[str] = (), method: str = "minmax", batch_size: int = 8,
-                       per_channel: bool = True, progress: bool = False) -> Dict[str, Any]:
-    """Quantize ``model_path`` (float raw graph) to ``out_path`` (QDQ, S8S8, per-channel weights).
+                       per_channel: bool = True, progress: bool = False) -> dict[str, Any]:
+    """Quantize ``model_path`` (float raw graph) to ``out_path`` (QDQ, U8S8, per-channel weights).
 
     ``exclude_nodes``: node names kept in float. Returns what was done (for the report)."""
     if method not in CALIB_METHODS:
@@ -86,3 +90,35 @@ def quantize_raw_graph(model_path: str | Path, out_path: str | Path, images: Seq
     return {"format": "QDQ", "activations": "uint8", "weights": "int8", "per_channel": per_channel,
             "calibration": method, "calibration_images": len(reader.images), "float_nodes": len(exclude_nodes)}
 
+
+def quantize_int8(raw_onnx: str | Path, images: Sequence[Any], *, calibration_source: str,
+                  out: str | Path | None = None, method: str = "minmax", progress: bool = False,
+                  notes: list[str] | None = None) -> tuple[WrittenGraph, dict[str, Any]]:
+    """``model_raw.onnx`` (with its sidecar) -> ``model_int8.onnx`` beside it (or ``out``), checked,
+    with a sidecar of precision "int8" that records the quantization and ``calibration_source``.
+
+    ``images``: calibration images (paths or uint8 HWC RGB arrays). ``notes`` receives remarks
+    for the report. Returns (the written graph, what was done: format, counts, QDQ node counts).
+    """
+    import onnx
+
+    from export.graphs import TAIL_PREFIXES, tail_node_names
+    from runtime.metadata import read_sidecar
+    raw_onnx = Path(raw_onnx)
+    out = Path(out) if out is not None else raw_onnx.with_name(GRAPH_FILES["int8"])
+    raw_meta = read_sidecar(raw_onnx)
+    tail = tail_node_names(onnx.load(str(raw_onnx)), TAIL_PREFIXES["raw"])
+    if not tail and notes is not None:
+        notes.append("decoder tail not found after simplification: everything was quantized")
+    tmp = out.with_name(f".{out.stem}.quantized.tmp.onnx")
+    try:
+        info = quantize_raw_graph(raw_onnx, tmp, images, raw_meta, exclude_nodes=tail, method=method,
+                                  progress=progress)
+        q = check_and_infer(onnx.load(str(tmp)))
+    finally:
+        tmp.unlink(missing_ok=True)
+    info.update(count_qdq_model(q))
+    meta = dataclasses.replace(raw_meta, graph="int8", precision="int8", onnx_sha256=None,
+                               extra={**raw_meta.extra, "quantization": info,
+                                      "calibration_source": calibration_source})
+    return save_with_meta(q, out, meta), info

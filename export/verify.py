@@ -1,26 +1,30 @@
-"""Parity and speed of exported graphs, as numbers with tolerances.
+"""Are the exported graphs the PyTorch model? Numbers with tolerances (:func:`verify_exports`),
+and the INT8 graph's accuracy gate (:func:`evaluate_graphs`, :func:`check_int8_map`).
 
 * :func:`torch_raw` / :func:`torch_detections`: the PyTorch references (``distill.postprocess``).
 * :func:`compare_raw`: max abs diff and allclose of the raw outputs.
-* :func:`match_detections`: NMS outputs equal up to tolerances, robust to the order of exactly
-  tied scores (the plugin's own order among equal scores is not deterministic either).
-* :func:`latency`: ORT latency with warm-up excluded.
-* :func:`evaluate_map`: COCO mAP of a raw-output function over a dataset (runtime.metrics).
+* :func:`match_nms_outputs`: NMS outputs equal detection for detection
+  (:func:`runtime.matching.match_exact`), with the plugin reference's tie order as the fallback
+  when exactly tied scores make PyTorch's order unspecified.
+* :func:`evaluate_graphs`: COCO mAP of ONNX graphs through the one evaluation path
+  (``runtime.evaluation.inference_on_dataset`` with runtime's detectors and ``CocoEvaluator``).
 """
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-Dets = Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # num [B,1], boxes [B,K,4], scores [B,K], classes [B,K]
+from runtime.matching import NmsOutputs, match_exact
 
 RAW_RTOL, RAW_ATOL = 1e-3, 1e-5
-BOX_TOL, SCORE_TOL = 1e-4, 1e-4
+VERIFY_BATCHES = (1, 3)
 
 
-def ort_session(model: Any, threads: int = 0, spinning: bool = False):
+def ort_session(model: Any, threads: int = 0, spinning: bool = False) -> Any:
     """CPU ONNX Runtime session over a path, bytes or ModelProto. ``spinning`` off by default:
     parity checks alternate ORT and PyTorch runs, and spin-waiting ORT threads would steal the
     cores PyTorch needs (latency measurements turn it on, ORT's default)."""
@@ -36,8 +40,9 @@ def ort_session(model: Any, threads: int = 0, spinning: bool = False):
     return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
 
 
-def torch_raw(model, anchors, x: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """PyTorch raw outputs: boxes [B,N,4] normalised xyxy, scores [B,N,C+1] softmax."""
+# --------------------------------------------------------------------------- PyTorch references
+def torch_raw(model: Any, anchors: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """PyTorch raw outputs of float32 [B, 3, H, W]: boxes [B,N,4] normalised xyxy, scores [B,N,C+1] softmax."""
     import torch
 
     from distill.postprocess import decode_outputs
@@ -47,7 +52,7 @@ def torch_raw(model, anchors, x: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     return b.numpy(), s.numpy()
 
 
-def pad_detections(dets: Sequence[Dict[str, Any]], k: int) -> Dets:
+def pad_detections(dets: Sequence[dict[str, Any]], k: int) -> NmsOutputs:
     """``distill.postprocess`` per-image dicts (labels 1..C) -> the graphs' four padded outputs
     (0-based classes, rows past num_detections zero)."""
     b = len(dets)
@@ -64,8 +69,8 @@ def pad_detections(dets: Sequence[Dict[str, Any]], k: int) -> Dets:
     return num, boxes, scores, classes
 
 
-def torch_detections(model, anchors, x: np.ndarray, nms) -> Dets:
-    """PyTorch postprocess (EfficientNMS semantics) in the graphs' output format."""
+def torch_detections(model: Any, anchors: Any, x: np.ndarray, nms: Any) -> NmsOutputs:
+    """PyTorch postprocess (EfficientNMS semantics, ``nms`` an NMSConfig) in the graphs' output format."""
     import torch
 
     from distill.postprocess import postprocess
@@ -75,7 +80,8 @@ def torch_detections(model, anchors, x: np.ndarray, nms) -> Dets:
     return pad_detections(dets, int(nms.max_detections))
 
 
-def padding_is_zero(dets: Dets) -> bool:
+# --------------------------------------------------------------------------- comparisons
+def padding_is_zero(dets: NmsOutputs) -> bool:
     """Rows past ``num_detections[b]`` are all zero in boxes, scores and classes."""
     num, boxes, scores, classes = (np.asarray(a) for a in dets)
     return all(not (boxes[i, int(num[i, 0]):].any() or scores[i, int(num[i, 0]):].any()
@@ -83,86 +89,12 @@ def padding_is_zero(dets: Dets) -> bool:
 
 
 def compare_raw(got: Sequence[np.ndarray], ref: Sequence[np.ndarray], rtol: float = RAW_RTOL,
-                atol: float = RAW_ATOL) -> Dict[str, Any]:
+                atol: float = RAW_ATOL) -> dict[str, Any]:
+    """Max abs difference and allclose of raw outputs (boxes, scores) against the reference."""
     diffs = [float(np.max(np.abs(np.asarray(g, np.float64) - np.asarray(r, np.float64)))) if np.size(r) else 0.0
              for g, r in zip(got, ref)]
     ok = all(np.allclose(g, r, rtol=rtol, atol=atol) for g, r in zip(got, ref))
     return {"max_abs_diff": max(diffs), "allclose": bool(ok), "rtol": rtol, "atol": atol}
-
-
-def match_detections(got: Dets, ref: Dets, box_tol: float = BOX_TOL, score_tol: float = SCORE_TOL,
-                     raw: Optional[Tuple[np.ndarray, np.ndarray]] = None, tie_tol: float = 1e-6) -> Dict[str, Any]:
-    """Do two sets of NMS outputs describe the same detections?
-
-    Per image: same ``num_detections``; scores non-increasing; every valid row of ``ref`` pairs
-    with one valid row of ``got`` of the same class whose score and box agree within the
-    tolerances (pairing is by value, so rows of exactly equal score may come in either order);
-    padding rows are all zero.
-
-    Exact ties: when several anchors have the same score for a class (saturated features of an
-    untrained net do that), which of them survives NMS depends on the sort's tie order, which no
-    implementation fixes (the plugin's GPU sort neither). Given ``raw`` = the reference's
-    (boxes [B,N,4], scores [B,N,C+1]), a box of any anchor tied (within ``tie_tol``) with the
-    reference detection is accepted too; such pairs are counted in ``tie_swaps``. Likewise, when
-    the K output rows are full, rows whose score ties the last (K-th) score may belong to any of
-    the tied (anchor, class) pairs: those are compared by count only.
-    Returns {"match", "max_box_diff", "max_score_diff", "tie_swaps", "num_got", "num_ref", "why"}.
-    """
-    gn, gb, gs, gc = (np.asarray(a) for a in got)
-    rn, rb, rs, rc = (np.asarray(a) for a in ref)
-    out: Dict[str, Any] = {"match": True, "max_box_diff": 0.0, "max_score_diff": 0.0, "tie_swaps": 0,
-                           "num_got": gn.reshape(-1).tolist(), "num_ref": rn.reshape(-1).tolist(), "why": ""}
-
-    def fail(why: str) -> Dict[str, Any]:
-        out["match"], out["why"] = False, out["why"] or why
-        return out
-
-    if gb.shape != rb.shape or gn.shape != rn.shape:
-        return fail(f"shapes differ: {gb.shape} vs {rb.shape}")
-    if gn.dtype != np.int32 or gc.dtype != np.int32:
-        return fail(f"num_detections / detection_classes must be int32, got {gn.dtype} / {gc.dtype}")
-    for i in range(gn.shape[0]):
-        n, m = int(gn[i, 0]), int(rn[i, 0])
-        if n != m:
-            fail(f"image {i}: {n} detections vs {m}")
-            continue
-        if np.any(np.diff(gs[i, :n]) > 1e-7):
-            fail(f"image {i}: scores not in descending order")
-        if np.any(gb[i, n:] != 0) or np.any(gs[i, n:] != 0) or np.any(gc[i, n:] != 0):
-            fail(f"image {i}: padding rows are not zero")
-        used = np.zeros(n, bool)
-        if m == gb.shape[1] and m:  # truncated at K: pairs tied with the K-th score are interchangeable
-            cut = float(rs[i, m - 1])
-            g_tail = np.abs(gs[i, :n] - cut) <= tie_tol
-            r_tail = np.abs(rs[i, :m] - cut) <= tie_tol
-            if g_tail.sum() != r_tail.sum():
-                fail(f"image {i}: {int(g_tail.sum())} vs {int(r_tail.sum())} rows tied with the last score")
-            used |= g_tail
-        else:
-            r_tail = np.zeros(m, bool)
-        for j in range(m):
-            if r_tail[j]:
-                continue
-            cand = np.flatnonzero(~used & (gc[i, :n] == rc[i, j]) & (np.abs(gs[i, :n] - rs[i, j]) <= score_tol))
-            if cand.size == 0:
-                fail(f"image {i}: no detection of class {int(rc[i, j])} with score {float(rs[i, j]):.6f}")
-                continue
-            d = np.max(np.abs(gb[i, cand] - rb[i, j]), axis=1)
-            if d.min() > box_tol and raw is not None:
-                tied = np.abs(raw[1][i, :, int(rc[i, j]) + 1] - rs[i, j]) <= tie_tol      # anchors tied with j
-                alt = raw[0][i, tied]                                                   # [T, 4]
-                d_alt = np.min(np.max(np.abs(gb[i, cand][:, None, :] - alt[None]), axis=2), axis=1) \
-                    if len(alt) else np.full(len(cand), np.inf)
-                if d_alt.min() <= box_tol:
-                    out["tie_swaps"] += 1
-                    d = np.where(d_alt <= box_tol, 0.0, d)
-            best = cand[int(np.argmin(d))]
-            used[best] = True
-            out["max_box_diff"] = max(out["max_box_diff"], float(d.min()))
-            out["max_score_diff"] = max(out["max_score_diff"], float(abs(gs[i, best] - rs[i, j])))
-            if d.min() > box_tol:
-                fail(f"image {i}: box of class {int(rc[i, j])} (score {float(rs[i, j]):.6f}) differs by {d.min():.2e}")
-    return out
 
 
 def has_score_ties(scores: np.ndarray, score_threshold: float) -> bool:
@@ -175,7 +107,7 @@ def has_score_ties(scores: np.ndarray, score_threshold: float) -> bool:
     return False
 
 
-def plugin_reference_detections(raw: Tuple[np.ndarray, np.ndarray], nms) -> Dets:
+def plugin_reference_detections(raw: tuple[np.ndarray, np.ndarray], nms: Any) -> NmsOutputs:
     """The numpy EfficientNMS reference (runtime.nms_reference) on raw outputs: the same
     semantics as the PyTorch postprocess, with one defined order among exactly tied scores
     (ascending flat index anchor * C + class)."""
@@ -186,27 +118,138 @@ def plugin_reference_detections(raw: Tuple[np.ndarray, np.ndarray], nms) -> Dets
                          class_agnostic=bool(nms.class_agnostic), pre_nms_top_k=int(nms.pre_nms_top_k))
 
 
-def match_nms_outputs(got: Dets, ref: Dets, raw: Tuple[np.ndarray, np.ndarray], nms) -> Dict[str, Any]:
-    """:func:`match_detections` against PyTorch; when that fails on a model whose scores have
-    exact ties, the outcome of NMS depends on the tie order, which PyTorch leaves unspecified: the
-    comparison is then repeated against :func:`plugin_reference_detections` (its tie order is
-    fixed) and the result says so (``tie_fallback``)."""
-    m = match_detections(got, ref, raw=raw)
+def match_nms_outputs(got: NmsOutputs, ref: NmsOutputs, raw: tuple[np.ndarray, np.ndarray], nms: Any
+                      ) -> dict[str, Any]:
+    """:func:`~runtime.matching.match_exact` against PyTorch; when that fails on a model whose
+    scores have exact ties, the outcome of NMS depends on the tie order, which PyTorch leaves
+    unspecified: the comparison is then repeated against :func:`plugin_reference_detections`
+    (its tie order is fixed) and the result says so (``tie_fallback``)."""
+    m = match_exact(got, ref, raw=raw)
     if m["match"] or not has_score_ties(raw[1], nms.score_threshold):
         return m
-    m2 = match_detections(got, plugin_reference_detections(raw, nms), raw=raw)
+    m2 = match_exact(got, plugin_reference_detections(raw, nms), raw=raw)
     m2["tie_fallback"] = True
     m2["torch_mismatch"] = m["why"]
     return m2
 
 
-def latency(fn: Callable[[], Any], warmup: int = 5, iters: int = 30, min_seconds: float = 0.0) -> Dict[str, float]:
-    """Wall-clock ms of ``fn()``: warm-up calls excluded; at least ``iters`` calls and ``min_seconds``."""
+# --------------------------------------------------------------------------- the verification table
+TIE_NOTE = ("exact score ties (untrained / saturated model?): PyTorch's NMS order among ties is unspecified, "
+            "compared with the plugin reference's tie order")
+
+
+def _new_row(graph: str, path: Path, notes: Sequence[str]) -> dict[str, Any]:
+    return {"graph": graph, "file": str(path), "size_mb": round(Path(path).stat().st_size / 2**20, 3),
+            "max_abs_diff": 0.0, "detections_match": None, "ok": True, "notes": list(notes), "batches": {}}
+
+
+def _merge(row: dict[str, Any], bs: int, detail: dict[str, Any], *, ok: bool, diff: float,
+           match: bool | None = None) -> None:
+    row["batches"][str(bs)] = detail
+    row["ok"] = bool(row["ok"] and ok)
+    row["max_abs_diff"] = max(row["max_abs_diff"], float(diff))
+    if match is not None:
+        row["detections_match"] = bool(match) if row["detections_match"] is None else bool(row["detections_match"]
+                                                                                           and match)
+
+
+def _check_nms(row: dict[str, Any], bs: int, got: NmsOutputs, ref: NmsOutputs,
+               raw: tuple[np.ndarray, np.ndarray], nms: Any) -> None:
+    m = match_nms_outputs(got, ref, raw, nms)
+    _merge(row, bs, m, ok=m["match"], diff=max(m["max_box_diff"], m["max_score_diff"]), match=m["match"])
+    if m.get("tie_fallback") and TIE_NOTE not in row["notes"]:
+        row["notes"].append(TIE_NOTE)
+
+
+def _check_int8(row: dict[str, Any], bs: int, got: Sequence[np.ndarray], ref: Sequence[np.ndarray]) -> None:
+    """INT8 moves numbers by design: finite outputs of the right shapes; the difference is reported."""
+    finite = all(np.all(np.isfinite(a)) for a in got)
+    shapes_ok = [a.shape for a in got] == [a.shape for a in ref]
+    c = compare_raw(got, ref)
+    _merge(row, bs, {"max_abs_diff": c["max_abs_diff"], "finite": finite, "shapes_ok": shapes_ok},
+           ok=finite and shapes_ok, diff=c["max_abs_diff"])
+
+
+def verify_exports(graphs: Mapping[str, Path], model: Any, anchors: Any, images: Sequence[Any], *,
+                   batches: Sequence[int] = VERIFY_BATCHES, threads: int = 0,
+                   notes: Mapping[str, Sequence[str]] | None = None) -> dict[str, dict[str, Any]]:
+    """Each exported graph against the PyTorch ``model`` (``anchors``: its torch [N, 4] anchors)
+    on ``images`` (paths or uint8 HWC RGB, at least max(batches)) at each batch size.
+
+    ``graphs``: graph name ("raw", "trt", "nms", optional "int8") -> ``.onnx`` with its sidecar.
+    raw: allclose within RAW_RTOL / RAW_ATOL; nms: :func:`match_nms_outputs` with the sidecar's
+    NMS settings; trt: the same, through the plugin's CPU reference (runtime.trt_reference) and
+    the NMS settings its sidecar records; int8: finite outputs of the right shapes.
+    Returns one row per graph: {graph, file, size_mb, max_abs_diff, detections_match, ok, notes, batches}.
+    """
+    from runtime.metadata import read_sidecar
+    from runtime.preprocess import Preprocessor
+    from runtime.trt_reference import TrtGraphReference
+    nms, trt_nms = read_sidecar(graphs["nms"]).nms, read_sidecar(graphs["trt"]).nms
+    x_all = Preprocessor.from_meta(read_sidecar(graphs["raw"]))(list(images))[0]
+    sessions = {g: ort_session(graphs[g], threads) for g in ("raw", "nms", "int8") if g in graphs}
+    run: dict[str, Callable[[np.ndarray], Any]] = {g: (lambda x, s=s: tuple(s.run(None, {"images": x})))
+                                                  for g, s in sessions.items()}
+    run["trt"] = TrtGraphReference(graphs["trt"], intra_op_threads=threads)
+    rows = {g: _new_row(g, p, (notes or {}).get(g, ())) for g, p in graphs.items()}
+    for bs in batches:
+        x = x_all[:bs]
+        ref_raw = torch_raw(model, anchors, x)
+        c = compare_raw(run["raw"](x), ref_raw)
+        _merge(rows["raw"], bs, c, ok=c["allclose"], diff=c["max_abs_diff"])
+        ref_det = torch_detections(model, anchors, x, nms)
+        # The plugin graph keeps its fixed 4096 pre-NMS candidates (recorded in its sidecar).
+        ref_trt = ref_det if trt_nms == nms else torch_detections(model, anchors, x, trt_nms)
+        _check_nms(rows["nms"], bs, run["nms"](x), ref_det, ref_raw, nms)
+        _check_nms(rows["trt"], bs, run["trt"](x), ref_trt, ref_raw, trt_nms)
+        if "int8" in run:
+            _check_int8(rows["int8"], bs, run["int8"](x), ref_raw)
+    return rows
+
+
+# --------------------------------------------------------------------------- the INT8 accuracy gate
+def evaluate_graphs(graphs: Mapping[str, Path], dataset: Any, *, max_images: int | None = None, threads: int = 0,
+                    progress: bool = False) -> dict[str, dict[str, Any]]:
+    """COCO metrics (points, 0..100) of ONNX graphs on the first ``max_images`` items of an
+    eval-mode dataset, through the one evaluation path: runtime's ONNX Runtime detector
+    (preprocess, graph, numpy EfficientNMS with the sidecar's settings) in
+    ``runtime.evaluation.inference_on_dataset`` with ``runtime.metrics.CocoEvaluator``.
+    Returns graph name -> metrics plus ``eval_images`` and ``eval_seconds``."""
+    from runtime.evaluation import eval_subset, inference_on_dataset
+    from runtime.load import load_detector
+    from runtime.metrics import CocoEvaluator
+    indices, gt = eval_subset(dataset, max_images)
+    out = {}
+    for name, path in graphs.items():
+        with load_detector(path, threads=threads or None) as det:
+            evaluator = CocoEvaluator(gt, det.meta.category_ids, det.meta.class_names)
+            m = inference_on_dataset(det, dataset, evaluator, indices=indices, batch_size=16, progress=progress,
+                                     desc=f"mAP {name}", per_class=False)
+        out[name] = {**m, "eval_images": m["images"], "eval_seconds": m["seconds"]}
+    return out
+
+
+def check_int8_map(maps: dict[str, Any], max_drop: float) -> str | None:
+    """Record the INT8 mAP drop against FP32 in ``maps`` (from :func:`evaluate_graphs`: "raw",
+    "int8") and return why the INT8 graph fails (more than ``max_drop`` points lost), or None."""
+    if "int8" not in maps:
+        return None
+    drop = maps["raw"]["mAP"] - maps["int8"]["mAP"]
+    maps["int8_map_drop"] = drop
+    maps["int8_max_map_drop"] = max_drop
+    if drop <= max_drop:
+        return None
+    return (f"INT8 mAP {maps['int8']['mAP']:.2f} is {drop:.2f} points below FP32 {maps['raw']['mAP']:.2f} "
+            f"(allowed {max_drop})")
+
+
+# --------------------------------------------------------------------------- INT8 vs FP32 on this CPU
+def latency(fn: Callable[[], Any], warmup: int = 5, iters: int = 30) -> dict[str, float]:
+    """Wall-clock ms of ``fn()``: warm-up calls excluded, then ``iters`` timed calls."""
     for _ in range(warmup):
         fn()
-    times: List[float] = []
-    t_end = time.perf_counter() + min_seconds
-    while len(times) < iters or time.perf_counter() < t_end:
+    times = []
+    for _ in range(iters):
         t0 = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
@@ -215,39 +258,16 @@ def latency(fn: Callable[[], Any], warmup: int = 5, iters: int = 30, min_seconds
             "p90_ms": float(np.percentile(a, 90)), "iters": int(a.size)}
 
 
-def evaluate_map(raw_fn: Callable[[np.ndarray], Tuple[np.ndarray, np.ndarray]], dataset: Any, meta: Any, *,
-                 batch_size: int = 16, max_images: Optional[int] = None, desc: str = "eval") -> Dict[str, Any]:
-    """COCO metrics (points) of a raw-output function ``images -> (boxes, scores)`` over an
-    eval-mode dataset, postprocessed with ``distill.postprocess.select_detections`` and the
-    sidecar's NMS settings (the same path as ``distill.engine.evaluate``)."""
-    import torch
-    from tqdm import tqdm
-
-    from distill.postprocess import select_detections
-    from runtime.metrics import CocoEvaluator
-    from runtime.preprocess import preprocess_batch, scale_boxes
-
-    n = len(dataset) if max_images is None else min(int(max_images), len(dataset))
-    gt = dataset.coco_gt()
-    ids = {dataset.image_ids[i] for i in range(n)} if hasattr(dataset, "image_ids") else None
-    if ids is not None and n < len(dataset):
-        gt = {**gt, "images": [im for im in gt["images"] if im["id"] in ids],
-              "annotations": [a for a in gt["annotations"] if a["image_id"] in ids]}
-    evaluator = CocoEvaluator(gt, dataset.category_ids)
-    nms = meta.nms
-    t0 = time.perf_counter()
-    for start in tqdm(range(0, n, batch_size), desc=desc, leave=False, dynamic_ncols=True):
-        items = [dataset[i] for i in range(start, min(start + batch_size, n))]
-        x, orig = preprocess_batch([im for im, _ in items], meta.input_size, meta.mean, meta.std, meta.resize_mode)
-        boxes, scores = raw_fn(x)
-        dets = select_detections(torch.from_numpy(np.asarray(boxes)), torch.from_numpy(np.asarray(scores)),
-                                 score_threshold=nms.score_threshold, iou_threshold=nms.iou_threshold,
-                                 max_detections=nms.max_detections, pre_nms_top_k=nms.pre_nms_top_k,
-                                 class_agnostic=nms.class_agnostic)
-        for d, hw, (_, t) in zip(dets, orig, items):
-            evaluator.process(t["image_id"], scale_boxes(d["boxes"].numpy(), hw, meta.resize_mode),
-                              d["scores"].numpy(), d["labels"].numpy())
-    metrics = evaluator.evaluate(per_class=False)
-    metrics["eval_images"] = n
-    metrics["eval_seconds"] = time.perf_counter() - t0
-    return metrics
+def int8_speedup(raw_onnx: Path, int8_onnx: Path, x: np.ndarray, *, threads: int = 0, iters: int = 20
+                 ) -> dict[str, Any]:
+    """The report's quick INT8 vs FP32 latency on this CPU (batch 1 and 8 of ``x`` float32
+    [B, 3, H, W], ONNX Runtime, model only). Full measurements are the benchmark's job."""
+    import platform
+    out: dict[str, Any] = {"threads": threads or "ort default", "cpu": platform.processor() or platform.machine()}
+    timed = {g: ort_session(p, threads, spinning=True) for g, p in (("raw", raw_onnx), ("int8", int8_onnx))}
+    for bs in (1, 8):
+        xb = np.ascontiguousarray(np.resize(x, (bs,) + x.shape[1:]))
+        for g, s in timed.items():
+            out[f"{g}_b{bs}"] = latency(lambda s=s: s.run(None, {"images": xb}), iters=iters)
+        out[f"int8_speedup_b{bs}"] = out[f"raw_b{bs}"]["p50_ms"] / out[f"int8_b{bs}"]["p50_ms"]
+    return out

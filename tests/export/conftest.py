@@ -27,7 +27,7 @@ def _one_torch_thread():
 
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory) -> Path:
-    from helpers import make_tiny_checkpoint
+    from tests.helpers import make_tiny_checkpoint
     return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "best.pt", img_size=64, num_classes=3,
                                 score_threshold=0.05)
 
@@ -59,8 +59,9 @@ def model_and_meta(tiny_ckpt, exported):
 @pytest.fixture(scope="session")
 def images_nchw(model_and_meta):
     """Three preprocessed synthetic images with many overlapping objects (float32 [3, 3, 64, 64])."""
-    from export.data import preprocess, synthetic_images
-    return preprocess(synthetic_images(3, seed=7), model_and_meta[2])
+    from export.data import synthetic_images
+    from runtime.preprocess import Preprocessor
+    return Preprocessor.from_meta(model_and_meta[2])(synthetic_images(3, seed=7))[0]
 
 
 @pytest.fixture(scope="session")

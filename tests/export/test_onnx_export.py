@@ -12,6 +12,7 @@ import onnx
 import pytest
 
 from export import verify as V
+from runtime.matching import match_exact
 from runtime.metadata import ModelMeta, read_sidecar, sha256_file
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,7 +69,7 @@ def test_nms_graph_equals_pytorch_postprocess(exported, model_and_meta, images_n
         x = images_nchw[:bs]
         got = sess.run(None, {"images": x})
         ref = V.torch_detections(model, anchors, x, meta.nms)
-        m = V.match_detections(got, ref, raw=V.torch_raw(model, anchors, x))
+        m = match_exact(got, ref, raw=V.torch_raw(model, anchors, x))
         assert m["match"], m
         assert got[0].dtype == np.int32 and got[3].dtype == np.int32 and got[0].shape == (bs, 1)
         assert got[1].shape == (bs, meta.nms.max_detections, 4)
@@ -94,7 +95,7 @@ def test_nms_tail_variants(exported, model_and_meta, images_nchw, agnostic, top_
     onnx.checker.check_model(m, full_check=True)
     got = V.ort_session(m).run(None, {"images": images_nchw})
     ref = V.torch_detections(model, anchors, images_nchw, nms)
-    res = V.match_detections(got, ref, raw=V.torch_raw(model, anchors, images_nchw))
+    res = match_exact(got, ref, raw=V.torch_raw(model, anchors, images_nchw))
     assert res["match"], res
     assert got[1].shape == (3, k, 4) and V.padding_is_zero(got)
 
@@ -105,9 +106,10 @@ def test_image_without_objects(empty_ckpt, tmp_path):
     res = export_onnx(empty_ckpt, tmp_path / "out", verify_images="synthetic", evaluate=False, simplify_graphs=False,
                       threads=1, quiet=True)
     assert res["ok"], res["report"]["graphs"]
-    from export.data import preprocess, synthetic_images
+    from export.data import synthetic_images
+    from runtime.preprocess import Preprocessor
     meta = read_sidecar(res["files"]["nms"]["onnx"])
-    x = preprocess(synthetic_images(2, seed=3), meta)
+    x = Preprocessor.from_meta(meta)(synthetic_images(2, seed=3))[0]
     for outs in (V.ort_session(res["files"]["nms"]["onnx"]).run(None, {"images": x}),
                  run_trt_graph_reference(res["files"]["trt"]["onnx"], x)):
         num, boxes, scores, classes = outs

@@ -175,7 +175,7 @@ def test_entropy_calibrator_with_fake_tensorrt(model_and_meta, calib_dir, tmp_pa
 
 
 def test_fast_precision_table():
-    from export.trt_env import fast_precisions
+    from export.trt.env import fast_precisions
     assert fast_precisions((6, 1)) == (False, True)     # GeForce 10: slow FP16, dp4a INT8
     assert fast_precisions((5, 3)) == (True, False)     # Jetson Nano
     assert fast_precisions((8, 7)) == (True, True)      # Jetson Orin
@@ -184,7 +184,7 @@ def test_fast_precision_table():
 
 def test_verify_engine_against_cpu_reference(exported, tmp_path):
     """The post-build parity check, with a stand-in for the TensorRT detector."""
-    from runtime.detector import NMS_OUTPUTS
+    from runtime.outputs import NMS_OUTPUTS
     from runtime.trt_reference import TrtGraphReference
     onnx_path = Path(exported["files"]["trt"]["onnx"])
     ref = TrtGraphReference(onnx_path)

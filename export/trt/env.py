@@ -19,9 +19,10 @@ import importlib
 import platform
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional, Tuple
+from typing import Any
 
-PLUGIN_NAME = "EfficientNMS_TRT"
+from runtime.trt_reference import PLUGIN_NAME
+
 AUTO_SWITCH_VERSION = (10, 12)
 
 
@@ -38,7 +39,7 @@ def install_hint() -> str:
     return "pip install tensorrt (or tensorrt-cu12 / tensorrt-cu13 to match your CUDA) with an NVIDIA driver installed"
 
 
-def import_tensorrt() -> Tuple[Optional[Any], Optional[str]]:
+def import_tensorrt() -> tuple[Any | None, str | None]:
     """(tensorrt module, None) or (None, one-line reason)."""
     try:
         trt = importlib.import_module("tensorrt")
@@ -51,7 +52,7 @@ def import_tensorrt() -> Tuple[Optional[Any], Optional[str]]:
     return trt, None
 
 
-def parse_version(v: Optional[str]) -> Optional[Tuple[int, ...]]:
+def parse_version(v: str | None) -> tuple[int, ...] | None:
     if not v:
         return None
     out = []
@@ -63,7 +64,7 @@ def parse_version(v: Optional[str]) -> Optional[Tuple[int, ...]]:
     return tuple(out) or None
 
 
-def registered_plugin_versions(trt: Any, name: str = PLUGIN_NAME) -> Optional[List[str]]:
+def registered_plugin_versions(trt: Any, name: str = PLUGIN_NAME) -> list[str] | None:
     """Versions of plugin ``name`` in TensorRT's plugin registry (after init_libnvinfer_plugins),
     or None if the registry cannot be read."""
     try:
@@ -90,8 +91,8 @@ class PluginChoice:
                 "requested": self.requested, "reason": self.reason}
 
 
-def choose_plugin_version(requested: str = "auto", trt_version: Optional[str] = None,
-                          registry_versions: Optional[List[str]] = None) -> PluginChoice:
+def choose_plugin_version(requested: str = "auto", trt_version: str | None = None,
+                          registry_versions: list[str] | None = None) -> PluginChoice:
     """The EfficientNMS_TRT ``plugin_version`` to write (see the module docstring).
 
     ``trt_version``/``registry_versions``: what the installed TensorRT says (None: not installed /
@@ -152,7 +153,7 @@ class CudaBackend:
             return self.mod.Device.count()
         return int(self._check(self.mod.cudaGetDeviceCount()))
 
-    def device_info(self) -> Tuple[str, Tuple[int, int]]:
+    def device_info(self) -> tuple[str, tuple[int, int]]:
         """(GPU name, (major, minor) compute capability) of device 0."""
         if self.kind == "pycuda":
             self.mod.init()
@@ -188,7 +189,7 @@ class CudaBackend:
         return int(ptr)
 
 
-def import_cuda() -> Tuple[Optional[CudaBackend], Optional[str]]:
+def import_cuda() -> tuple[CudaBackend | None, str | None]:
     """(backend, None) or (None, reason). Tries cuda-python, then pycuda (with its context)."""
     errors = []
     for modname in ("cuda.bindings.runtime", "cuda.cudart"):
@@ -205,7 +206,7 @@ def import_cuda() -> Tuple[Optional[CudaBackend], Optional[str]]:
     return None, "no CUDA Python binding (pip install cuda-python, or pycuda on Jetson): " + "; ".join(errors)
 
 
-def fast_precisions(compute_capability: Optional[Tuple[int, int]]) -> Tuple[bool, bool]:
+def fast_precisions(compute_capability: tuple[int, int] | None) -> tuple[bool, bool]:
     """(fast FP16, fast INT8) from the compute capability (TensorRT >= 10.5 asks callers to query
     CUDA instead of IBuilder.platformHasFast*): FP16 at full rate on SM 5.3, 6.0, 6.2 and >= 7.0
     (not on 6.1, the GeForce 10 series); INT8 (dp4a, later tensor cores) on every SM >= 6.1."""

@@ -1,0 +1,277 @@
+"""The TensorRT engine build: :class:`EngineBuilder` (every choice explicit, TensorRT's Python
+samples style) and :func:`build_engine`, which builds or reuses the engine a
+:class:`~export.trt.settings.BuildSettings` describes and checks it against the CPU reference.
+
+Targets TensorRT 8.6-10.x (the calibrator API and BuilderFlag.FP16/INT8 were removed in 11).
+Missing TensorRT, CUDA binding or GPU raises :class:`runtime.errors.BackendUnavailable`.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from export.trt.calibrator import (CalibrationBatches, calibration_cache_valid, calibration_images,
+                                   make_entropy_calibrator)
+from export.trt.settings import BuildSettings, build_key, engine_is_fresh, engine_meta, read_onnx_meta, uses_int8
+from runtime.errors import BackendUnavailable
+
+Log = Callable[[str], None]
+
+
+class BuildError(RuntimeError):
+    """The ONNX did not parse, TensorRT could not build it, or the engine failed its check: exit 1."""
+
+
+class EngineBuilder:
+    """TensorRT 10 engine builder with every choice explicit (TensorRT's Python samples style).
+
+    ``trt``: the tensorrt module; ``log``: where messages go (every parser error included).
+    """
+
+    def __init__(self, trt: Any, *, verbose: bool = False, workspace_mb: int = 1024, log: Log = print):
+        self.trt, self.log = trt, log
+        self.logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
+        trt.init_libnvinfer_plugins(self.logger, "")  # registers EfficientNMS_TRT and the other standard plugins
+        try:
+            self.builder = trt.Builder(self.logger)
+        except Exception as e:  # noqa: BLE001 - no driver / no device
+            raise BackendUnavailable(f"TensorRT cannot create a builder (no usable NVIDIA GPU/driver?): {e}") from None
+        if self.builder is None:
+            raise BackendUnavailable("TensorRT cannot create a builder (no usable NVIDIA GPU/driver?)")
+        self.config = self.builder.create_builder_config()
+        self.config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
+        self.network = None
+        self.parser = None
+        self._timing_cache = None
+
+    @property
+    def major(self) -> int:
+        return int(str(self.trt.__version__).split(".")[0])
+
+    def parse(self, onnx_path: Path) -> None:
+        """Parse the ONNX; print every parser error and raise BuildError if any."""
+        trt = self.trt
+        flags = 0 if self.major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+        self.network = self.builder.create_network(flags)
+        self.parser = trt.OnnxParser(self.network, self.logger)
+        if not self.parser.parse_from_file(str(onnx_path)):
+            errors = [str(self.parser.get_error(i)) for i in range(self.parser.num_errors)]
+            for e in errors:
+                self.log(f"  ONNX parser error: {e}")
+            raise BuildError(f"TensorRT could not parse {onnx_path} ({len(errors)} error(s) above)")
+        for i in range(self.network.num_inputs):
+            t = self.network.get_input(i)
+            self.log(f"  input  {t.name} {tuple(t.shape)} {t.dtype}")
+        for i in range(self.network.num_outputs):
+            t = self.network.get_output(i)
+            self.log(f"  output {t.name} {tuple(t.shape)} {t.dtype}")
+
+    def _shapes(self, batch: int) -> list[tuple[str, list[int]]]:
+        out = []
+        for i in range(self.network.num_inputs):
+            t = self.network.get_input(i)
+            dims = list(t.shape)
+            if any(d < 0 for d in dims[1:]):
+                raise BuildError(f"input {t.name} has dynamic non-batch dims {dims}; export with a fixed size")
+            out.append((t.name, [batch] + dims[1:]))
+        return out
+
+    def set_profile(self, batch: tuple[int, int, int]) -> Any:
+        """One optimisation profile: batch MIN/OPT/MAX on every input's first dimension."""
+        profile = self.builder.create_optimization_profile()
+        for (name, mn), (_, op), (_, mx) in zip(self._shapes(batch[0]), self._shapes(batch[1]), self._shapes(batch[2])):
+            profile.set_shape(name, mn, op, mx)
+        self.config.add_optimization_profile(profile)
+        return profile
+
+    def set_precision(self, precision: str, *, fast_fp16: bool, fast_int8: bool, calibrator: Any = None,
+                      calib_batch: int = 1) -> None:
+        """FP32 / FP16 / INT8 / best, chosen explicitly; raises if the GPU lacks the fast path."""
+        trt = self.trt
+        if precision == "fp32":
+            return
+        if not (hasattr(trt.BuilderFlag, "FP16") and hasattr(trt.BuilderFlag, "INT8")):
+            raise BuildError(f"TensorRT {trt.__version__} has no BuilderFlag.FP16/INT8 (weak typing was removed in "
+                             f"TensorRT 11): build FP32, or pip install 'tensorrt<11' for --{precision}")
+        if precision in ("fp16", "best") and not fast_fp16:
+            raise BuildError("this GPU has no fast FP16: refusing to build an FP32 engine under an FP16 name "
+                             "(drop --fp16/--best to build FP32 on purpose)")
+        if uses_int8(precision) and not fast_int8:
+            raise BuildError("this GPU has no fast INT8 (needs compute capability >= 6.1): refusing to fall back "
+                             "(drop --int8/--best to build FP32 on purpose)")
+        if precision in ("fp16", "best"):
+            self.config.set_flag(trt.BuilderFlag.FP16)
+        if uses_int8(precision):
+            self.config.set_flag(trt.BuilderFlag.INT8)
+            if calibrator is not None:
+                self.config.int8_calibrator = calibrator
+                # The calibrator's buffer has one shape: calibrate with a fixed-batch profile.
+                prof = self.builder.create_optimization_profile()
+                for name, shape in self._shapes(calib_batch):
+                    prof.set_shape(name, shape, shape, shape)
+                self.config.set_calibration_profile(prof)
+
+    def load_timing_cache(self, path: Path | None) -> None:
+        blob = Path(path).read_bytes() if path and Path(path).is_file() else b""
+        self._timing_cache = self.config.create_timing_cache(blob)
+        self.config.set_timing_cache(self._timing_cache, ignore_mismatch=False)
+        if blob:
+            self.log(f"  timing cache: {path} ({len(blob)} bytes)")
+
+    def save_timing_cache(self, path: Path | None) -> None:
+        if path and self._timing_cache is not None:
+            from runtime.atomic import write_bytes_atomic
+            data = self.config.get_timing_cache().serialize()
+            write_bytes_atomic(Path(path), bytes(data))
+
+    def build(self) -> bytes:
+        plan = self.builder.build_serialized_network(self.network, self.config)
+        if plan is None:
+            raise BuildError("TensorRT failed to build the engine (see its messages above)")
+        return bytes(plan)
+
+
+# --------------------------------------------------------------------------- the build
+def check_environment() -> tuple[Any, Any, str, tuple[int, int] | None]:
+    """(trt, cuda backend or None, GPU name, compute capability) or BackendUnavailable (one line)."""
+    from export.trt.env import import_cuda, import_tensorrt, install_hint
+    trt, why = import_tensorrt()
+    if trt is None:
+        raise BackendUnavailable(f"{why}; to build engines: {install_hint()}")
+    cuda, _ = import_cuda()
+    if cuda is None:
+        return trt, None, "unknown (no CUDA Python binding)", None
+    try:
+        if cuda.device_count() < 1:
+            raise BackendUnavailable(f"no NVIDIA GPU visible (TensorRT {trt.__version__} is installed); check the "
+                                     f"driver and CUDA_VISIBLE_DEVICES")
+        name, cc = cuda.device_info()
+    except BackendUnavailable:
+        raise
+    except Exception as e:  # noqa: BLE001 - driver missing / too old
+        raise BackendUnavailable(f"no usable NVIDIA GPU ({e.__class__.__name__}: {e}); TensorRT needs an NVIDIA GPU "
+                                 f"and driver ({install_hint()})") from None
+    return trt, cuda, name, cc
+
+
+def _fast_precisions(b: EngineBuilder, cc: tuple[int, int] | None) -> tuple[bool, bool]:
+    from export.trt.env import fast_precisions
+    if cc is None:  # no CUDA binding: ask TensorRT itself (deprecated in 10.5, still answers)
+        return (bool(getattr(b.builder, "platform_has_fast_fp16", False)),
+                bool(getattr(b.builder, "platform_has_fast_int8", False)))
+    return fast_precisions(cc)
+
+
+def _calibrator(s: BuildSettings, trt: Any, cuda: Any, onnx_meta: Any, onnx_sha: str, log: Log
+                ) -> tuple[Any, dict[str, Any]]:
+    """The entropy calibrator of an INT8 build and what it calibrates on (for the report)."""
+    cache_ok, cache_why = calibration_cache_valid(s.calib_cache, onnx_sha)
+    batches = None
+    if s.calib_images is not None or not cache_ok:
+        images, src = calibration_images(s, onnx_meta)
+        batches = CalibrationBatches(images, onnx_meta, s.calib_batch)
+        info = {"source": src, "images": len(batches) * batches.batch_size, "batch": batches.batch_size}
+    else:
+        info = {"source": f"cache {s.calib_cache}", "reason": cache_why}
+    if batches is not None and cuda is None:
+        raise BackendUnavailable("INT8 calibration needs a CUDA Python binding for its device buffer: "
+                                 "pip install cuda-python (or pycuda on Jetson)")
+    calibrator = make_entropy_calibrator(trt, cuda, batches, s.calib_cache, onnx_sha, log=log)
+    return calibrator, {**info, "cache": str(s.calib_cache)}
+
+
+def _build_plan(s: BuildSettings, trt: Any, cuda: Any, cc: tuple[int, int] | None, onnx_meta: Any, onnx_sha: str,
+                log: Log) -> tuple[bytes, dict[str, Any] | None]:
+    """Parse, configure and build: (serialized engine, calibration info or None)."""
+    b = EngineBuilder(trt, verbose=s.verbose, workspace_mb=s.workspace_mb, log=log)
+    b.parse(s.onnx)
+    b.set_profile(s.batch)
+    fast_fp16, fast_int8 = _fast_precisions(b, cc)
+    calibrator, calib_info = None, None
+    if uses_int8(s.precision):
+        calibrator, calib_info = _calibrator(s, trt, cuda, onnx_meta, onnx_sha, log)
+    b.set_precision(s.precision, fast_fp16=fast_fp16, fast_int8=fast_int8, calibrator=calibrator,
+                    calib_batch=calibrator.get_batch_size() if calibrator is not None else 1)
+    b.load_timing_cache(s.timing_cache)
+    try:
+        plan = b.build()
+    finally:
+        if calibrator is not None:
+            calibrator.free()
+    b.save_timing_cache(s.timing_cache)
+    return plan, calib_info
+
+
+def build_engine(s: BuildSettings, log: Log = print, verify: bool = True, verify_images: Path | None = None
+                 ) -> dict[str, Any]:
+    """Build (or reuse) the engine described by ``s``; returns the report dict. Raises
+    BackendUnavailable (no TensorRT/GPU), BuildError (parse/build/check failed), ValueError (inputs)."""
+    from runtime.atomic import write_bytes_atomic
+    from runtime.metadata import sha256_file, write_sidecar
+    onnx_meta = read_onnx_meta(s.onnx)
+    trt, cuda, gpu, cc = check_environment()
+    onnx_sha = sha256_file(s.onnx)
+    key = build_key(onnx_sha, s, trt.__version__, gpu, cc)
+    report: dict[str, Any] = {"onnx": str(s.onnx), "engine": str(s.engine), "precision": s.precision,
+                              "batch": list(s.batch), "tensorrt": trt.__version__, "gpu": gpu,
+                              "compute_capability": list(cc) if cc else None, "onnx_sha256": onnx_sha}
+    fresh, why = engine_is_fresh(s.engine, key)
+    if fresh and not s.force:
+        log(f"export.trt: {why}: {s.engine} (--force rebuilds)")
+        return _with_verification({**report, "status": "cached", "reason": why}, s, verify, verify_images, log)
+    log(f"export.trt: building {s.engine} ({s.precision}, batch {s.batch}, TensorRT {trt.__version__}, {gpu}"
+        f"{f' sm_{cc[0]}{cc[1]}' if cc else ''}) because: {why if not s.force else '--force'}")
+    t0 = time.perf_counter()
+    plan, calib_info = _build_plan(s, trt, cuda, cc, onnx_meta, onnx_sha, log)
+    seconds = time.perf_counter() - t0
+    write_bytes_atomic(s.engine, plan)
+    extra = {"source_onnx": str(s.onnx), "source_graph": onnx_meta.graph, "gpu": gpu,
+             "compute_capability": list(cc) if cc else None, "tensorrt": trt.__version__,
+             "batch_profile": {"min": s.batch[0], "opt": s.batch[1], "max": s.batch[2]},
+             "workspace_mb": s.workspace_mb, "build_seconds": round(seconds, 1),
+             "timing_cache": str(s.timing_cache) if s.timing_cache else None, "calibration": calib_info}
+    sidecar = write_sidecar(s.engine, engine_meta(onnx_meta, precision=s.precision, onnx_sha256=onnx_sha, key=key,
+                                                  extra=extra))
+    log(f"export.trt: wrote {s.engine} ({len(plan) / 2**20:.1f} MB, {seconds:.1f} s) and {sidecar}")
+    report = {**report, "status": "built", "seconds": seconds, "sidecar": str(sidecar), "calibration": calib_info,
+              "engine_mb": len(plan) / 2**20}
+    return _with_verification(report, s, verify, verify_images, log)
+
+
+def _with_verification(report: dict[str, Any], s: BuildSettings, verify: bool, verify_images: Path | None,
+                       log: Log) -> dict[str, Any]:
+    if not verify:
+        return {**report, "verification": "skipped (--no-verify)"}
+    from export import data as xdata
+    from export.trt.verify import verify_engine
+    from runtime.metadata import read_sidecar
+    images = ([str(p) for p in xdata.list_images(verify_images, limit=3)] if verify_images
+              else xdata.synthetic_images(3, seed=0))
+    try:
+        v = verify_engine(s.engine, s.onnx, read_sidecar(s.engine), s.batch, images, log=log)
+    except Exception as e:  # noqa: BLE001 - an engine that cannot run is a failed build
+        raise BuildError(f"the engine was written but does not run: {e.__class__.__name__}: {e}") from None
+    report = {**report, "verification": v}
+    if not v["ok"]:
+        write_build_report(s.engine, {**report, "status": "failed"})
+        raise BuildError(f"engine detections agree {v['agreement']:.3f} with the CPU reference, below "
+                         f"{v['min_agreement']} for {s.precision}")
+    return report
+
+
+def build_report_path(engine: Path) -> Path:
+    """``model_fp16.engine`` -> ``model_fp16.build.json``."""
+    return engine.with_name(engine.stem + ".build.json")
+
+
+def write_build_report(engine: Path | None, report: dict[str, Any]) -> None:
+    """The build report next to the engine; best effort (a report must never hide the build's outcome)."""
+    if engine is None:
+        return
+    from runtime.atomic import write_json_atomic
+    try:
+        write_json_atomic(build_report_path(engine), report)
+    except OSError:
+        pass

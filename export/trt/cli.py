@@ -1,0 +1,89 @@
+"""``python -m export.trt``: ONNX (model_trt.onnx, EfficientNMS_TRT inside) -> TensorRT engine + sidecar.
+
+    python -m export.trt --onnx exports/kd/model_trt.onnx --fp16 --out exports/kd/model_fp16.engine
+    python -m export.trt --onnx exports/kd/model_trt.onnx --int8 --calib-images DIR --calib-cache exports/kd/calib.cache
+    python -m export.trt --fp16          # the newest runs/**/best.pt's export: exports/<run>/model_trt.onnx
+
+Precision is chosen explicitly: ``--fp16``, ``--int8`` or ``--best`` (FP16 + INT8), none of them
+= FP32. If the GPU has no fast FP16 / INT8 the build fails loudly; it never falls back to FP32.
+The engine's sidecar records the precision really built, TensorRT version, GPU name and compute
+capability, and the sha256 of the ONNX file: an existing engine is reused only when that and the
+other build settings match (``--force`` rebuilds anyway). INT8 uses an IInt8EntropyCalibrator2
+over ``runtime.preprocess`` with a calibration cache (tied to the ONNX sha256 by ``<cache>.json``).
+The engine is then run (runtime's TensorRT backend) and its detections compared with the CPU
+reference of the same ONNX graph (runtime.trt_reference); too little agreement is a failed build.
+
+Without TensorRT or without a GPU: exit status 2 and one line saying how to get them.
+Everything before the TensorRT calls (arguments, cache keys, sidecars, calibration batches) runs
+and is tested on a CPU-only machine.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from export.trt.builder import BuildError, build_engine, write_build_report
+from export.trt.settings import resolve_settings
+from runtime.errors import BackendUnavailable
+
+EXIT_OK, EXIT_FAILED, EXIT_UNAVAILABLE = 0, 1, 2
+
+
+DESCRIPTION = ("Build a TensorRT engine from model_trt.onnx (EfficientNMS_TRT fused) with an explicit precision, "
+               "a batch optimisation profile, a timing cache and (INT8) an entropy calibrator. Writes the engine, "
+               "its sidecar <name>.json and a report <name>.build.json. Exit status: 0 built or up to date, "
+               "1 parse/build failed, 2 usage error or no TensorRT/GPU.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's arguments (``python -m export.trt --help``)."""
+    p = argparse.ArgumentParser(prog="python -m export.trt", description=DESCRIPTION,
+                                epilog="Without --onnx: exports/<run name>/model_trt.onnx of the newest best.pt "
+                                       "under --runs.")
+    p.add_argument("--onnx", help="model_trt.onnx written by python -m export.onnx (its sidecar must be next to it)")
+    p.add_argument("--out", help="engine path (default: model_<precision>.engine next to the ONNX)")
+    p.add_argument("--runs", default="runs", help="where runs are searched when --onnx is not given")
+    g = p.add_argument_group("precision (one of; none = FP32)")
+    g.add_argument("--fp16", action="store_true", help="FP16 kernels allowed (fails if the GPU has no fast FP16)")
+    g.add_argument("--int8", action="store_true", help="INT8 kernels allowed, calibrated (fails without fast INT8)")
+    g.add_argument("--best", action="store_true", help="FP16 and INT8 kernels allowed")
+    p.add_argument("--batch", default="1,1,16", metavar="MIN,OPT,MAX", help="batch optimisation profile")
+    p.add_argument("--workspace-mb", type=int, default=1024, help="builder workspace memory limit in MiB")
+    p.add_argument("--timing-cache", help="timing cache file, read and updated (default: timing.cache next to the engine)")
+    p.add_argument("--calib-images", metavar="DIR", help="INT8 calibration images (default: the checkpoint's "
+                                                         "training images, if on disk)")
+    p.add_argument("--calib-cache", metavar="FILE", help="INT8 calibration cache (default: calib.cache next to the "
+                                                         "engine); reused only for the same ONNX sha256")
+    p.add_argument("--calib-batch", type=int, default=8, help="images per calibration batch")
+    p.add_argument("--calib-count", type=int, default=256, help="calibration images used at most")
+    p.add_argument("--force", action="store_true", help="rebuild even if an up-to-date engine exists")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip the check of the engine's detections against the CPU reference of the ONNX graph")
+    p.add_argument("--verify-images", metavar="DIR", help="images for that check (default: synthetic)")
+    p.add_argument("--verbose", action="store_true", help="TensorRT verbose logging")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Exit status: 0 built or up to date, 1 build or check failed, 2 usage error or no TensorRT/GPU."""
+    args = build_parser().parse_args(argv)
+    settings = None
+    try:
+        settings = resolve_settings(args)
+        report = build_engine(settings, verify=not args.no_verify,
+                              verify_images=Path(args.verify_images) if args.verify_images else None)
+        write_build_report(settings.engine, report)
+        return EXIT_OK
+    except BackendUnavailable as e:
+        print(f"export.trt: {e}", file=sys.stderr)
+        write_build_report(settings.engine if settings else None, {"status": "unavailable", "reason": str(e)})
+        return EXIT_UNAVAILABLE
+    except ValueError as e:
+        print(f"export.trt: error: {e}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except BuildError as e:
+        print(f"export.trt: build failed: {e}", file=sys.stderr)
+        write_build_report(settings.engine if settings else None, {"status": "failed", "reason": str(e)})
+        return EXIT_FAILED

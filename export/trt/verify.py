@@ -1,0 +1,54 @@
+"""Parity of a built engine: its detections against the CPU reference of the ONNX graph it was
+built from (runtime.trt_reference), as numbers with a bound per precision."""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def verify_engine(engine: Path, onnx: Path, meta: Any, batch: tuple[int, int, int], images: Sequence[Any],
+                  detector_factory: Callable[[Path], Any] | None = None,
+                  log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The engine against the CPU reference of the plugin graph it was built from
+    (runtime.trt_reference), on ``images`` at the profile's smallest batch and at 3 (clamped to
+    the profile). Detection agreement (same class, IoU >= 0.95, runtime.parity) must reach the
+    precision's bound (fp32 0.95, fp16 0.80; INT8 is only reported: it moves boxes by design).
+
+    ``detector_factory(engine)`` returns an object whose ``infer(float32 [B, 3, H, W])`` gives
+    the four NMS outputs by name (default: runtime's TensorRT backend).
+    Returns {"ok", "agreement" (worst batch), "min_agreement", "batches": {str(batch): agreement}}.
+    """
+    from runtime.detector import detections_from_nms
+    from runtime.outputs import NMS_OUTPUTS
+    from runtime.parity import MIN_AGREEMENT, agreement
+    from runtime.preprocess import preprocess_batch
+    from runtime.trt_reference import TrtGraphReference
+    if detector_factory is None:
+        from runtime.backends.trt_backend import TRTDetector as detector_factory
+    x = preprocess_batch(list(images), meta.input_size, meta.mean, meta.std, meta.resize_mode)[0]
+    sizes = sorted({batch[0], min(max(batch[0], 3), batch[2])})
+    det, ref = detector_factory(engine), TrtGraphReference(onnx)
+    h, w = meta.input_size
+    rows, worst = {}, 1.0
+    try:
+        for bs in sizes:
+            xb = np.ascontiguousarray(np.resize(x, (bs,) + x.shape[1:]))
+            got = det.infer(xb)
+            want = dict(zip(NMS_OUTPUTS, ref(xb)))
+            hw = np.tile(np.array([[h, w]]), (bs, 1))
+            convert = [detections_from_nms(*(o[k] for k in NMS_OUTPUTS), hw, meta.num_classes, meta.resize_mode)
+                       for o in (want, got)]
+            rows[str(bs)] = agreement(*convert)
+            worst = min(worst, rows[str(bs)]["agreement"])
+    finally:
+        if hasattr(det, "close"):
+            det.close()
+    bound = MIN_AGREEMENT.get(meta.precision)
+    ok = bound is None or worst >= bound
+    log(f"export.trt: engine vs CPU reference of {onnx.name}: agreement {worst:.3f} at batch "
+        f"{', '.join(map(str, sizes))} (needs {bound if bound is not None else 'n/a for ' + meta.precision})"
+        f" -> {'ok' if ok else 'FAILED'}")
+    return {"ok": ok, "agreement": worst, "min_agreement": bound, "batches": rows}
