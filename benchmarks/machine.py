@@ -12,9 +12,9 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any
 
-from runtime.detector import cpu_cores
+from runtime.backends import cpu_cores
 from runtime.metadata import library_versions
 
 TEGRA_RELEASE = Path("/etc/nv_tegra_release")
@@ -30,7 +30,7 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _nvidia_smi() -> Optional[Dict[str, str]]:
+def _nvidia_smi() -> dict[str, str] | None:
     exe = shutil.which("nvidia-smi")
     if not exe:
         return None
@@ -52,10 +52,10 @@ def _nvidia_smi() -> Optional[Dict[str, str]]:
     return info
 
 
-def machine_facts() -> Dict[str, Any]:
+def machine_facts() -> dict[str, Any]:
     """CPU model and cores, GPU name, driver, CUDA, TensorRT / ORT / torch versions, Jetson or not."""
     versions = library_versions()
-    facts: Dict[str, Any] = {
+    facts: dict[str, Any] = {
         "hostname": platform.node(),
         "os": platform.platform(),
         "python": platform.python_version(),

@@ -9,7 +9,7 @@ the counterpart of our graphs' ``infer``.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any
 
 import numpy as np
 
@@ -47,7 +47,7 @@ class PeerDetector(Detector):
         model.transform.fixed_size = (w, h)
         self.model = model.eval().to(self.device)
 
-    def infer(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         torch = self._torch
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
@@ -63,7 +63,7 @@ class PeerDetector(Detector):
                    for s in srcs]
         with torch.inference_mode():
             res = self.model(tensors)
-        out: List[Detections] = [{"boxes": r["boxes"].cpu().numpy().astype(np.float32),
+        out: list[Detections] = [{"boxes": r["boxes"].cpu().numpy().astype(np.float32),
                                   "scores": r["scores"].cpu().numpy().astype(np.float32),
                                   "labels": r["labels"].cpu().numpy().astype(np.int64)} for r in res]
         return out[0] if single else out

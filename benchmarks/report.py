@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 REFERENCE = "pytorch-cpu"
 
@@ -15,19 +15,19 @@ def _num(v: Any, fmt: str = "{:.2f}") -> str:
     return fmt.format(v)
 
 
-def _e2e_ips(entry: Dict[str, Any]) -> Optional[float]:
+def _e2e_ips(entry: dict[str, Any]) -> float | None:
     lat = (entry.get("latency_ms") or {}).get("e2e")
     return 1000.0 / lat["mean"] if lat and lat.get("mean") else None
 
 
-def add_ratios(backends: List[Dict[str, Any]], peer_name: str) -> None:
+def add_ratios(backends: list[dict[str, Any]], peer_name: str) -> None:
     """Set ``ratios`` of each ok entry: batch-1 end-to-end throughput over pytorch-cpu's and the
     peer's (> 1 means faster), and model-only the same way."""
     by = {b["name"]: b for b in backends if b.get("status") == "ok"}
     for b in backends:
         if b.get("status") != "ok":
             continue
-        ratios: Dict[str, Optional[float]] = {}
+        ratios: dict[str, float | None] = {}
         for key, other in (("vs_pytorch_cpu", by.get(REFERENCE)), ("vs_peer", by.get(peer_name))):
             mine, theirs = _e2e_ips(b), _e2e_ips(other) if other else None
             ratios[key] = mine / theirs if mine and theirs else None
@@ -37,7 +37,7 @@ def add_ratios(backends: List[Dict[str, Any]], peer_name: str) -> None:
         b["ratios"] = ratios
 
 
-def write_markdown(report: Dict[str, Any], path: Path) -> Path:
+def write_markdown(report: dict[str, Any], path: Path) -> Path:
     m = report["machine"]
     cfg = report["config"]
     lines = [
@@ -86,7 +86,7 @@ def write_markdown(report: Dict[str, Any], path: Path) -> Path:
     return path
 
 
-def write_fps_plot(report: Dict[str, Any], path: Path) -> Path:
+def write_fps_plot(report: dict[str, Any], path: Path) -> Path:
     """End-to-end throughput (images/s) against batch size, one line per measured backend."""
     import matplotlib
 

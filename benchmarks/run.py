@@ -6,7 +6,10 @@
     python benchmarks/run.py          # the newest runs/**/best.pt, exports/<run>, reports/<run>
     python benchmarks/run.py --quick  # few iterations, batch sizes 1 and 2, 4 images (tests, CI)
 
-Per backend (``BACKENDS`` below, one row each, ``unavailable`` with the reason when this
+(``pip install -e .`` makes the ``benchmarks`` package importable from anywhere; in a checkout
+that is not installed, ``python -m benchmarks.run`` from the repository root does the same.)
+
+Per backend (:func:`plan_backends` below, one row each, ``unavailable`` with the reason when this
 machine or the export folder lacks it): batch-1 latency model-only and end-to-end (decode +
 preprocess + model + NMS), throughput per batch size, mAP on the validation images, parity
 against ``pytorch-cpu``; plus the torchvision SSDlite320 peer, timed in the same run.
@@ -23,23 +26,23 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-from benchmarks.machine import machine_facts  # noqa: E402
-from benchmarks.peer import PEER_NAME  # noqa: E402
-from benchmarks.report import REFERENCE, add_ratios, write_fps_plot, write_markdown  # noqa: E402
-from benchmarks.timing import TimingConfig, measure  # noqa: E402
-from runtime.metadata import read_sidecar, write_json_atomic  # noqa: E402
+from benchmarks.machine import machine_facts
+from benchmarks.peer import PEER_NAME
+from benchmarks.report import REFERENCE, add_ratios, write_fps_plot, write_markdown
+from benchmarks.timing import TimingConfig, measure
+from runtime.atomic import write_json_atomic
+from runtime.errors import BackendUnavailable
+from runtime.metadata import read_sidecar
 
 DEFAULT_BATCH_SIZES = (1, 8, 32)
 QUICK_BATCH_SIZES = (1, 2)
 QUICK_IMAGES = 4
+ONNX_HOW = "python -m export.onnx"
 
 
 # --------------------------------------------------------------------------------------------
@@ -47,32 +50,33 @@ QUICK_IMAGES = 4
 # --------------------------------------------------------------------------------------------
 @dataclass
 class Backend:
-    """One row of the report. ``build`` returns a Detector, or raises RuntimeError when the
-    machine cannot run it (-> ``unavailable``); ``reason`` set up front means unavailable
-    without trying. ``sync`` is called inside each timed call (CUDA)."""
+    """One row of the report. ``build`` returns a Detector, or raises
+    :class:`~runtime.errors.BackendUnavailable` when the machine cannot run it (-> ``unavailable``;
+    any other error is a failure); ``reason`` set up front means unavailable without trying.
+    ``sync`` is called inside each timed call (CUDA)."""
 
     name: str
-    build: Optional[Callable[[], Any]] = None
+    build: Callable[[], Any] | None = None
     reason: str = ""
-    file: Optional[str] = None
-    sync: Optional[Callable[[], None]] = None
+    file: str | None = None
+    sync: Callable[[], None] | None = None
     timed_only: bool = False  # the peer: speed only, no mAP / parity
 
 
-def _onnx_row(name: str, exports: Optional[Path], filename: str, how: str, **load_kw: Any) -> Backend:
-    from runtime.detector import load_detector
+def _onnx_row(name: str, exports: Path | None, filename: str, how: str, **load_kw: Any) -> Backend:
+    from runtime.load import load_detector
 
     if exports is None:
-        return Backend(name, reason="no export folder (pass --exports, or export with python -m export.onnx)")
+        return Backend(name, reason=f"no export folder (pass --exports, or export with {ONNX_HOW})")
     path = exports / filename
     if not path.is_file():
         return Backend(name, reason=f"no {filename} in {exports} ({how})")
     return Backend(name, build=lambda: load_detector(path, **load_kw), file=str(path))
 
 
-def _engines(exports: Optional[Path]) -> Dict[str, Path]:
+def _engines(exports: Path | None) -> dict[str, Path]:
     """precision -> engine file of the export folder (from each engine's sidecar)."""
-    found: Dict[str, Path] = {}
+    found: dict[str, Path] = {}
     if exports is None or not exports.is_dir():
         return found
     for p in sorted(exports.glob("*.engine")) + sorted(exports.glob("*.plan")):
@@ -83,71 +87,90 @@ def _engines(exports: Optional[Path]) -> Dict[str, Path]:
     return found
 
 
-def plan_backends(checkpoint: Path, exports: Optional[Path], meta: Any, *, peer: bool = True,
-                  threads: Optional[int] = None) -> List[Backend]:
-    """Every backend the report has a row for, in report order. ``threads``: CPU threads of the
-    PyTorch and ONNX Runtime CPU rows (default: every usable core)."""
-    import torch
-
+def _ort_providers() -> tuple[list[str], str]:
+    """ONNX Runtime's execution providers here, or ([], why there are none)."""
     from runtime.backends.ort_backend import import_ort
-    from runtime.detector import load_detector
 
-    cuda = torch.cuda.is_available()
-    no_gpu = "no CUDA device on this machine"
-    cuda_sync = torch.cuda.synchronize if cuda else None
     try:
-        ort_eps = import_ort().get_available_providers()
-    except RuntimeError as e:
-        ort_eps = []
-        ort_missing = str(e)
-    cpu_kw = {"threads": threads} if threads else {}
+        return list(import_ort().get_available_providers()), ""
+    except BackendUnavailable as e:
+        return [], str(e)
+
+
+def _cpu_rows(checkpoint: Path, exports: Path | None, ort_eps: list[str], ort_missing: str,
+              cpu_kw: dict[str, Any]) -> list[Backend]:
+    from runtime.load import load_detector
+
     rows = [Backend("pytorch-cpu", build=lambda: load_detector(checkpoint, device="cpu", **cpu_kw),
                     file=str(checkpoint))]
-    if ort_eps:
-        rows += [
-            _onnx_row("onnxruntime-cpu-raw", exports, "model_raw.onnx", "python -m export.onnx", **cpu_kw),
-            _onnx_row("onnxruntime-cpu-nms", exports, "model_nms.onnx", "python -m export.onnx", **cpu_kw),
-            _onnx_row("onnxruntime-cpu-int8", exports, "model_int8.onnx", "python -m export.onnx --int8", **cpu_kw),
-            _onnx_row("trt-reference-cpu", exports, "model_trt.onnx", "python -m export.onnx", provider="reference",
-                      **cpu_kw),
-        ]
-    else:
-        rows += [Backend(n, reason=ort_missing) for n in ("onnxruntime-cpu-raw", "onnxruntime-cpu-nms",
-                                                          "onnxruntime-cpu-int8", "trt-reference-cpu")]
-    # GPU rows.
+    onnx = [("onnxruntime-cpu-raw", "model_raw.onnx", ONNX_HOW, {}),
+            ("onnxruntime-cpu-nms", "model_nms.onnx", ONNX_HOW, {}),
+            ("onnxruntime-cpu-int8", "model_int8.onnx", f"{ONNX_HOW} --int8", {}),
+            ("trt-reference-cpu", "model_trt.onnx", ONNX_HOW, {"provider": "reference"})]
+    if not ort_eps:
+        return rows + [Backend(name, reason=ort_missing) for name, *_ in onnx]
+    return rows + [_onnx_row(name, exports, f, how, **kw, **cpu_kw) for name, f, how, kw in onnx]
+
+
+def _gpu_rows(checkpoint: Path, exports: Path | None, ort_eps: list[str]) -> list[Backend]:
+    import torch
+
+    from runtime.load import load_detector
+
+    cuda = torch.cuda.is_available()
+    rows = []
     for name, fp16 in (("pytorch-cuda-fp32", False), ("pytorch-cuda-fp16", True)):
         rows.append(Backend(name, build=(lambda f=fp16: load_detector(checkpoint, device="cuda", fp16=f)),
-                            file=str(checkpoint), sync=cuda_sync) if cuda else Backend(name, reason=no_gpu))
-    for name, ep in (("onnxruntime-cuda-nms", "CUDAExecutionProvider"),
-                     ("onnxruntime-tensorrt-nms", "TensorrtExecutionProvider")):
+                            file=str(checkpoint), sync=torch.cuda.synchronize) if cuda
+                    else Backend(name, reason="no CUDA device on this machine"))
+    for name, ep, provider in (("onnxruntime-cuda-nms", "CUDAExecutionProvider", "cuda"),
+                               ("onnxruntime-tensorrt-nms", "TensorrtExecutionProvider", "tensorrt")):
         if ep not in ort_eps:
-            rows.append(Backend(name, reason=f"onnxruntime here has no {ep} (installed: {', '.join(ort_eps) or 'none'})"))
+            installed = ", ".join(ort_eps) or "none"
+            rows.append(Backend(name, reason=f"onnxruntime here has no {ep} (installed: {installed})"))
         else:
-            provider = "cuda" if ep.startswith("CUDA") else "tensorrt"
-            rows.append(_onnx_row(name, exports, "model_nms.onnx", "python -m export.onnx",
-                                  provider=provider, device="cuda"))
+            rows.append(_onnx_row(name, exports, "model_nms.onnx", ONNX_HOW, provider=provider, device="cuda"))
+    return rows
+
+
+def _tensorrt_rows(exports: Path | None) -> list[Backend]:
+    from runtime.load import load_detector
+
     engines = _engines(exports)
+    rows = []
     for precision in ["fp16", "int8"] + sorted(set(engines) - {"fp16", "int8"}):
         name = f"tensorrt-{precision}"
         if precision in engines:
             rows.append(Backend(name, build=(lambda p=engines[precision]: load_detector(p, device="cuda")),
                                 file=str(engines[precision])))
-        else:
-            try:
-                from runtime.backends.trt_backend import import_tensorrt
+            continue
+        try:
+            from runtime.backends.trt_backend import import_tensorrt
 
-                import_tensorrt()
-                why = (f"no {precision} engine in {exports} (python -m export.trt --onnx "
-                       f"{exports}/model_trt.onnx --{precision})") if exports else "no export folder"
-            except RuntimeError as e:
-                why = str(e)
-            rows.append(Backend(name, reason=why))
+            import_tensorrt()
+            why = (f"no {precision} engine in {exports} (python -m export.trt --onnx "
+                   f"{exports}/model_trt.onnx --{precision})") if exports else "no export folder"
+        except BackendUnavailable as e:
+            why = str(e)
+        rows.append(Backend(name, reason=why))
+    return rows
+
+
+def plan_backends(checkpoint: Path, exports: Path | None, meta: Any, *, peer: bool = True,
+                  threads: int | None = None) -> list[Backend]:
+    """Every backend the report has a row for, in report order. ``threads``: CPU threads of the
+    PyTorch and ONNX Runtime CPU rows (default: every usable core)."""
+    ort_eps, ort_missing = _ort_providers()
+    cpu_kw = {"threads": threads} if threads else {}
+    rows = _cpu_rows(checkpoint, exports, ort_eps, ort_missing, cpu_kw)
+    rows += _gpu_rows(checkpoint, exports, ort_eps)
+    rows += _tensorrt_rows(exports)
     if peer:
         rows.append(Backend(PEER_NAME, build=lambda: _peer(meta, "cpu", threads), timed_only=True))
     return rows
 
 
-def _peer(meta: Any, device: str, threads: Optional[int] = None) -> Any:
+def _peer(meta: Any, device: str, threads: int | None = None) -> Any:
     from benchmarks.peer import PeerDetector
 
     if threads:
@@ -167,17 +190,17 @@ class _Cycle:
         self.files = list(files)
         self.i = 0
 
-    def take(self, n: int) -> List[str]:
+    def take(self, n: int) -> list[str]:
         out = [self.files[(self.i + k) % len(self.files)] for k in range(n)]
         self.i = (self.i + n) % len(self.files)
         return out
 
 
 def measure_speed(det: Any, files: Sequence[str], batch_sizes: Sequence[int], cfg: TimingConfig,
-                  sync: Optional[Callable[[], None]] = None) -> Dict[str, Any]:
+                  sync: Callable[[], None] | None = None) -> dict[str, Any]:
     """Batch-1 latency (model-only and end-to-end) and throughput (images/s) per batch size."""
     pool = _Cycle(files)
-    out: Dict[str, Any] = {"latency_ms": {}, "throughput_ips": {}, "throughput_model_ips": {}}
+    out: dict[str, Any] = {"latency_ms": {}, "throughput_ips": {}, "throughput_model_ips": {}}
     for bs in batch_sizes:
         x, _ = det.preprocess(pool.take(bs))
         x = x.copy()
@@ -195,39 +218,52 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0] if text else ''}".strip(": ")
 
 
-def run_backend(row: Backend, files: Sequence[str], batch_sizes: Sequence[int], cfg: TimingConfig,
-                dataset: Any, indices: Sequence[int], gt: Dict[str, Any], reference: Any,
-                log: Callable[[str], None]) -> Dict[str, Any]:
-    """Build, time and score one backend; never raises (the row records what went wrong)."""
+def _build(row: Backend, entry: dict[str, Any], log: Callable[[str], None]) -> Any | None:
+    """The row's detector, or None with the entry saying why: ``unavailable`` when this machine
+    cannot run it (BackendUnavailable), ``failed`` for any other error (a broken artefact)."""
+    try:
+        return row.build()
+    except BackendUnavailable as e:
+        entry["reason"] = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        log(f"{row.name:<28} unavailable: {entry['reason']}")
+    except Exception as e:  # noqa: BLE001 - a broken artefact is a failure to report, not a crash
+        entry.update(status="failed", reason=f"load: {_one_line(e)}")
+        log(f"{row.name:<28} FAILED to load: {entry['reason']}")
+    return None
+
+
+def _score(entry: dict[str, Any], det: Any, row: Backend, dataset: Any, indices: Sequence[int],
+           gt: dict[str, Any], reference: Any, batch_size: int) -> None:
+    """mAP on the validation images and parity against the reference's detections."""
     from runtime.parity import compare_results, run_eval
 
-    entry: Dict[str, Any] = {"name": row.name, "status": "unavailable", "reason": row.reason, "file": row.file,
+    result = run_eval(det, dataset, indices, gt, batch_size=batch_size)
+    entry["mAP"] = result.metrics["mAP"]
+    entry["per_class_ap"] = result.metrics.get("per_class")
+    entry["_result"] = result
+    if reference is not None and row.name != REFERENCE:
+        entry["parity"] = compare_results(reference, result)
+
+
+def run_backend(row: Backend, files: Sequence[str], batch_sizes: Sequence[int], cfg: TimingConfig,
+                dataset: Any, indices: Sequence[int], gt: dict[str, Any], reference: Any,
+                log: Callable[[str], None]) -> dict[str, Any]:
+    """Build, time and score one backend; never raises (the row records what went wrong)."""
+    entry: dict[str, Any] = {"name": row.name, "status": "unavailable", "reason": row.reason, "file": row.file,
                              "precision": None, "latency_ms": None, "throughput_ips": None,
                              "throughput_model_ips": None, "mAP": None, "parity": None}
     if row.build is None:
         log(f"{row.name:<28} unavailable: {row.reason}")
         return entry
-    try:
-        det = row.build()
-    except RuntimeError as e:  # the machine cannot run it: one line, by contract of the backends
-        entry["reason"] = str(e).splitlines()[0]
-        log(f"{row.name:<28} unavailable: {entry['reason']}")
-        return entry
-    except Exception as e:  # noqa: BLE001 - a broken artefact is a failure to report, not a crash
-        entry.update(status="failed", reason=f"load: {_one_line(e)}")
-        log(f"{row.name:<28} FAILED to load: {entry['reason']}")
+    det = _build(row, entry, log)
+    if det is None:
         return entry
     entry["precision"] = det.meta.precision
     t0 = time.perf_counter()
     try:
         entry.update(measure_speed(det, files, batch_sizes, cfg, row.sync))
         if not row.timed_only:
-            result = run_eval(det, dataset, indices, gt, batch_size=max(batch_sizes))
-            entry["mAP"] = result.metrics["mAP"]
-            entry["per_class_ap"] = result.metrics.get("per_class")
-            entry["_result"] = result
-            if reference is not None and row.name != REFERENCE:
-                entry["parity"] = compare_results(reference, result)
+            _score(entry, det, row, dataset, indices, gt, reference, max(batch_sizes))
         else:
             entry["reason"] = "random weights: timed only, no mAP"
         entry["status"] = "ok"
@@ -249,31 +285,13 @@ def run_backend(row: Backend, files: Sequence[str], batch_sizes: Sequence[int], 
 # --------------------------------------------------------------------------------------------
 # Inputs.
 # --------------------------------------------------------------------------------------------
-def latest_run(runs: Path = Path("runs")) -> Path:
-    """The newest ``runs/**/best.pt`` (by modification time), as ``python -m export.onnx`` picks it."""
-    cands = sorted(runs.glob("**/best.pt"), key=lambda p: p.stat().st_mtime) if runs.is_dir() else []
-    if not cands:
-        raise ValueError(f"no {runs}/**/best.pt found: train first (python -m distill.train) or pass --checkpoint")
-    return cands[-1]
-
-
-def run_name(checkpoint: Path, runs: Path = Path("runs")) -> str:
-    """``runs/kd/best.pt`` -> ``kd``, ``runs/demo/student/best.pt`` -> ``demo/student`` (export's naming)."""
-    from export.data import run_name as export_run_name
-
-    return export_run_name(checkpoint, runs)
-
-
-def image_files(dataset: Any, indices: Sequence[int], tmp: Path) -> List[str]:
+def image_files(dataset: Any, indices: Sequence[int], tmp: Path) -> list[str]:
     """Files of the dataset's images (so decode is timed); images without a file are written as PNG."""
     from PIL import Image
 
     files = []
     for i in indices:
-        rec = getattr(dataset, "records", None)
-        path = getattr(rec[i], "path", None) if rec is not None else None
-        if path is None and hasattr(dataset, "img_dir"):
-            path = Path(dataset.img_dir) / dataset.images[i]["file_name"]
+        path = dataset.image_path(i) if hasattr(dataset, "image_path") else None
         if path is None or not Path(path).is_file():
             path = tmp / f"bench_{i}.png"
             Image.fromarray(dataset[i][0]).save(path)
@@ -304,91 +322,148 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    log = lambda s: print(s, flush=True)  # noqa: E731
+@dataclass
+class Plan:
+    """What one run measures, resolved from the command line."""
+
+    checkpoint: Path
+    exports: Path | None
+    out: Path
+    batch_sizes: list[int]
+    timing: TimingConfig
+    meta: Any
+    data_spec: str
+    dataset: Any
+    indices: list[int]
+    gt: dict[str, Any]
+
+
+def _paths(args: argparse.Namespace) -> tuple[Path, Path | None, Path]:
+    """(checkpoint, export folder or None, report folder); the newest run when none is named."""
+    from export.data import find_latest_checkpoint, run_name
+
+    checkpoint = Path(args.checkpoint) if args.checkpoint else find_latest_checkpoint("runs")
+    if not checkpoint.exists():
+        raise ValueError(f"--checkpoint {checkpoint} does not exist")
+    name = run_name(checkpoint, "runs")
+    exports = Path(args.exports) if args.exports else Path("exports") / name
+    if args.exports and not exports.is_dir():
+        raise ValueError(f"--exports {exports} is not a folder")
+    out = Path(args.out) if args.out else Path("reports") / name
+    return checkpoint, exports if exports.is_dir() else None, out
+
+
+def _batch_sizes(args: argparse.Namespace) -> list[int]:
+    batch_sizes = ([int(s) for s in args.batch_sizes.split(",") if s.strip()] if args.batch_sizes
+                   else list(QUICK_BATCH_SIZES if args.quick else DEFAULT_BATCH_SIZES))
+    if not batch_sizes or min(batch_sizes) < 1:
+        raise ValueError(f"--batch-sizes must be positive integers, got {args.batch_sizes!r}")
+    return batch_sizes if 1 in batch_sizes else [1] + batch_sizes  # batch-1 latency is always reported
+
+
+def _timing(args: argparse.Namespace) -> TimingConfig:
+    cfg = TimingConfig.quick() if args.quick else TimingConfig()
+    for k in ("warmup", "min_time", "min_iters"):
+        if getattr(args, k) is not None:
+            setattr(cfg, k, getattr(args, k))
+    return cfg
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    """Resolve paths, batch sizes, timing and the validation data; ValueError / RuntimeError when
+    the arguments are not usable."""
+    from runtime.evaluate import data_for, open_dataset
+    from runtime.evaluation import eval_subset
+    from runtime.load import load_detector
+
+    checkpoint, exports, out = _paths(args)
+    batch_sizes, timing = _batch_sizes(args), _timing(args)
+    max_images = args.max_images if args.max_images is not None else (QUICK_IMAGES if args.quick else None)
+    ref_det = load_detector(checkpoint, device="cpu")
     try:
-        checkpoint = Path(args.checkpoint) if args.checkpoint else latest_run()
-        if not checkpoint.exists():
-            raise ValueError(f"--checkpoint {checkpoint} does not exist")
-        name = run_name(checkpoint)
-        exports = Path(args.exports) if args.exports else Path("exports") / name
-        if args.exports and not exports.is_dir():
-            raise ValueError(f"--exports {exports} is not a folder")
-        exports = exports if exports.is_dir() else None
-        out = Path(args.out) if args.out else Path("reports") / name
-        batch_sizes = ([int(s) for s in args.batch_sizes.split(",") if s.strip()] if args.batch_sizes
-                       else list(QUICK_BATCH_SIZES if args.quick else DEFAULT_BATCH_SIZES))
-        if not batch_sizes or min(batch_sizes) < 1:
-            raise ValueError(f"--batch-sizes must be positive integers, got {args.batch_sizes!r}")
-        if 1 not in batch_sizes:
-            batch_sizes = [1] + batch_sizes  # batch-1 latency is always reported
-        cfg = TimingConfig.quick() if args.quick else TimingConfig()
-        for k in ("warmup", "min_time", "min_iters"):
-            if getattr(args, k) is not None:
-                setattr(cfg, k, getattr(args, k))
-        max_images = args.max_images if args.max_images is not None else (QUICK_IMAGES if args.quick else None)
-
-        from runtime.detector import load_detector
-        from runtime.evaluate import DataSpec, default_data, open_dataset, subset
-
-        ref_det = load_detector(checkpoint, device="cpu")
-        meta = ref_det.meta
+        data = data_for(ref_det, args.data, args.data_root)
+    finally:
         ref_det.close()
-        data = DataSpec(args.data, args.data_root or "data") if args.data else \
-            default_data(meta, ref_det.checkpoint.get("config"))
-        if args.data_root:
-            data.data_root = args.data_root
-        dataset = open_dataset(data, meta)
-        indices, gt = subset(dataset, max_images)
-    except (ValueError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    dataset = open_dataset(data, ref_det.meta)
+    indices, gt = eval_subset(dataset, max_images)
+    return Plan(checkpoint, exports, out, batch_sizes, timing, ref_det.meta, data.spec, dataset, indices, gt)
 
-    machine = machine_facts()
-    log(f"benchmark {checkpoint} | exports {exports or '-'} | data {data.spec} ({len(indices)} images) | "
-        f"{machine['cpu']} x{machine['cpu_cores_usable']} | GPU {machine['gpu'] or 'none'}")
-    rows = plan_backends(checkpoint, exports, meta, peer=not args.no_peer, threads=args.threads)
-    if args.only:
-        keep = {s.strip() for s in args.only.split(",")} | {REFERENCE}
-        rows = [r if r.name in keep else Backend(r.name, reason="skipped (--only)") for r in rows]
-    entries: List[Dict[str, Any]] = []
+
+def run_rows(plan: Plan, rows: Sequence[Backend], bench_images: int, quick: bool,
+             log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Every row, in order, against the reference row's detections (parity)."""
+    entries: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench_") as tmp:
-        n_files = min(len(dataset), max(args.bench_images, max(batch_sizes) if args.quick else 1))
-        files = image_files(dataset, list(range(n_files)), Path(tmp))
+        n_files = min(len(plan.dataset), max(bench_images, max(plan.batch_sizes) if quick else 1))
+        files = image_files(plan.dataset, list(range(n_files)), Path(tmp))
         reference = None
         for row in rows:
-            entry = run_backend(row, files, batch_sizes, cfg, dataset, indices, gt, reference, log)
+            entry = run_backend(row, files, plan.batch_sizes, plan.timing, plan.dataset, plan.indices, plan.gt,
+                                reference, log)
             if row.name == REFERENCE and entry["status"] == "ok":
                 reference = entry["_result"]
             entries.append(entry)
     for e in entries:
         e.pop("_result", None)
     add_ratios(entries, PEER_NAME)
+    return entries
 
+
+def failures_of(entries: Sequence[dict[str, Any]], min_map: float | None) -> list[str]:
+    """One line per failed backend, failed parity check or mAP below ``min_map``."""
     failures = []
     for e in entries:
         if e["status"] == "failed":
             failures.append(f"{e['name']} failed: {e['reason']}")
         if e.get("parity") is not None and not e["parity"]["ok"]:
             failures.append(f"{e['name']} parity: {'; '.join(e['parity']['reasons'])}")
-        if args.min_map is not None and e["status"] == "ok" and e.get("mAP") is not None and e["mAP"] < args.min_map:
-            failures.append(f"{e['name']} mAP {e['mAP']:.2f} < --min-map {args.min_map}")
+        if min_map is not None and e["status"] == "ok" and e.get("mAP") is not None and e["mAP"] < min_map:
+            failures.append(f"{e['name']} mAP {e['mAP']:.2f} < --min-map {min_map}")
+    return failures
+
+
+def write_report(plan: Plan, args: argparse.Namespace, machine: dict[str, Any], entries: list[dict[str, Any]],
+                 failures: list[str]) -> list[Path]:
+    """report.json, report.md and fps.png in the report folder; returns their paths."""
+    meta, cfg = plan.meta, plan.timing
     report = {
         "machine": machine,
-        "checkpoint": str(checkpoint), "exports": str(exports) if exports else None,
+        "checkpoint": str(plan.checkpoint), "exports": str(plan.exports) if plan.exports else None,
         "model_name": meta.model_name, "input_size": list(meta.input_size), "nms": meta.nms.to_dict(),
-        "data": data.spec, "map_images": len(indices),
-        "config": {"batch_sizes": batch_sizes, "warmup": cfg.warmup, "min_time": cfg.min_time,
+        "data": plan.data_spec, "map_images": len(plan.indices),
+        "config": {"batch_sizes": plan.batch_sizes, "warmup": cfg.warmup, "min_time": cfg.min_time,
                    "min_iters": cfg.min_iters, "quick": bool(args.quick), "min_map": args.min_map,
                    "threads": args.threads or machine["cpu_cores_usable"]},
         "backends": entries, "ok": not failures, "failures": failures,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "report.json", report)
-    write_markdown(report, out / "report.md")
-    write_fps_plot(report, out / "fps.png")
-    log(f"wrote {out / 'report.json'}, {out / 'report.md'}, {out / 'fps.png'}")
+    plan.out.mkdir(parents=True, exist_ok=True)
+    paths = [plan.out / "report.json", plan.out / "report.md", plan.out / "fps.png"]
+    write_json_atomic(paths[0], report)
+    write_markdown(report, paths[1])
+    write_fps_plot(report, paths[2])
+    return paths
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    try:
+        plan = make_plan(args)
+    except (ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    machine = machine_facts()
+    log(f"benchmark {plan.checkpoint} | exports {plan.exports or '-'} | data {plan.data_spec} "
+        f"({len(plan.indices)} images) | {machine['cpu']} x{machine['cpu_cores_usable']} | "
+        f"GPU {machine['gpu'] or 'none'}")
+    rows = plan_backends(plan.checkpoint, plan.exports, plan.meta, peer=not args.no_peer, threads=args.threads)
+    if args.only:
+        keep = {s.strip() for s in args.only.split(",")} | {REFERENCE}
+        rows = [r if r.name in keep else Backend(r.name, reason="skipped (--only)") for r in rows]
+    entries = run_rows(plan, rows, args.bench_images, args.quick, log)
+    failures = failures_of(entries, args.min_map)
+    paths = write_report(plan, args, machine, entries, failures)
+    log(f"wrote {', '.join(str(p) for p in paths)}")
     for f in failures:
         log(f"FAIL {f}")
     return 0 if not failures else 1

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -28,7 +29,7 @@ class TimingConfig:
         return cls(warmup=2, min_time=0.05, min_iters=3, max_iters=50)
 
 
-def stats_ms(samples_s: Any) -> Dict[str, float]:
+def stats_ms(samples_s: Any) -> dict[str, float]:
     """Seconds per call -> {mean, std, p50, p90, p99, n} in milliseconds."""
     a = np.asarray(samples_s, dtype=np.float64) * 1e3
     if a.size == 0:
@@ -38,7 +39,7 @@ def stats_ms(samples_s: Any) -> Dict[str, float]:
             "p50": float(p50), "p90": float(p90), "p99": float(p99), "n": int(a.size)}
 
 
-def measure(fn: Callable[[], Any], cfg: TimingConfig, sync: Optional[Callable[[], None]] = None) -> Dict[str, float]:
+def measure(fn: Callable[[], Any], cfg: TimingConfig, sync: Callable[[], None] | None = None) -> dict[str, float]:
     """Time ``fn()``; ``sync()`` (e.g. ``torch.cuda.synchronize``) runs inside each timed call so
     asynchronous work is counted where it is issued."""
     for _ in range(cfg.warmup):

@@ -9,10 +9,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
-from test_detector_helpers import one_torch_thread, tiny_checkpoint, tiny_coco, tiny_exports  # noqa: E402,F401
-
-from benchmarks.run import main  # noqa: E402
+from benchmarks.run import main
+from tests.helpers import tiny_checkpoint, tiny_coco, tiny_exports
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = ["pytorch-cpu", "onnxruntime-cpu-raw", "onnxruntime-cpu-nms", "onnxruntime-cpu-int8", "trt-reference-cpu",
