@@ -1,22 +1,179 @@
-"""Checkpoints (DESIGN.md "Checkpoint"): one dict of tensors and plain Python values, loadable with
-``torch.load(..., weights_only=True)``; written atomically (temp file + rename) so a crash never
-leaves a truncated ``last.pt`` / ``best.pt``.
+"""Checkpoints (DESIGN.md "Checkpoint"): the typed :class:`Checkpoint`, with one writer and one reader.
+
+On disk a checkpoint is one plain dict of tensors and Python values (``torch.load(..., weights_only=True)``
+reads it), built by :meth:`Checkpoint.to_dict` and written atomically by :meth:`Checkpoint.save`, so a crash
+never leaves a truncated ``last.pt`` / ``best.pt``. :meth:`Checkpoint.load` reads it back, and also reads
+format 1, written before the config had sections: a flat config, and distillation's training state
+(``kd_modules``, ``discriminators``, ``gan_state``, ``kd_optimizers``) at the top level instead of in ``extra``.
+
+``load_checkpoint`` / ``save_checkpoint`` / ``model_from_checkpoint`` / ``meta_from_checkpoint`` are thin
+wrappers for call sites that handle a checkpoint as a dict in the format-1 shape.
 """
 from __future__ import annotations
 
-import os
 import random
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
+from runtime.atomic import atomic_path
+from runtime.metadata import ModelMeta, NMSConfig, library_versions
+
+from .config import TrainConfig, flatten_config, nest_config
 from .models import SSD, create_model
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+REQUIRED_KEYS = ("model_name", "model_kwargs", "num_classes", "model")
 
 
-def rng_state() -> dict:
+@dataclass(kw_only=True)
+class Checkpoint:
+    """A detector and, for a training run, everything needed to continue it exactly.
+
+    ``model`` / ``ema``: state dicts of the inference model (EMA weights when the run kept them);
+    ``optimizer`` / ``scheduler`` / ``scaler``: state dicts of the run's detector optimisation (None when
+    absent); ``epoch``: the last finished epoch (0-based); ``step``: optimizer steps so far; ``rng``: see
+    :func:`rng_state`; ``class_names`` / ``category_ids``: label L in 1..C is ``class_names[L - 1]``, the
+    dataset's id ``category_ids[L - 1]``; ``config``: the resolved :class:`TrainConfig` as a nested dict;
+    ``nms``: :class:`runtime.metadata.NMSConfig` as a dict; ``best_map``: best validation mAP in points
+    (-1: never evaluated); ``elapsed_s``: training wall time so far; ``extra``: training-only parts of other
+    components (distillation's adapters, discriminators, schedule state and optimizers), keyed by them.
+    ``path`` is where the checkpoint was read from; it is not written.
+    """
+    model_name: str
+    model_kwargs: dict[str, Any]
+    num_classes: int
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any] | None = None
+    scheduler: dict[str, Any] | None = None
+    scaler: dict[str, Any] | None = None
+    ema: dict[str, torch.Tensor] | None = None
+    epoch: int = 0
+    step: int = 0
+    rng: dict[str, Any] | None = None
+    class_names: list[str] = field(default_factory=list)
+    category_ids: list[int] = field(default_factory=list)
+    config: dict[str, dict[str, Any]] = field(default_factory=dict)
+    nms: dict[str, Any] = field(default_factory=dict)
+    best_map: float = -1.0
+    elapsed_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+    path: str | None = None
+
+    @classmethod
+    def create(cls, cfg: TrainConfig, model: nn.Module, class_names: list[str], category_ids: list[int],
+               **state: Any) -> Checkpoint:
+        """The checkpoint of ``model`` trained as ``cfg``; ``state``: any other field (optimizer, epoch, ...)."""
+        return cls(model_name=cfg.model.name, model_kwargs=dict(cfg.model.kwargs), num_classes=model.num_classes,
+                   model=model.state_dict(), class_names=list(class_names),
+                   category_ids=[int(c) for c in category_ids], config=cfg.to_dict(), nms=cfg.nms.to_dict(), **state)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "checkpoint") -> Checkpoint:
+        """A checkpoint from its dict, format 1 or 2. ValueError naming ``source`` when it is not one."""
+        missing = [k for k in REQUIRED_KEYS if k not in d]
+        if missing:
+            raise ValueError(f"{source} is not a checkpoint of this project (missing {', '.join(missing)})")
+        version = d.get("format_version", 1)
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise ValueError(f"{source}: checkpoint format {version!r} is newer than this code reads "
+                             f"(<= {FORMAT_VERSION}); update the code")
+        names = {f.name for f in fields(cls)}
+        known = {k: v for k, v in d.items() if k in names}
+        # Format 1 kept the training-only parts at the top level: they belong to ``extra`` now.
+        extra = {**{k: v for k, v in d.items() if k not in names and k != "format_version"},
+                 **dict(d.get("extra") or {})}
+        config = nest_config(d.get("config") or {}, f"{source}: config")
+        return cls(**{**known, "extra": extra, "config": config})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plain dict written to disk (format 2; ``path`` left out)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "path"}
+        return {"format_version": FORMAT_VERSION, **d}
+
+    def save(self, path: str | Path) -> None:
+        """Write atomically to ``path`` (folders are created)."""
+        with atomic_path(path) as tmp:
+            torch.save(self.to_dict(), tmp)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Checkpoint:
+        """Read ``path``, or a run folder's ``best.pt`` (else ``last.pt``), on the CPU."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "best.pt" if (path / "best.pt").is_file() else path / "last.pt"
+        if not path.is_file():
+            raise ValueError(f"checkpoint not found: {path}")
+        try:
+            d = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - corrupt / foreign files get one clear message
+            raise ValueError(f"cannot read checkpoint {path}: {e}") from None
+        if not isinstance(d, dict):
+            raise ValueError(f"{path} is not a checkpoint of this project (a {type(d).__name__}, not a dict)")
+        ck = cls.from_dict(d, str(path))
+        ck.path = str(path)
+        return ck
+
+    def train_config(self) -> TrainConfig:
+        """The run's config as a :class:`TrainConfig` (keys added since take their defaults)."""
+        return TrainConfig.from_dict(self.config, f"{self.path or 'checkpoint'}: config")
+
+    def flat_config(self) -> dict[str, Any]:
+        """The config as a flat dict keyed by flag name (only the keys stored)."""
+        return flatten_config(self.config)
+
+    def build_model(self, use_ema: bool = True) -> SSD:
+        """The model with its weights (EMA weights when present and ``use_ema``), in eval mode on the CPU."""
+        model = create_model(self.model_name, self.num_classes, **self.model_kwargs)
+        model.load_state_dict(self.ema if use_ema and self.ema else self.model)
+        return model.eval()
+
+    def to_v1_dict(self) -> dict[str, Any]:
+        """The format-1 dict shape: flat config, ``extra``'s parts at the top level, ``path`` included."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        return {"format_version": 1, **d, **self.extra, "config": self.flat_config()}
+
+
+def _as_checkpoint(ckpt: Checkpoint | dict[str, Any] | str | Path) -> Checkpoint:
+    if isinstance(ckpt, Checkpoint):
+        return ckpt
+    if isinstance(ckpt, dict):
+        return Checkpoint.from_dict(ckpt, str(ckpt.get("path") or "checkpoint"))
+    return Checkpoint.load(ckpt)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """:meth:`Checkpoint.load` as a format-1 shaped dict (flat ``config``, distillation parts at the top level)."""
+    return Checkpoint.load(path).to_v1_dict()
+
+
+def save_checkpoint(path: str | Path, ckpt: Checkpoint | dict[str, Any]) -> None:
+    """:meth:`Checkpoint.save` of a checkpoint or of its dict (format 1 or 2)."""
+    _as_checkpoint(ckpt).save(path)
+
+
+def model_from_checkpoint(ckpt: Checkpoint | dict[str, Any] | str | Path, use_ema: bool = True) -> SSD:
+    """Rebuild the model of a checkpoint (object, dict or path; EMA weights when present), in eval mode on CPU."""
+    return _as_checkpoint(ckpt).build_model(use_ema)
+
+
+def meta_from_checkpoint(ckpt: Checkpoint | dict[str, Any]) -> ModelMeta:
+    """The runtime's ModelMeta (sidecar schema) for a checkpoint: everything a deployed model needs."""
+    ck = _as_checkpoint(ckpt)
+    data = ck.config["data"]
+    return ModelMeta(model_name=ck.model_name, class_names=list(ck.class_names),
+                     category_ids=[int(c) for c in ck.category_ids], input_size=(data["img_size"], data["img_size"]),
+                     mean=tuple(data["mean"]), std=tuple(data["std"]), resize_mode="stretch",
+                     nms=NMSConfig(**ck.nms), graph="checkpoint", precision="fp32", onnx_sha256=None,
+                     nms_plugin=None, versions=library_versions(), extra={"checkpoint": ck.path})
+
+
+def rng_state() -> dict[str, Any]:
+    """The torch, Python, numpy (and CUDA) random states as checkpoint-safe values."""
     np_state = np.random.get_state()
     state = {"torch": torch.get_rng_state(), "python": random.getstate(),
              "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
@@ -25,56 +182,11 @@ def rng_state() -> dict:
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
     torch.set_rng_state(state["torch"])
     random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
     n = state["numpy"]
     np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_checkpoint(path: str | Path, ckpt: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format_version": FORMAT_VERSION, **ckpt}, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    path = Path(path)
-    if path.is_dir():
-        path = path / "best.pt" if (path / "best.pt").is_file() else path / "last.pt"
-    if not path.is_file():
-        raise ValueError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - corrupt / foreign files get one clear message
-        raise ValueError(f"cannot read checkpoint {path}: {e}") from None
-    missing = [k for k in ("model_name", "model_kwargs", "num_classes", "model") if k not in ckpt]
-    if missing:
-        raise ValueError(f"{path} is not a checkpoint of this project (missing {', '.join(missing)})")
-    ckpt["path"] = str(path)
-    return ckpt
-
-
-def model_from_checkpoint(ckpt: dict | str | Path, use_ema: bool = True) -> SSD:
-    """Rebuild the model of a checkpoint (EMA weights when present), in eval mode on CPU."""
-    if not isinstance(ckpt, dict):
-        ckpt = load_checkpoint(ckpt)
-    model = create_model(ckpt["model_name"], ckpt["num_classes"], **ckpt["model_kwargs"])
-    state = ckpt.get("ema") if use_ema and ckpt.get("ema") else ckpt["model"]
-    model.load_state_dict(state)
-    return model.eval()
-
-
-def meta_from_checkpoint(ckpt: dict):
-    """The runtime's ModelMeta (sidecar schema) for a checkpoint: everything a deployed model needs."""
-    from runtime.metadata import ModelMeta, NMSConfig, library_versions
-    cfg = ckpt["config"]
-    return ModelMeta(model_name=ckpt["model_name"], class_names=list(ckpt["class_names"]),
-                     category_ids=[int(c) for c in ckpt["category_ids"]], input_size=(cfg["img_size"], cfg["img_size"]),
-                     mean=tuple(cfg["mean"]), std=tuple(cfg["std"]), resize_mode="stretch",
-                     nms=NMSConfig(**ckpt["nms"]), graph="checkpoint", precision="fp32", onnx_sha256=None,
-                     nms_plugin=None, versions=library_versions(), extra={"checkpoint": ckpt.get("path")})

@@ -1,14 +1,19 @@
-"""Training configuration: dataclass defaults <- preset <- YAML (``--config``) <- command line.
+"""Training configuration: a dataclass of sections, filled as defaults <- preset <- YAML (``--config``) <- command line.
 
-Unknown keys are rejected with a did-you-mean; the resolved config is written next to the run as
-``config.yaml``. Every field is a command-line flag (``batch_size`` -> ``--batch-size``) whose help
-text is the field's ``help`` metadata, so ``--help`` is always complete.
+The sections are ``model``, ``data``, ``optim``, ``kd`` (everything that only matters to distillation),
+``nms`` (:class:`runtime.metadata.NMSConfig`, the postprocess copied into every export's sidecar) and
+``run``. The command line stays flat: every field is a flag named after it (``optim.batch_size`` is
+``--batch-size``; a field's ``flag`` metadata names the few whose flag differs, e.g. ``kd.methods`` is
+``--kd``) with the field's help text, so ``--help`` is always complete; :data:`FLAGS` is the table from flag
+name to (section, field). Presets are flat dicts of flag names. A YAML file may be flat (the ``config.yaml``
+of runs written before sections existed), nested like the ``config.yaml`` written next to every run, or a
+mix; unknown keys are rejected with a did-you-mean.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
-import difflib
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -16,211 +21,377 @@ from typing import Any
 
 import yaml
 
+from runtime.atomic import write_text_atomic
+from runtime.errors import did_you_mean, unknown_name_error
+from runtime.metadata import NMSConfig
 
-def _f(default, help: str, **kw):
+
+def _f(default: Any, help: str, *, flag: str | None = None, choices: tuple[str, ...] | None = None) -> Any:
+    """A config field: its default, its ``--help`` text, its flag name when not the field's, its choices."""
+    meta = {"help": help, "flag": flag, "choices": choices}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: json.loads(json.dumps(d)), metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
+        return field(default_factory=lambda d=default: copy.deepcopy(d), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
-class TrainConfig:
-    # what to train
-    model: str = _f("ssdlite_mobilenetv2", "registered model name (see --list-models)")
-    model_kwargs: dict = _f({}, "extra builder kwargs as JSON, e.g. '{\"width_mult\": 0.5}'")
-    pretrained_backbone: str | None = _f(None, "local file with ImageNet backbone weights (torchvision layout); nothing is downloaded")
-    init_weights: str | None = _f(None, "checkpoint whose 'model' weights initialise the whole detector (same architecture), "
-                                  "e.g. the ablation's shared warm start")
-    # data
+class ModelConfig:
+    """The detector: a registered model, its builder kwargs, its initial weights and its loss's matching."""
+    name: str = _f("ssdlite_mobilenetv2", "registered model name (see --list-models)", flag="model")
+    kwargs: dict[str, Any] = _f({}, "extra builder kwargs as JSON, e.g. '{\"width_mult\": 0.5}'", flag="model_kwargs")
+    pretrained_backbone: str | None = _f(None, "local file with ImageNet backbone weights (torchvision layout); "
+                                         "nothing is downloaded")
+    init_weights: str | None = _f(None, "checkpoint whose 'model' weights initialise the whole detector (same "
+                                  "architecture), e.g. the ablation's shared warm start")
+    neg_pos_ratio: float = _f(3.0, "hard negative mining ratio")
+    match_iou: float = _f(0.5, "anchor/ground-truth IoU for a positive match")
+
+
+@dataclass
+class DataConfig:
+    """Datasets, the embedded dataset's parameters, augmentation, input size, pixel normalisation, loading."""
     data: str = _f("shapes", "training set: 'shapes' (embedded), 'coco:ANN.json:IMG_DIR' or 'voc:ROOT:SPLIT'")
     val_data: str | None = _f(None, "validation set, same forms as --data (default: the matching validation split)")
     data_root: str = _f("data", "where the embedded dataset is generated and cached")
     shapes_train: int = _f(1500, "embedded dataset: number of training images")
     shapes_val: int = _f(300, "embedded dataset: number of validation images")
     shapes_seed: int = _f(0, "embedded dataset: generator seed")
-    on_bad_sample: str = _f("error", "bad image/annotation: 'error' (stop, naming it) or 'skip' (warn and count)", choices=["error", "skip"])
+    on_bad_sample: str = _f("error", "bad image/annotation: 'error' (stop, naming it) or 'skip' (warn and count)",
+                            choices=("error", "skip"))
     img_size: int = _f(300, "square network input side in pixels")
     augment: str = _f("ssd", "training augmentation: 'ssd' (photometric, zoom-out, IoU crop, flip: SSD's recipe), "
-                      "'light' (photometric + flip: learns several times faster on short schedules), 'none' (resize only)",
-                      choices=["ssd", "light", "none"])
+                      "'light' (photometric + flip: learns several times faster on short schedules), 'none' "
+                      "(resize only)", choices=("ssd", "light", "none"))
     zoom_out_max: float = _f(4.0, "--augment ssd: largest zoom-out factor (SSD: 4; 1 disables zoom-out)")
-    mean: list = _f([0.485, 0.456, 0.406], "RGB mean on the 0..1 pixel scale")
-    std: list = _f([0.229, 0.224, 0.225], "RGB std on the 0..1 pixel scale")
-    # optimisation
+    mean: list[float] = _f([0.485, 0.456, 0.406], "RGB mean on the 0..1 pixel scale")
+    std: list[float] = _f([0.229, 0.224, 0.225], "RGB std on the 0..1 pixel scale")
+    workers: int = _f(2, "data-loading worker processes")
+
+
+@dataclass
+class OptimConfig:
+    """Optimisation of the detector: length, batch, optimizer, learning-rate schedule, AMP and EMA."""
     epochs: int = _f(30, "training epochs")
     batch_size: int = _f(32, "images per batch")
-    optimizer: str = _f("sgd", "optimizer: 'sgd' (momentum, the papers' recipes) or 'adamw' (faster from scratch on short schedules)", choices=["sgd", "adamw"])
+    optimizer: str = _f("sgd", "optimizer: 'sgd' (momentum, the papers' recipes) or 'adamw' (faster from scratch "
+                        "on short schedules)", choices=("sgd", "adamw"))
     lr: float = _f(0.01, "peak learning rate")
     momentum: float = _f(0.9, "SGD momentum")
     weight_decay: float = _f(5e-4, "weight decay (not applied to norms and biases)")
-    schedule: str = _f("cosine", "learning-rate schedule after warm-up", choices=["cosine", "multistep"])
-    milestones: list = _f([], "multistep: epochs at which lr is multiplied by --gamma")
+    schedule: str = _f("cosine", "learning-rate schedule after warm-up", choices=("cosine", "multistep"))
+    milestones: list[float] = _f([], "multistep: epochs at which lr is multiplied by --gamma")
     gamma: float = _f(0.1, "multistep decay factor")
     warmup_epochs: float = _f(1.0, "linear warm-up length in epochs (fractions allowed)")
     clip_grad: float | None = _f(10.0, "max gradient norm (None: no clipping)")
     amp: bool = _f(False, "mixed precision (CUDA only; ignored with a warning on CPU)")
     ema: bool = _f(False, "keep an exponential moving average of the weights and evaluate it")
     ema_decay: float = _f(0.9998, "EMA decay per step")
-    neg_pos_ratio: float = _f(3.0, "hard negative mining ratio")
-    match_iou: float = _f(0.5, "anchor/ground-truth IoU for a positive match")
-    # knowledge distillation (distill/kd; defaults are the papers' values)
-    kd: str = _f("none", "distillation methods joined by '+': gan (GAN-KD, the paper's method), soft (Hinton soft labels), "
-                 "fitnet (L2 hints), began (BEGAN discriminator), ab (activation-boundary pre-training); 'none': plain training")
+
+
+@dataclass
+class KDConfig:
+    """Knowledge distillation (distill/kd); the defaults are the papers' values. With ``methods`` 'none' the
+    run is plain training and nothing in this section changes it."""
+    methods: str = _f("none", "distillation methods joined by '+': gan (GAN-KD, the paper's method), soft (Hinton "
+                      "soft labels), fitnet (L2 hints), began (BEGAN discriminator), ab (activation-boundary "
+                      "pre-training); 'none': plain training", flag="kd")
     teacher: str | None = _f(None, "teacher checkpoint (best.pt / last.pt or its run folder); required with --kd")
-    kd_weights: dict = _f({}, "per-method loss weights as JSON, e.g. '{\"gan\": 1, \"soft\": 1}'; missing ones use "
-                          "gan 1, soft 1, fitnet 1, began 0.2 (b, text-nontext eq. 2), ab 1; weight 0 = same pipeline without the term")
-    kd_mbox_weight: float = _f(1.0, "lambda of GAN-KD loss (3): weight of the multibox loss in the student stage")
-    kd_temperature: float = _f(2.0, "soft-label KD temperature T (loss scaled by T^2)")
+    weights: dict[str, float] = _f({}, "per-method loss weights as JSON, e.g. '{\"gan\": 1, \"soft\": 1}'; missing "
+                                   "ones use gan 1, soft 1, fitnet 1, began 0.2 (b, text-nontext eq. 2), ab 1; weight "
+                                   "0 = same pipeline without the term", flag="kd_weights")
+    mbox_weight: float = _f(1.0, "lambda of GAN-KD loss (3): weight of the multibox loss in the student stage",
+                            flag="kd_mbox_weight")
+    temperature: float = _f(2.0, "soft-label KD temperature T (loss scaled by T^2)", flag="kd_temperature")
     ab_margin: float = _f(1.0, "activation-boundary margin u (text-nontext eq. 1)")
     ab_iters: int = _f(200, "activation-boundary pre-training iterations (only with --kd ...+ab)")
-    gan_lr: float = _f(5e-4, "fixed Adam learning rate of stages 1-3, student and discriminators (GAN-KD paper: 5e-4)")
+    gan_lr: float = _f(5e-4, "fixed Adam learning rate of stages 1-3, student and discriminators (GAN-KD paper: "
+                       "5e-4)")
     gan_threshold: float = _f(5e-4, "stage 2 ends when the epoch's mean adversarial loss is below this (paper: 5e-4)")
     gan_d_pretrain_iters: int = _f(75, "stage 1, discriminator pre-learning iterations (paper: 75)")
     gan_d_finetune_iters: int = _f(75, "stage 3, discriminator fine-tuning iterations (paper: 75)")
     gan_student_max_epochs: int = _f(10, "cap on the epochs of one stage-2 round when the threshold is not reached")
     gan_student_max_iters: int = _f(0, "if > 0: a stage-2 round ends after this many student iterations instead of "
                                     "--gan-student-max-epochs (keeps the frozen discriminators fresh on short runs)")
-    gan_conditional: bool = _f(False, "discriminators also see the input image, average-pooled to each map's size: the "
-                               "conditional D(x, y) of GAN-KD eq. (2) (Tables 2-3 draw the unconditional D(y))")
-    gan_post_epochs: int = _f(80, "stage 4, student post-learning epochs, counted in --epochs (paper: 180 adversarial + 80 post)")
+    gan_conditional: bool = _f(False, "discriminators also see the input image, average-pooled to each map's size: "
+                               "the conditional D(x, y) of GAN-KD eq. (2) (Tables 2-3 draw the unconditional D(y))")
+    gan_post_epochs: int = _f(80, "stage 4, student post-learning epochs, counted in --epochs (paper: 180 "
+                              "adversarial + 80 post)")
     gan_post_lr: float = _f(5e-4, "stage 4 SGD initial learning rate (paper: 5e-4)")
-    gan_post_step: int = _f(20, "stage 4: divide the learning rate by 1/--gan-post-gamma every N post epochs (paper: 20)")
+    gan_post_step: int = _f(20, "stage 4: divide the learning rate by 1/--gan-post-gamma every N post epochs "
+                            "(paper: 20)")
     gan_post_gamma: float = _f(0.1, "stage 4 step decay factor (paper: 0.1)")
-    disc_max_width: int | None = _f(None, "cap on discriminator hidden widths (None: the teacher's map widths, Tables 2-3)")
+    disc_max_width: int | None = _f(None, "cap on discriminator hidden widths (None: the teacher's map widths, "
+                                    "Tables 2-3)")
     began_gamma: float = _f(0.75, "BEGAN equilibrium n (text-nontext eq. 6)")
     began_fk: float = _f(1e-3, "BEGAN k_t learning rate f_k (text-nontext eq. 6)")
-    kd_collapse_patience: int = _f(3, "student epochs with the discriminators pinned at 100 %% accuracy before recovery")
-    kd_max_skips: int = _f(5, "consecutive non-finite steps skipped before rolling back to the last good state")
-    # postprocess (EfficientNMS semantics; copied into every export's sidecar)
-    score_threshold: float = _f(0.01, "postprocess: minimum class score")
-    iou_threshold: float = _f(0.45, "postprocess: NMS IoU threshold")
-    max_detections: int = _f(100, "postprocess: detections kept per image")
-    pre_nms_top_k: int = _f(4096, "postprocess: candidates per image before NMS")
-    class_agnostic: bool = _f(False, "postprocess: NMS across classes")
-    # run
+    collapse_patience: int = _f(3, "student epochs with the discriminators pinned at 100 %% accuracy before "
+                                "recovery", flag="kd_collapse_patience")
+    max_skips: int = _f(5, "consecutive non-finite steps skipped before rolling back to the last good state",
+                        flag="kd_max_skips")
+    lr: float | None = _f(None, "Adam learning rate of the distillation terms' own optimizer state (None: --gan-lr); "
+                          "the detection terms keep theirs, so no distillation term can shrink the detection step",
+                          flag="kd_lr")
+    gan_d_lr: float | None = _f(None, "discriminators' Adam learning rate, betas 0.5 / 0.999 (None: --gan-lr)")
+    gan_disc_output: str = _f("patch", "discriminator outputs: 'patch' (the GAN-KD text: 3x3 maps for DNet1-4, 2x2 "
+                              "for DNet5 at 300 px) or 'table' (Tables 2-3 read literally: one logit per image)",
+                              choices=("patch", "table"))
+    gan_loss: str = _f("bce", "adversarial loss: 'bce' (GAN-KD eq. 2) or 'lsgan' (least squares, Mao et al. 2017)",
+                       choices=("bce", "lsgan"))
+    gan_real_label: float = _f(1.0, "discriminator target for teacher maps (1: eq. 2; 0.9: one-sided label smoothing)")
+    gan_warmup: float = _f(0.0, "fraction of the adversarial stages' student iterations over which the distillation "
+                           "step ramps from 0 to --kd-lr (0: none, as in the paper)")
+    gan_post_weight_decay: float = _f(5e-4, "stage 4 SGD weight decay (SSD's 5e-4)")
+    adapters: str = _f("all", "1x1 adapters on the student maps: 'all' (learnable on all six maps, identity-initialised "
+                       "where widths match) or 'mismatch' (only where widths differ)", flag="kd_adapters",
+                       choices=("all", "mismatch"))
+    standardize: bool = _f(True, "standardise teacher and adapted student maps per channel with the teacher's frozen "
+                           "statistics before discriminators and feature losses", flag="kd_standardize")
+    rec_maps: list[int] = _f([0, 1], "--kd ...+rec: feature maps of GAN-KD eq. (1)'s reconstruction term (0: the "
+                             "highest resolution)")
+    rec_loss: str = _f("pearson", "--kd ...+rec: 'pearson' (1 - correlation) or 'mse' (standardised MSE)",
+                       choices=("pearson", "mse"))
+    rec_masked: bool = _f(False, "--kd ...+rec: only the cells inside ground-truth boxes (fine-grained feature "
+                          "imitation, Wang et al. 2019)")
+    rec_init_ratio: float = _f(0.75, "--kd ...+rec: the term is scaled once, at its first step, to this multiple of "
+                               "the detection loss")
+    clip_grad: float | None = _f(None, "distillation runs: max gradient norm of every optimizer step (None: no "
+                                 "clipping, as in the paper)", flag="kd_clip_grad")
+
+
+# The nms section is the runtime's own NMSConfig (the sidecar schema); its fields' help texts:
+NMS_HELP: dict[str, str] = {
+    "score_threshold": "postprocess: minimum class score", "iou_threshold": "postprocess: NMS IoU threshold",
+    "max_detections": "postprocess: detections kept per image",
+    "pre_nms_top_k": "postprocess: candidates per image before NMS",
+    "class_agnostic": "postprocess: NMS across classes",
+}
+
+
+@dataclass
+class RunConfig:
+    """Where the run lives and how it is driven (output folder, seed, device, evaluation cadence, sources)."""
     out: str | None = _f(None, "run folder (default: runs/<model>)")
     seed: int = _f(0, "random seed (data order, augmentation, init)")
     device: str = _f("auto", "'auto', 'cpu', 'cuda' or 'cuda:N'")
-    workers: int = _f(2, "data-loading worker processes")
     eval_every: int = _f(1, "evaluate every N epochs (and always after the last)")
     eval_images: int | None = _f(None, "evaluate on at most this many validation images (None: all)")
     resume: str | None = _f(None, "run folder (or last.pt) to continue exactly where it stopped")
     preset: str | None = _f(None, "named recipe: smoke, quick, ablate, voc, coco (see distill/presets.py)")
     config: str | None = _f(None, "YAML file with any of these keys")
+    select_best: bool = _f(True, "keep the epoch with the best validation mAP as best.pt (--no-select-best: the last "
+                           "epoch, so a reported number is not selected on the reported images)")
 
-    def nms(self):
-        from runtime.metadata import NMSConfig
-        cfg = NMSConfig(score_threshold=self.score_threshold, iou_threshold=self.iou_threshold,
-                        max_detections=self.max_detections, pre_nms_top_k=self.pre_nms_top_k,
-                        class_agnostic=self.class_agnostic)
-        cfg.validate()
+
+SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "kd": KDConfig,
+                             "nms": NMSConfig, "run": RunConfig}
+
+
+@dataclass
+class TrainConfig:
+    """The resolved configuration of one training run (see the module docstring)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    kd: KDConfig = field(default_factory=KDConfig)
+    nms: NMSConfig = field(default_factory=NMSConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "config") -> TrainConfig:
+        """A config from a flat (flag names), nested (sections) or mixed mapping; missing keys take their
+        defaults. ValueError naming ``source`` and the key on an unknown key or a value of the wrong type."""
+        flat = flatten_config(d, source)
+        nested = nest_config({k: _coerce(k, v) for k, v in flat.items()})
+        cfg = cls(**{name: section(**nested.get(name, {})) for name, section in SECTIONS.items()})
+        cfg.nms.validate()
         return cfg
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Nested plain dict, one key per section (what ``config.yaml`` and checkpoints hold)."""
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+
+    def to_flat(self) -> dict[str, Any]:
+        """Flat plain dict keyed by flag name, in ``--help`` order (for comparing and printing)."""
+        return {name: copy.deepcopy(getattr(getattr(self, f.section), f.field)) for name, f in FLAGS.items()}
+
+    def replace(self, **flags: Any) -> TrainConfig:
+        """A copy with some flags changed (flag names; values coerced as on the command line)."""
+        return TrainConfig.from_dict({**self.to_flat(), **flags}, "replace()")
 
 
-FIELD_NAMES = [f.name for f in fields(TrainConfig)]
+@dataclass(frozen=True)
+class Flag:
+    """One command-line flag ``--NAME`` (underscores written as dashes): sets ``cfg.<section>.<field>``."""
+    name: str
+    section: str
+    field: str
+    help: str
+    choices: tuple[str, ...] | None = None
 
 
-def check_keys(d: dict, source: str) -> None:
-    for k in d:
-        if k not in FIELD_NAMES:
-            close = difflib.get_close_matches(k, FIELD_NAMES, n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise ValueError(f"{source}: unknown config key '{k}'.{hint}")
+def _flag_table() -> dict[str, Flag]:
+    table: dict[str, Flag] = {}
+    for section, cls in SECTIONS.items():
+        for f in fields(cls):
+            meta = f.metadata if "help" in f.metadata else {"help": NMS_HELP[f.name]}
+            name = meta.get("flag") or f.name
+            table[name] = Flag(name, section, f.name, meta["help"], meta.get("choices"))
+    return table
+
+
+# Flat flag name -> (section, field, help): the one table between the command line / presets / flat YAML
+# and the sections, in --help order (section by section).
+FLAGS: dict[str, Flag] = _flag_table()
+_FLAG_OF: dict[tuple[str, str], str] = {(f.section, f.field): f.name for f in FLAGS.values()}
+
+
+def _field(flag: Flag) -> dataclasses.Field:
+    return next(f for f in fields(SECTIONS[flag.section]) if f.name == flag.field)
+
+
+def flag_default(name: str) -> Any:
+    """The dataclass default of flag ``name`` (a fresh copy for lists and dicts)."""
+    f = _field(FLAGS[name])
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
+def flatten_config(d: dict[str, Any], source: str = "config") -> dict[str, Any]:
+    """Flat, nested or mixed mapping -> flat dict keyed by flag name; values are not checked.
+
+    A key that names a section and holds a mapping is a section (``optim: {lr: 0.1}``); any other key is a
+    flag name (``lr: 0.1``; the flat ``model`` / ``data`` / ``kd`` flags hold strings). ValueError naming
+    ``source`` on an unknown key (with a did-you-mean) or a key given twice.
+    """
+    if not isinstance(d, dict):
+        raise ValueError(f"{source}: expected a mapping of config keys, got {type(d).__name__}")
+    flat: dict[str, Any] = {}
+    for key, value in d.items():
+        if key in SECTIONS and isinstance(value, dict):
+            items = [(_flag_name(key, k, source), v) for k, v in value.items()]
+        elif key in FLAGS:
+            items = [(key, value)]
+        else:
+            raise ValueError(f"{source}: unknown config key '{key}'.{did_you_mean(str(key), [*FLAGS, *SECTIONS])}")
+        for name, v in items:
+            if name in flat:
+                raise ValueError(f"{source}: config key '{name}' is given twice")
+            flat[name] = v
+    return flat
+
+
+def _flag_name(section: str, key: str, source: str) -> str:
+    if (section, key) not in _FLAG_OF:
+        names = [f.name for f in fields(SECTIONS[section])]
+        raise ValueError(f"{source}: unknown config key '{section}.{key}'.{did_you_mean(str(key), names)}")
+    return _FLAG_OF[(section, key)]
+
+
+def nest_config(d: dict[str, Any], source: str = "config") -> dict[str, dict[str, Any]]:
+    """Flat, nested or mixed mapping -> nested dict (sections in order, only the keys given); values unchecked."""
+    nested: dict[str, dict[str, Any]] = {}
+    for name, value in flatten_config(d, source).items():
+        flag = FLAGS[name]
+        nested.setdefault(flag.section, {})[flag.field] = value
+    return {s: nested[s] for s in SECTIONS if s in nested}
 
 
 def _coerce(name: str, value: Any) -> Any:
-    """Type-check a value against the field's declared type (YAML gives ints for floats etc.)."""
-    f = next(f for f in fields(TrainConfig) if f.name == name)
-    t = str(f.type)
+    """Check a flag's value against its field's declared type (YAML gives ints for floats, the CLI strings)."""
+    f = _field(FLAGS[name])
+    t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
     if value is None:
         if "None" not in t:
             raise ValueError(f"config key '{name}' cannot be null")
         return None
     try:
-        if t.startswith("bool"):
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError
-                return value.lower() in ("true", "1", "yes")
-            return bool(value)
-        if t.startswith("int"):
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        if t.startswith("float"):
-            return float(value)
-        if t.startswith("dict"):
-            v = json.loads(value) if isinstance(value, str) else value
-            if not isinstance(v, dict):
-                raise ValueError
-            return v
-        if t.startswith("list"):
-            v = json.loads(value) if isinstance(value, str) and value.strip().startswith("[") else value
-            if isinstance(v, str):
-                v = [float(x) if "." in x else int(x) for x in v.split(",") if x.strip()]
-            return list(v)
-        return str(value)
+        return _CONVERT[t.split("[")[0].split(" ")[0]](value)
     except (ValueError, TypeError, json.JSONDecodeError):
         raise ValueError(f"config key '{name}': cannot use {value!r} as {t}") from None
 
 
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, str):
+        if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError
+        return value.lower() in ("true", "1", "yes")
+    return bool(value)
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError
+    return int(value)
+
+
+def _to_dict(value: Any) -> dict:
+    v = json.loads(value) if isinstance(value, str) else value
+    if not isinstance(v, dict):
+        raise ValueError
+    return dict(v)
+
+
+def _to_list(value: Any) -> list:
+    v = json.loads(value) if isinstance(value, str) and value.strip().startswith("[") else value
+    if isinstance(v, str):
+        v = [float(x) if "." in x else int(x) for x in v.split(",") if x.strip()]
+    return list(v)
+
+
+_CONVERT = {"bool": _to_bool, "int": _to_int, "float": float, "dict": _to_dict, "list": _to_list, "str": str}
+
+
 def build_parser(prog: str = "python -m distill.train", description: str | None = None) -> argparse.ArgumentParser:
+    """One flag per :data:`FLAGS` row; parsed values are flat (flag names) and only those the user gave."""
     p = argparse.ArgumentParser(prog=prog, description=description,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        kw = {"help": f.metadata["help"], "default": argparse.SUPPRESS}
-        if str(f.type).startswith("bool"):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+    for flag in FLAGS.values():
+        option = "--" + flag.name.replace("_", "-")
+        help_text = flag.help if "default" in flag.help else f"{flag.help} (default: {flag_default(flag.name)})"
+        kw: dict[str, Any] = {"help": help_text, "default": argparse.SUPPRESS}
+        if _field(flag).type == "bool":
+            p.add_argument(option, action=argparse.BooleanOptionalAction, **kw)
         else:
-            if "choices" in f.metadata:
-                kw["choices"] = f.metadata["choices"]
-            p.add_argument(flag, metavar=f.name.upper(), **kw)
-        if "default" not in f.metadata["help"]:
-            p._option_string_actions[flag].help += f" (default: {default})"
+            if flag.choices:
+                kw["choices"] = list(flag.choices)
+            p.add_argument(option, metavar=flag.name.upper(), **kw)
     return p
 
 
-def resolve(cli: dict, presets: dict[str, dict]) -> TrainConfig:
-    """defaults <- preset <- YAML <- command line. ``cli`` holds only the flags the user gave."""
-    yaml_d: dict = {}
+def _read_yaml(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise ValueError(f"{what}: file not found: {path}")
+    try:
+        d = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{what}: {path} is not valid YAML: {e}") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{what}: {path} must hold a mapping of config keys, got {type(d).__name__}")
+    return d
+
+
+def resolve(cli: dict[str, Any], presets: dict[str, dict]) -> TrainConfig:
+    """defaults <- preset <- YAML <- command line. ``cli`` holds only the flags the user gave (flag names)."""
+    yaml_d: dict[str, Any] = {}
     if cli.get("config"):
         path = Path(cli["config"])
-        if not path.is_file():
-            raise ValueError(f"--config: file not found: {path}")
-        try:
-            yaml_d = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ValueError(f"--config: {path} is not valid YAML: {e}") from None
-        if not isinstance(yaml_d, dict):
-            raise ValueError(f"--config: {path} must hold a mapping of config keys, got {type(yaml_d).__name__}")
-        check_keys(yaml_d, str(path))
+        yaml_d = flatten_config(_read_yaml(path, "--config"), str(path))
     preset_name = cli.get("preset") or yaml_d.get("preset")
-    preset_d = {}
+    preset_d: dict[str, Any] = {}
     if preset_name:
         if preset_name not in presets:
-            close = difflib.get_close_matches(preset_name, presets, n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise ValueError(f"unknown preset '{preset_name}'.{hint} Available: {', '.join(sorted(presets))}")
+            raise unknown_name_error("preset", preset_name, sorted(presets))
         preset_d = presets[preset_name]
-    merged = {**preset_d, **yaml_d, **cli}
-    check_keys(merged, "command line")
-    cfg = TrainConfig(**{k: _coerce(k, v) for k, v in merged.items()})
-    cfg.preset = preset_name
+    cfg = TrainConfig.from_dict({**preset_d, **yaml_d, **flatten_config(cli, "command line")}, "command line")
+    cfg.run.preset = preset_name
     return cfg
 
 
 def save_yaml(cfg: TrainConfig, path: Path) -> None:
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    tmp.replace(path)
+    """The resolved config, nested by section, written atomically."""
+    write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def load_yaml(path: Path) -> TrainConfig:
-    d = yaml.safe_load(Path(path).read_text()) or {}
-    check_keys(d, str(path))
-    return TrainConfig(**{k: _coerce(k, v) for k, v in d.items()})
+    """A run's ``config.yaml``: nested (written now) or flat (written before sections existed)."""
+    path = Path(path)
+    return TrainConfig.from_dict(_read_yaml(path, "config"), str(path))

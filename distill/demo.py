@@ -7,13 +7,13 @@ applies to both runs.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-import yaml
+from runtime.atomic import write_json_atomic
 
-from runtime.metadata import write_json_atomic
-
-from .config import resolve
+from .config import TrainConfig, load_yaml, resolve
 from .presets import PRESETS
 
 DEMO_ROOT = Path("runs/demo")
@@ -26,14 +26,19 @@ TEACHER_SCRATCH = {"model": "ssd_darknet53", "model_kwargs": {"width_mult": 0.5}
 STUDENT = {"model": "ssdlite_mobilenetv2", "model_kwargs": {}}
 # The student's distillation: GAN-KD (the 4-stage schedule scaled by the preset).
 STUDENT_KD = {"kd": "gan"}
+# Keys that say where and how a run was executed, not what it trained: ignored when reusing a run.
+RUN_ONLY = {"data": ("workers",), "run": ("device", "out", "resume", "config")}
 
 
-def teacher_role() -> dict:
+def teacher_role() -> dict[str, Any]:
+    """The demo teacher: ImageNet-initialised MobileNetV2 SSD when its weights are installed, else DarkNet-53."""
     from .models import find_offline_backbone_weights
     return TEACHER_PRETRAINED if find_offline_backbone_weights(TEACHER_PRETRAINED["model"]) else TEACHER_SCRATCH
 
 
-def stage_config(cli: dict, role: dict, out: Path, extra: dict | None = None):
+def stage_config(cli: dict[str, Any], role: dict[str, Any], out: Path,
+                 extra: dict[str, Any] | None = None) -> TrainConfig:
+    """The config of one demo run: the quick preset, ``role``'s model, ``extra`` flags, then ``cli`` on top."""
     from .models import find_offline_backbone_weights
     args = {"preset": "quick", **(extra or {}), **cli}
     preset = PRESETS[args["preset"]] if args["preset"] in PRESETS else {}
@@ -47,37 +52,49 @@ def stage_config(cli: dict, role: dict, out: Path, extra: dict | None = None):
     return resolve({**args, "model": role["model"], "model_kwargs": kwargs, "out": str(out)}, PRESETS)
 
 
-def finished_run(out: Path, cfg) -> dict | None:
-    """The summary of a finished run in ``out`` trained with exactly ``cfg`` (modulo output-only keys)."""
+def finished_run(out: Path, cfg: TrainConfig) -> dict | None:
+    """The summary of a finished run in ``out`` trained with exactly ``cfg`` (modulo where and how it ran).
+
+    The saved ``config.yaml`` may be flat (written before the config had sections); keys added to the config
+    since that run take their defaults. A plain run ignores the distillation settings (e.g. the demo's teacher).
+    """
     if not (out / "summary.json").is_file() or not (out / "best.pt").is_file():
         return None
-    from .config import TrainConfig
-    from .kd import KD_FIELDS
-    saved = yaml.safe_load((out / "config.yaml").read_text())
-    ignore = {"workers", "device", "out", "resume", "config"}
-    if cfg.kd == "none":            # distillation settings cannot change a plain run (e.g. the teacher)
-        ignore |= set(KD_FIELDS)
-    defaults = TrainConfig().to_dict()  # keys added to the config after that run was trained take their defaults
-    mine = {k: v for k, v in cfg.to_dict().items() if k not in ignore}
-    theirs = {k: saved.get(k, defaults[k]) for k in mine}
-    if json.dumps(mine, sort_keys=True) != json.dumps(theirs, sort_keys=True):
+    try:
+        saved = load_yaml(out / "config.yaml")
+    except ValueError:
+        return None                  # a config this code cannot read is not this run
+    plain = cfg.kd.methods == "none"
+    if _what_it_trains(saved, plain) != _what_it_trains(cfg, plain):
         return None
     return json.loads((out / "summary.json").read_text())
 
 
-def run_demo(cli: dict) -> list[dict]:
-    from .train import fit
+def _what_it_trains(cfg: TrainConfig, plain: bool) -> str:
+    d = cfg.to_dict()
+    if plain:                        # distillation settings cannot change a plain run
+        d["kd"] = {"methods": d["kd"]["methods"]}
+    for section, keys in RUN_ONLY.items():
+        for k in keys:
+            d[section].pop(k)
+    return json.dumps(d, sort_keys=True)
+
+
+def run_demo(cli: dict[str, Any], fit: Callable[[TrainConfig], dict]) -> list[dict]:
+    """Teacher then distilled student under ``root = cli["out"]`` (default runs/demo); ``cli``: flat flags given
+    on the command line. ``fit(cfg) -> summary`` trains one run (distill.train.fit). Returns both summaries."""
     root = Path(cli.pop("out", DEMO_ROOT))
     t_cfg = stage_config(cli, teacher_role(), root / "teacher")
     teacher = finished_run(root / "teacher", t_cfg)
     if teacher is None:
-        print(f"[1/2] training the teacher {t_cfg.model} -> {t_cfg.out}")
+        print(f"[1/2] training the teacher {t_cfg.model.name} -> {t_cfg.run.out}")
         teacher = fit(t_cfg)
     else:
-        print(f"[1/2] teacher: reusing the finished run in {t_cfg.out}")
+        print(f"[1/2] teacher: reusing the finished run in {t_cfg.run.out}")
     kd = {**STUDENT_KD, "teacher": str(root / "teacher" / "best.pt")}
     s_cfg = stage_config(cli, STUDENT, root / "student", extra=kd)
-    print(f"[2/2] distilling the student {s_cfg.model} from the teacher with --kd {s_cfg.kd} -> {s_cfg.out}")
+    print(f"[2/2] distilling the student {s_cfg.model.name} from the teacher with --kd {s_cfg.kd.methods} "
+          f"-> {s_cfg.run.out}")
     student = fit(s_cfg)
     teacher = {**teacher, "run": "teacher"}
     student = {**student, "run": "student"}

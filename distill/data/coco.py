@@ -13,14 +13,14 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any
 
 import numpy as np
 
 from distill.data.dataset import BadSampleReporter, ImageRecord, clip_box_xyxy
+from runtime.datasets import read_coco_json
 
 _IMAGE_FIELDS = "{id: int, file_name: str, width: int > 0, height: int > 0}"
 _ANN_FIELDS = ("{id: int, image_id: int, category_id: int, bbox: [x, y, w, h] finite numbers, "
@@ -35,28 +35,8 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def read_json(path: Path) -> Dict[str, Any]:
-    if not path.is_file():
-        raise ValueError(f"COCO annotation file not found: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object with 'images', 'annotations' and "
-                         f"'categories', got {type(data).__name__}")
-    for key in ("images", "categories"):
-        if not isinstance(data.get(key), list):
-            raise ValueError(f"{path}: expected a list under '{key}', got "
-                             f"{type(data.get(key)).__name__}")
-    if not isinstance(data.get("annotations", []), list):
-        raise ValueError(f"{path}: expected a list under 'annotations', got "
-                         f"{type(data['annotations']).__name__}")
-    return data
-
-
-def _categories(path: Path, cats: List[Any]) -> Tuple[List[str], List[int]]:
-    seen: Dict[int, str] = {}
+def _categories(path: Path, cats: list[Any]) -> tuple[list[str], list[int]]:
+    seen: dict[int, str] = {}
     for i, c in enumerate(cats):
         if not (isinstance(c, dict) and _is_int(c.get("id")) and isinstance(c.get("name"), str)):
             raise ValueError(f"{path}: categories[{i}] = {c!r}; expected {{id: int, name: str}}")
@@ -70,17 +50,17 @@ def _categories(path: Path, cats: List[Any]) -> Tuple[List[str], List[int]]:
 
 
 def load_coco(ann_file: str | Path, img_dir: str | Path, report: BadSampleReporter
-              ) -> Tuple[List[ImageRecord], List[str], List[int]]:
+              ) -> tuple[list[ImageRecord], list[str], list[int]]:
     """Parse and validate a COCO json. Returns ``(records in json image order, class_names,
     category_ids)``; see the module docstring for the rules."""
     ann_file, img_dir = Path(ann_file), Path(img_dir)
-    data = read_json(ann_file)
+    data = read_coco_json(ann_file)
     class_names, category_ids = _categories(ann_file, data["categories"])
     label_of = {cid: i + 1 for i, cid in enumerate(category_ids)}
     if not img_dir.is_dir():
         raise ValueError(f"image folder not found: {img_dir} (for {ann_file})")
 
-    records: Dict[int, ImageRecord] = {}
+    records: dict[int, ImageRecord] = {}
     listed: set = set()  # image ids present in the json, even if skipped
     for i, im in enumerate(data["images"]):
         if not (isinstance(im, dict) and _is_int(im.get("id")) and isinstance(im.get("file_name"), str)
@@ -99,7 +79,7 @@ def load_coco(ann_file: str | Path, img_dir: str | Path, report: BadSampleReport
             continue
         records[iid] = ImageRecord(iid, im["file_name"], path, im["width"], im["height"])
 
-    per_image: Dict[int, List[Tuple[Tuple[float, ...], int, bool, float, int]]] = {}
+    per_image: dict[int, list[tuple[tuple[float, ...], int, bool, float, int]]] = {}
     for i, a in enumerate(data.get("annotations", [])):
         where = f"{ann_file}: annotations[{i}]"
         if isinstance(a, dict) and "id" in a:

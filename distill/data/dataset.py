@@ -13,15 +13,14 @@ dataset's own id of label ``L``.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torchvision import tv_tensors
 
 from distill.data.transforms import AUGMENT_POLICIES, build_train_transform
+from runtime.annotations import ImageRecord, clip_box_xyxy, records_coco_gt  # noqa: F401 (re-exported)
 from runtime.preprocess import load_image
 
 ON_BAD_SAMPLE = ("error", "skip")
@@ -39,7 +38,7 @@ class BadSampleReporter:
         if mode not in ON_BAD_SAMPLE:
             raise ValueError(f"on_bad_sample must be one of {list(ON_BAD_SAMPLE)}, got {mode!r}")
         self.mode = mode
-        self.counts: Dict[str, int] = {}
+        self.counts: dict[str, int] = {}
 
     def __call__(self, reason: str, message: str) -> None:
         if self.mode == "error":
@@ -50,44 +49,6 @@ class BadSampleReporter:
             suffix = (f" (further '{reason}' warnings are suppressed, see bad_samples)"
                       if n == _MAX_WARNINGS_PER_REASON else "")
             warnings.warn(f"skipped ({reason}): {message}{suffix}", stacklevel=3)
-
-
-@dataclass
-class ImageRecord:
-    """One image and its validated annotations.
-
-    ``boxes`` float32 [M, 4] xyxy absolute pixels of the original image, clipped to it;
-    ``labels`` int64 [M] in 1..C; ``ignore`` bool [M] (COCO crowd / VOC difficult);
-    ``areas`` float32 [M] (the source's area when it has one, else the clipped box area);
-    ``ann_ids`` the source's annotation ids (COCO ids, or object index in the VOC xml).
-    """
-
-    image_id: int
-    file_name: str
-    path: Path
-    width: int
-    height: int
-    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
-    labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
-    ignore: np.ndarray = field(default_factory=lambda: np.zeros((0,), bool))
-    areas: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float32))
-    ann_ids: List[int] = field(default_factory=list)
-
-
-def clip_box_xyxy(x1: float, y1: float, x2: float, y2: float, width: int, height: int
-                  ) -> Tuple[Optional[Tuple[float, float, float, float]], str]:
-    """Clip an xyxy box to ``[0, width] x [0, height]``.
-
-    Returns ``(clipped box, "")`` or ``(None, reason)`` with reason ``"box_outside_image"`` (no
-    overlap at all) or ``"degenerate_box"`` (zero/negative area after clipping).
-    """
-    if x1 >= width or y1 >= height or x2 <= 0 or y2 <= 0:
-        return None, "box_outside_image"
-    cx1, cy1 = max(x1, 0.0), max(y1, 0.0)
-    cx2, cy2 = min(x2, float(width)), min(y2, float(height))
-    if cx2 <= cx1 or cy2 <= cy1:
-        return None, "degenerate_box"
-    return (cx1, cy1, cx2, cy2), ""
 
 
 class DetectionDataset(torch.utils.data.Dataset):
@@ -102,13 +63,13 @@ class DetectionDataset(torch.utils.data.Dataset):
                  category_ids: Sequence[int], *, train: bool, img_size: int,
                  mean: Sequence[float], std: Sequence[float], augment: bool | str = True,
                  on_bad_sample: str = "error", name: str = "dataset",
-                 bad_samples: Optional[Dict[str, int]] = None, zoom_out_max: float = 4.0):
+                 bad_samples: dict[str, int] | None = None, zoom_out_max: float = 4.0):
         if len(class_names) != len(category_ids):
             raise ValueError(f"{len(class_names)} class names but {len(category_ids)} category ids")
         self.records = list(records)
-        self.class_names: List[str] = list(class_names)
-        self.category_ids: List[int] = [int(c) for c in category_ids]
-        self.image_ids: List[int] = [r.image_id for r in self.records]
+        self.class_names: list[str] = list(class_names)
+        self.category_ids: list[int] = [int(c) for c in category_ids]
+        self.image_ids: list[int] = [r.image_id for r in self.records]
         self.train = bool(train)
         # True/"ssd": the full SSD recipe; "light": photometric + flip only; False/"none": resize only.
         policy = ("ssd" if augment else "none") if isinstance(augment, bool) else augment
@@ -135,7 +96,7 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     # ---------------------------------------------------------------- bookkeeping
     @property
-    def bad_samples(self) -> Dict[str, int]:
+    def bad_samples(self) -> dict[str, int]:
         """reason -> count of skipped items/annotations (construction and __getitem__)."""
         return self._reporter.counts
 
@@ -152,7 +113,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         return len(self.records)
 
     # ---------------------------------------------------------------- items
-    def _load(self, index: int) -> Optional[np.ndarray]:
+    def _load(self, index: int) -> np.ndarray | None:
         rec = self.records[index]
         try:
             img = load_image(rec.path)  # raises ValueError naming the file
@@ -209,7 +170,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         }
 
     # ---------------------------------------------------------------- evaluation
-    def coco_gt(self) -> Dict[str, Any]:
+    def coco_gt(self) -> dict[str, Any]:
         """Ground truth as a COCO dict for pycocotools (``COCO(); .dataset = d; .createIndex()``).
 
         images: id/width/height/file_name; annotations: bbox xywh in ORIGINAL pixels (clipped),
@@ -218,20 +179,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         id 0 as "unmatched"). Images skipped as unreadable are still listed: their boxes count as
         missed, which is the honest score.
         """
-        images, annotations = [], []
-        for rec in self.records:
-            images.append({"id": rec.image_id, "width": rec.width, "height": rec.height,
-                           "file_name": rec.file_name})
-            for box, label, ign, area in zip(rec.boxes, rec.labels, rec.ignore, rec.areas):
-                x1, y1, x2, y2 = (float(v) for v in box)
-                annotations.append({
-                    "id": len(annotations) + 1, "image_id": rec.image_id,
-                    "category_id": self.category_ids[int(label) - 1],
-                    "bbox": [x1, y1, x2 - x1, y2 - y1], "area": float(area),
-                    "iscrowd": int(bool(ign)),
-                })
-        categories = [{"id": c, "name": n} for c, n in zip(self.category_ids, self.class_names)]
-        return {"images": images, "annotations": annotations, "categories": categories}
+        return records_coco_gt(self.records, self.category_ids, self.class_names)
 
     def __repr__(self) -> str:
         return f"DetectionDataset({describe(self)})"

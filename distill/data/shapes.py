@@ -39,7 +39,6 @@ grid PNG with the boxes drawn).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -47,29 +46,25 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-#: Bumped whenever the drawing code changes what a given seed produces (part of the cache name).
-SHAPES_VERSION = 2
+# The on-disk layout (folder name, default parameters, split files) is shared with the evaluation
+# readers, which find this dataset without torch. Bump SHAPES_VERSION there whenever the drawing
+# code here changes what a given seed produces.
+from runtime.datasets import (  # noqa: F401 (re-exported)
+    DEFAULT_PARAMS, SHAPES_VERSION, SPLITS, dataset_name, resolve_params, split_paths,
+)
 
-CLASS_NAMES: Tuple[str, ...] = (
+CLASS_NAMES: tuple[str, ...] = (
     "circle", "square", "triangle", "star", "hexagon", "cross", "ring", "diamond",
 )
 #: COCO category ids of :data:`CLASS_NAMES`, in the same order.
-CATEGORY_IDS: Tuple[int, ...] = tuple(range(1, len(CLASS_NAMES) + 1))
+CATEGORY_IDS: tuple[int, ...] = tuple(range(1, len(CLASS_NAMES) + 1))
 
-DEFAULT_PARAMS: Dict[str, Any] = {
-    "num_train": 1500,
-    "num_val": 300,
-    "seed": 0,
-    "size_range": (160, 256),
-}
-
-SPLITS = ("train", "val")
 _SPLIT_CODE = {"train": 0, "val": 1}
 
 # Box-area ranges (px^2) for COCO's small / medium / large buckets; the large upper bound is
@@ -104,7 +99,7 @@ def _cross(arm: float = 1.0 / 3.0) -> np.ndarray:
                      (-a, a), (-1, a), (-1, -a), (-a, -a)], dtype=np.float64)
 
 
-_UNIT_SHAPES: Dict[str, Tuple[np.ndarray, Optional[np.ndarray]]] = {
+_UNIT_SHAPES: dict[str, tuple[np.ndarray, np.ndarray | None]] = {
     "circle": (_ngon(48), None),
     "square": (np.array([(-1, -1), (1, -1), (1, 1), (-1, 1)], dtype=np.float64), None),
     "triangle": (np.array([(0, -1), (1, 1), (-1, 1)], dtype=np.float64), None),
@@ -127,7 +122,7 @@ def _rotate(pts: np.ndarray, angle: float) -> np.ndarray:
 # Rasterisation and texturing
 # --------------------------------------------------------------------------------------------
 
-def _rasterise(polys: Sequence[Tuple[np.ndarray, int]], x0: int, y0: int, w: int, h: int,
+def _rasterise(polys: Sequence[tuple[np.ndarray, int]], x0: int, y0: int, w: int, h: int,
                ss: int) -> np.ndarray:
     """Antialiased coverage of polygons in the pixel window [x0, x0+w) x [y0, y0+h).
 
@@ -227,8 +222,8 @@ def _blob(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
     return pts + np.array([rng.uniform(0, w), rng.uniform(0, h)])
 
 
-def _paint(rng: np.random.Generator, canvas: np.ndarray, polys: List[Tuple[np.ndarray, int]]
-           ) -> Optional[Tuple[np.ndarray, int, int]]:
+def _paint(rng: np.random.Generator, canvas: np.ndarray, polys: list[tuple[np.ndarray, int]]
+           ) -> tuple[np.ndarray, int, int] | None:
     """Draw textured polygons onto ``canvas``; returns (coverage [h, w], x0, y0) or None if off-image."""
     H, W = canvas.shape[:2]
     outer = polys[0][0]
@@ -265,7 +260,7 @@ def _box_overlap(box: np.ndarray, others: Sequence[np.ndarray]) -> float:
 
 
 def _sample_object(rng: np.random.Generator, W: int, H: int, placed: Sequence[np.ndarray],
-                   bucket: int) -> Optional[Tuple[int, List[Tuple[np.ndarray, int]], np.ndarray]]:
+                   bucket: int) -> tuple[int, list[tuple[np.ndarray, int]], np.ndarray] | None:
     """Pick class, aspect, rotation and position of an object whose box area lies in size bucket
     ``bucket`` (index into ``_AREA_RANGES``); returns (label index, polys, box).
 
@@ -311,7 +306,7 @@ def _sample_object(rng: np.random.Generator, W: int, H: int, placed: Sequence[np
 
 
 def render_image(rng: np.random.Generator, size_range: Sequence[int] = (160, 256)
-                 ) -> Tuple[np.ndarray, List[Dict[str, Any]]]:
+                 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Draw one image.
 
     Returns ``(image uint8 [H, W, 3] RGB, objects)`` where each object is
@@ -330,7 +325,7 @@ def render_image(rng: np.random.Generator, size_range: Sequence[int] = (160, 256
 
     n = 0 if rng.uniform() < _P_EMPTY else int(rng.integers(1, _MAX_OBJECTS + 1))
     owner = np.full((H, W), -1, dtype=np.int16)
-    drawn: List[Tuple[int, np.ndarray, int]] = []  # (label, box, own pixel count)
+    drawn: list[tuple[int, np.ndarray, int]] = []  # (label, box, own pixel count)
     # Size buckets drawn up front and placed largest first, so that large objects still find room.
     for bucket in sorted(rng.integers(3, size=n).tolist(), reverse=True):
         obj = _sample_object(rng, W, H, [d[1] for d in drawn], bucket)
@@ -365,38 +360,13 @@ def render_image(rng: np.random.Generator, size_range: Sequence[int] = (160, 256
 # Dataset on disk
 # --------------------------------------------------------------------------------------------
 
-def resolve_params(**kwargs: Any) -> Dict[str, Any]:
-    """Defaults overridden by ``kwargs`` (``None`` values ignored); unknown keys are an error."""
-    unknown = sorted(set(kwargs) - set(DEFAULT_PARAMS))
-    if unknown:
-        raise ValueError(f"unknown shapes parameter(s) {unknown}; expected a subset of "
-                         f"{sorted(DEFAULT_PARAMS)}")
-    p = dict(DEFAULT_PARAMS)
-    p.update({k: v for k, v in kwargs.items() if v is not None})
-    p["num_train"], p["num_val"], p["seed"] = int(p["num_train"]), int(p["num_val"]), int(p["seed"])
-    sr = tuple(int(v) for v in p["size_range"])
-    if len(sr) != 2 or not (32 <= sr[0] <= sr[1]):
-        raise ValueError(f"size_range must be (min, max) with 32 <= min <= max, got {p['size_range']!r}")
-    p["size_range"] = sr
-    if p["num_train"] < 0 or p["num_val"] < 0:
-        raise ValueError(f"num_train/num_val must be >= 0, got {p['num_train']}/{p['num_val']}")
-    return p
-
-
-def dataset_name(params: Dict[str, Any]) -> str:
-    """``shapes-v<VERSION>-<10 hex digits of sha1(params)>``."""
-    blob = json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in sorted(params.items())},
-                      sort_keys=True)
-    return f"shapes-v{SHAPES_VERSION}-{hashlib.sha1(blob.encode()).hexdigest()[:10]}"
-
-
-def _box_to_coco(box: Sequence[float]) -> List[float]:
+def _box_to_coco(box: Sequence[float]) -> list[float]:
     x1, y1, x2, y2 = box
     return [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)]
 
 
-def write_split(out_dir: Path, split: str, num: int, params: Dict[str, Any],
-                progress: bool = True) -> Dict[str, Any]:
+def write_split(out_dir: Path, split: str, num: int, params: dict[str, Any],
+                progress: bool = True) -> dict[str, Any]:
     """Render ``num`` images of ``split`` into ``out_dir/split`` and return the COCO dict."""
     img_dir = out_dir / split
     img_dir.mkdir(parents=True, exist_ok=True)
@@ -421,13 +391,6 @@ def write_split(out_dir: Path, split: str, num: int, params: Dict[str, Any],
         "categories": [{"id": cid, "name": n, "supercategory": "shape"}
                        for cid, n in zip(CATEGORY_IDS, CLASS_NAMES)],
     }
-
-
-def split_paths(root: Path, split: str) -> Tuple[Path, Path]:
-    """(annotation json, image folder) of ``split`` inside a generated dataset ``root``."""
-    if split not in SPLITS:
-        raise ValueError(f"shapes split must be one of {list(SPLITS)}, got {split!r}")
-    return root / "annotations" / f"instances_{split}.json", root / split
 
 
 def ensure_shapes_dataset(data_root: str | os.PathLike = "data", *, progress: bool = True,
@@ -475,7 +438,7 @@ def preview_grid(root: Path, split: str = "train", n: int = 16, cols: int = 4,
     ann, img_dir = split_paths(root, split)
     coco = json.loads(ann.read_text())
     names = {c["id"]: c["name"] for c in coco["categories"]}
-    by_image: Dict[int, List[Dict[str, Any]]] = {}
+    by_image: dict[int, list[dict[str, Any]]] = {}
     for a in coco["annotations"]:
         by_image.setdefault(a["image_id"], []).append(a)
     imgs = coco["images"][:n]
@@ -493,7 +456,7 @@ def preview_grid(root: Path, split: str = "train", n: int = 16, cols: int = 4,
     return grid
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="data", help="data root; the dataset goes to OUT/shapes-v*-<hash>")
     ap.add_argument("--num-train", type=int, default=DEFAULT_PARAMS["num_train"])

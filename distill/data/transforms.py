@@ -15,7 +15,7 @@ pipeline minus that step.
 
 from __future__ import annotations
 
-from typing import Any, Sequence, Tuple
+from typing import Any, Sequence
 
 import torch
 from torchvision import tv_tensors
@@ -28,7 +28,7 @@ from torchvision.transforms import v2 as T
 AUGMENT_POLICIES = ("ssd", "light", "none")
 
 
-def labels_and_ignore(inputs: Any) -> Tuple[torch.Tensor, torch.Tensor]:
+def labels_and_ignore(inputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """``labels_getter`` for SanitizeBoundingBoxes: the per-box tensors that travel with boxes.
 
     Module-level (not a lambda) so the pipeline pickles into DataLoader workers.
@@ -37,7 +37,7 @@ def labels_and_ignore(inputs: Any) -> Tuple[torch.Tensor, torch.Tensor]:
     return target["labels"], target["ignore"]
 
 
-def _check_mean_std(mean: Sequence[float], std: Sequence[float]) -> Tuple[list, list]:
+def _check_mean_std(mean: Sequence[float], std: Sequence[float]) -> tuple[list, list]:
     mean, std = [float(v) for v in mean], [float(v) for v in std]
     if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
         raise ValueError(f"mean and std must be 3 RGB values in [0, 1] units with std > 0, "
@@ -47,7 +47,7 @@ def _check_mean_std(mean: Sequence[float], std: Sequence[float]) -> Tuple[list, 
 
 def build_train_transform(img_size: int, mean: Sequence[float], std: Sequence[float], *,
                           augment: bool = True, iou_crop: bool = True,
-                          zoom_out_side: Tuple[float, float] = (1.0, 4.0)) -> T.Compose:
+                          zoom_out_side: tuple[float, float] = (1.0, 4.0)) -> T.Compose:
     """The training pipeline for ``(image, target)`` (see the module docstring).
 
     ``augment=False``: only Resize + sanitize + ToDtype + Normalize (deterministic).

@@ -1,3 +1,6 @@
+"""Detectors: the SSD family, its anchors, box coder and matcher, and the model registry."""
+from __future__ import annotations
+
 from .anchors import DefaultBoxGenerator
 from .box_coder import BoxCoder
 from .matcher import Matcher

@@ -5,12 +5,13 @@ Builders hold the recipe constants and let the caller's kwargs win; ``None`` kwa
 """
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
+
+from runtime.errors import unknown_name_error
 
 from .anchors import SSDLITE_ASPECT_RATIOS, DefaultBoxGenerator
 from .darknet53 import DarkNet53Backbone
@@ -84,9 +85,7 @@ def ssd_resnet50(num_classes: int, min_ratio: float = 0.2, max_ratio: float = 0.
 
 def create_model(name: str, num_classes: int, **kwargs) -> SSD:
     if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, _REGISTRY, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ValueError(f"unknown model '{name}'.{hint} Available: {', '.join(list_models())}")
+        raise unknown_name_error("model", name, list_models())
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     try:
         return _REGISTRY[name](num_classes, **kwargs)

@@ -3,19 +3,20 @@ import json
 import yaml
 
 from distill.demo import finished_run, stage_config, teacher_role
-from distill.kd import KD_FIELDS
+from distill.config import FLAGS
 
 
 def test_cached_teacher_survives_new_distillation_config_keys(tmp_path):
     out = tmp_path / "teacher"
     cfg = stage_config({}, teacher_role(), out)
     out.mkdir()
-    saved = {k: v for k, v in cfg.to_dict().items() if k not in KD_FIELDS and k != "init_weights"}  # an older run
+    saved = {k: v for k, v in cfg.to_flat().items()   # an older run: flat, without the newer keys
+             if FLAGS[k].section != "kd" and k != "init_weights"}
     (out / "config.yaml").write_text(yaml.safe_dump(saved))
     (out / "summary.json").write_text(json.dumps({"mAP": 1.0}))
     (out / "best.pt").write_bytes(b"")
     assert finished_run(out, cfg) == {"mAP": 1.0}
-    saved["epochs"] = cfg.epochs + 1                          # a real difference still retrains
+    saved["epochs"] = cfg.optim.epochs + 1                          # a real difference still retrains
     (out / "config.yaml").write_text(yaml.safe_dump(saved))
     assert finished_run(out, cfg) is None
 
@@ -23,4 +24,4 @@ def test_cached_teacher_survives_new_distillation_config_keys(tmp_path):
 def test_demo_student_is_distilled_with_gan_kd(tmp_path):
     from distill.demo import STUDENT, STUDENT_KD
     cfg = stage_config({}, STUDENT, tmp_path / "student", extra={**STUDENT_KD, "teacher": "t.pt"})
-    assert cfg.kd == "gan" and cfg.teacher == "t.pt" and cfg.epochs > cfg.gan_post_epochs
+    assert cfg.kd.methods == "gan" and cfg.kd.teacher == "t.pt" and cfg.optim.epochs > cfg.kd.gan_post_epochs
