@@ -6,10 +6,23 @@ same seeds; only the distillation terms differ. The baseline is that pipeline wi
 Discriminator stages draw batches of their own, so for a given seed every method's student steps see the
 same batches with the same augmentations as the baseline's.
 
+Every run reports its LAST epoch (``--no-select-best``): picking the best epoch on the validation images
+that are then reported would favour whichever method has the noisiest curve.
+
 Writes to ``--out``: one run folder per (method, seed) -- finished ones are skipped on a re-run, stopped
-ones are resumed --, ``ablation.json`` (every run and the aggregates), ``ablation.md`` (mean +- std of
-mAP / AP50 / APs / APm / APl per method, the teacher on top, and the paper's Table 1 view: AP gain for
-small / medium / large objects relative to the baseline) and ``ablation.png`` (bar plot).
+ones are resumed, so a study can be stopped and continued across sessions --, ``ablation.json`` (every run,
+the aggregates and the paired statistics), ``ablation.md`` (mean +- std of mAP / AP50 / APs / APm / APl per
+method, the teacher on top; per-seed paired differences against the baseline with their mean +- std and
+a paired t-test p-value; the paper's Table 1 view: AP gain for small / medium / large objects) and
+``ablation.png`` (bar plot). ``--paired-against NAME`` adds the same paired statistics against another row
+(e.g. ``gan+soft`` against ``soft``).
+
+Converged-baseline protocol (the paper calls GAN-KD a regulariser of a trained student): train the
+baseline to its plateau once, then fine-tune from it with every method for the same number of iterations::
+
+    python -m distill.train --model ssdlite_mobilenetv2 --preset quick --epochs 12 --out runs/converged
+    python -m distill.ablate --teacher runs/demo/teacher/best.pt --init-weights runs/converged/best.pt \
+        --preset quick --methods baseline,gan,gan+rec --seeds 3 --out runs/ablate-finetune
 """
 from __future__ import annotations
 
@@ -23,7 +36,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from runtime.metadata import write_json_atomic
+from runtime.atomic import write_json_atomic, write_text_atomic
 
 from .config import resolve
 from .presets import PRESETS
@@ -37,19 +50,23 @@ class Method:
     label: str
     kd: str
     kd_weights: dict = field(default_factory=dict)
+    overrides: dict = field(default_factory=dict)      # further config flags of this row
 
 
 METHODS: tuple[Method, ...] = (
     Method("baseline", "baseline student (KD weight 0, same pipeline)", "gan", {"gan": 0.0}),
-    Method("fitnet", "FitNets L2 hints", "fitnet"),
     Method("soft", "soft labels (Hinton, T^2 KL)", "soft"),
-    Method("gan", "GAN-KD (paper: Tables 2-3, loss 3)", "gan"),
+    Method("gan", "GAN-KD as the paper writes it (patch D, loss 3)", "gan"),
     Method("gan+soft", "GAN-KD + soft labels", "gan+soft"),
+    Method("rec", "eq. (1)'s L_REC alone (GAN-KD + rec without its adversarial term)", "gan+rec", {"gan": 0.0}),
+    Method("gan+rec", "GAN-KD + L_REC (eq. 1)", "gan+rec"),
+    Method("gan+rec+soft", "GAN-KD + L_REC + soft labels", "gan+rec+soft"),
+    Method("rec+soft", "L_REC + soft labels (no adversarial term)", "gan+rec+soft", {"gan": 0.0}),
+    Method("gan-lsgan", "GAN-KD, least-squares GAN loss, warm-up", "gan", {}, {"gan_loss": "lsgan", "gan_warmup": 0.25}),
+    Method("gan-table", "GAN-KD, Tables 2-3 read literally (1x1 D outputs)", "gan", {}, {"gan_disc_output": "table"}),
+    Method("fitnet", "FitNets L2 hints", "fitnet"),
     Method("began", "BEGAN discriminator (k_t, eqs. 4-6)", "began"),
     Method("ab+gan", "activation-boundary init + GAN-KD", "ab+gan"),
-    # Loss (3) sums six BCE terms; below 300 px several maps are <= 2x2 (three at 256 px) and their
-    # discriminators can dominate the gradient. Averaging over the maps (weight 1/6) keeps lambda * L_MBOX in charge.
-    Method("gan-mean", "GAN-KD, adversarial sum averaged over the 6 maps", "gan", {"gan": 1 / 6}),
 )
 BY_NAME = {m.name: m for m in METHODS}
 
@@ -71,12 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ImageNet backbone weights of the student (default: the locally installed MobileNetV2 weights "
                         "when present; 'none': random init)")
     p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' (default: auto)")
+    p.add_argument("--paired-against", default=None,
+                   help="also report paired differences of every row against this row (e.g. soft), besides the baseline")
+    p.add_argument("--aggregate-only", action="store_true",
+                   help="train nothing: aggregate the finished runs found in --out (e.g. while a study is still going)")
     return p
 
 
 def run_config(args, method: Method, seed: int, out: Path):
     cli = {"preset": args.preset, "model": args.student, "kd": method.kd, "kd_weights": dict(method.kd_weights),
-           "teacher": args.teacher, "seed": seed, "out": str(out), "device": args.device}
+           "teacher": args.teacher, "seed": seed, "out": str(out), "device": args.device, "select_best": False,
+           **method.overrides}
     if args.config:
         cli["config"] = args.config
     if args.init_weights:
@@ -93,19 +115,19 @@ def run_config(args, method: Method, seed: int, out: Path):
 def teacher_row(args, cfg, out_root: Path) -> dict:
     """The teacher scored on the same validation images at the same input size (cached in teacher_eval.json)."""
     cache = out_root / "teacher_eval.json"
-    key = {"teacher": str(Path(args.teacher).resolve()), "img_size": cfg.img_size, "val": [cfg.data, cfg.shapes_val]}
+    key = {"teacher": str(Path(args.teacher).resolve()), "img_size": cfg.data.img_size, "val": [cfg.data.data, cfg.data.shapes_val]}
     if cache.is_file():
         saved = json.loads(cache.read_text())
         if saved.get("key") == key:
             return saved["metrics"]
     from .checkpoint import load_checkpoint, model_from_checkpoint
     from .engine import evaluate
-    from .train import build_datasets, pick_device
-    device = pick_device(cfg.device)
+    from .runs import build_datasets, pick_device
+    device = pick_device(cfg.run.device)
     _, val_set = build_datasets(cfg)
     ck = load_checkpoint(args.teacher)
     model = model_from_checkpoint(ck).to(device)
-    m = evaluate(model, val_set, device, img_size=cfg.img_size, mean=cfg.mean, std=cfg.std, nms_cfg=cfg.nms(),
+    m = evaluate(model, val_set, device, img_size=cfg.data.img_size, mean=cfg.data.mean, std=cfg.data.std, nms_cfg=cfg.nms,
                  desc="teacher eval")
     metrics = {k: m[k] for k in METRICS}
     write_json_atomic(cache, {"key": key, "metrics": metrics})
@@ -116,7 +138,7 @@ def run_one(cfg) -> dict:
     """Train (or resume, or skip) one run; returns its summary."""
     from .checkpoint import load_checkpoint
     from .train import fit
-    out = Path(cfg.out)
+    out = Path(cfg.run.out)
     if (out / "summary.json").is_file():
         return json.loads((out / "summary.json").read_text())
     if (out / "last.pt").is_file() and (out / "config.yaml").is_file():
@@ -155,6 +177,27 @@ def paired_gain(runs: dict[str, list[dict]], name: str, key: str = "mAP", base: 
     return [r[key] - b[r["seed"]] for r in runs.get(name, []) if r["seed"] in b]
 
 
+def paired_stats(runs: dict[str, list[dict]], name: str, base: str = "baseline", key: str = "mAP") -> dict:
+    """Paired differences ``name - base`` over the seeds both have: mean, std, n and the two-sided paired
+    t-test (scipy.stats.ttest_1samp of the differences against 0; p is None below 2 pairs or with no spread)."""
+    d = paired_gain(runs, name, key, base)
+    out = {"against": base, "metric": key, "diffs": d, "n": len(d)}
+    out["mean"], out["std"] = mean_std(d)
+    out["t"] = out["p"] = None
+    if len(d) >= 2 and out["std"] > 0:
+        from scipy import stats
+        res = stats.ttest_1samp(d, 0.0)
+        out["t"], out["p"] = float(res.statistic), float(res.pvalue)
+    return out
+
+
+def _fmt_paired(st: dict) -> str:
+    if not st["n"]:
+        return "n/a"
+    p = "" if st["p"] is None else f", p = {st['p']:.3f}"
+    return f"{st['mean']:+.2f} ± {st['std']:.2f} (n = {st['n']}{p})"
+
+
 def render_markdown(agg: dict, teacher: dict, order: list[str], meta: dict, runs: dict | None = None) -> str:
     lines = [f"# Distillation ablation ({meta['seeds']} seeds, preset `{meta['preset']}`, {meta['img_size']} px, "
              f"student `{meta['student']}`)", "",
@@ -184,12 +227,24 @@ def render_markdown(agg: dict, teacher: dict, order: list[str], meta: dict, runs
             verdict = "above" if g["mean"] - b["mean"] > spread else "NOT clearly above"
             lines += ["", f"GAN-KD vs baseline: {g['mean'] - b['mean']:+.2f} mAP points; largest seed std {spread:.2f} "
                       f"-> GAN-KD is {verdict} the baseline by more than the seeds' spread."]
-            if runs:
-                lines.append("Per seed (same data order and initialisation), method - baseline in mAP points: "
-                             + "; ".join(f"{n} " + ", ".join(f"{d:+.2f}" for d in paired_gain(runs, n))
-                                         for n in order if n != "baseline") + ".")
+    if runs and "baseline" in agg:
+        lines += paired_lines(runs, order, "baseline")
+    if runs and meta.get("paired_against") in agg:
+        lines += paired_lines(runs, order, meta["paired_against"])
     lines += ["", f"Wall time of all runs: {sum(a['minutes'] for a in agg.values()):.1f} min."]
     return "\n".join(lines) + "\n"
+
+
+def paired_lines(runs: dict, order: list[str], base: str) -> list[str]:
+    lines = ["", f"## Paired differences against `{base}` (same seed = same data order and initialisation)", "",
+             "| method | per seed, mAP points | mAP mean ± std (paired t-test) | AP50 mean ± std |", "|---|---|---|---|"]
+    for n in order:
+        if n == base:
+            continue
+        st, st50 = paired_stats(runs, n, base), paired_stats(runs, n, base, "AP50")
+        lines.append(f"| {n} | " + ", ".join(f"{d:+.2f}" for d in st["diffs"]) + f" | {_fmt_paired(st)} | "
+                     f"{_fmt_paired(st50)} |")
+    return lines
 
 
 def plot(agg: dict, teacher: dict, order: list[str], path: Path) -> None:
@@ -224,6 +279,25 @@ def print_table(agg: dict, teacher: dict, order: list[str]) -> None:
         print("  ".join(str(v).ljust(x) for v, x in zip(r, w)))
 
 
+def collect_runs(args, names: list[str], out_root: Path) -> dict[str, list[dict]]:
+    """Train (or resume, or skip) every (method, seed), seed-major, baseline and GAN-KD first: the first rows
+    already answer the main question. With ``--aggregate-only`` nothing trains: finished runs are read."""
+    runs: dict[str, list[dict]] = {n: [] for n in names}
+    first = [n for n in ("baseline", "gan") if n in names]
+    jobs = [(n, s) for s in range(args.seeds) for n in first + [n for n in names if n not in first]]
+    bar = tqdm(jobs, desc="ablation", dynamic_ncols=True)
+    for name, seed in bar:
+        bar.set_postfix(method=name, seed=seed)
+        cfg = run_config(args, BY_NAME[name], seed, out_root / name / f"seed{seed}")
+        summary = Path(cfg.run.out) / "summary.json"
+        if args.aggregate_only and not summary.is_file():
+            continue
+        s = json.loads(summary.read_text()) if args.aggregate_only else run_one(cfg)
+        runs[name].append({"seed": seed, "run": cfg.run.out, "minutes": s.get("minutes", 0.0), **{k: s[k] for k in METRICS}})
+        tqdm.write(f"{name} seed {seed}: mAP {s['mAP']:.2f}  AP50 {s['AP50']:.2f}")
+    return {n: r for n, r in runs.items() if r}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     names = [n.strip() for n in args.methods.split(",") if n.strip()]
@@ -238,30 +312,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg0 = run_config(args, BY_NAME[names[0]], 0, out_root / names[0] / "seed0")
         teacher = teacher_row(args, cfg0, out_root)
-        runs: dict[str, list[dict]] = {n: [] for n in names}
-        # seed-major, baseline and GAN-KD first: the first rows already answer the main question
-        first = [n for n in ("baseline", "gan") if n in names]
-        jobs = [(n, s) for s in range(args.seeds) for n in first + [n for n in names if n not in first]]
-        bar = tqdm(jobs, desc="ablation", dynamic_ncols=True)
-        for name, seed in bar:
-            bar.set_postfix(method=name, seed=seed)
-            cfg = run_config(args, BY_NAME[name], seed, out_root / name / f"seed{seed}")
-            s = run_one(cfg)
-            runs[name].append({"seed": seed, "run": cfg.out, "minutes": s.get("minutes", 0.0), **{k: s[k] for k in METRICS}})
-            tqdm.write(f"{name} seed {seed}: mAP {s['mAP']:.2f}  AP50 {s['AP50']:.2f}")
+        runs = collect_runs(args, names, out_root)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    names = [n for n in names if n in runs]
     agg = aggregate(runs)
     from .checkpoint import load_checkpoint
-    meta = {"seeds": args.seeds, "preset": args.preset, "img_size": cfg0.img_size, "student": args.student,
+    meta = {"seeds": args.seeds, "preset": args.preset, "img_size": cfg0.data.img_size, "student": args.student,
             "teacher": args.teacher, "teacher_model": load_checkpoint(args.teacher)["model_name"],
-            "config": {k: v for k, v in cfg0.to_dict().items() if k not in ("seed", "out", "kd", "kd_weights")},
+            "init_weights": args.init_weights, "paired_against": args.paired_against,
+            "config": {k: v for k, v in cfg0.to_flat().items() if k not in ("seed", "out", "kd", "kd_weights")},
             "wall_minutes": (time.time() - t0) / 60}
     gains = {n: size_gain(agg, n) for n in names if n != "baseline" and "baseline" in agg}
+    paired = {base: {n: paired_stats(runs, n, base) for n in names if n != base}
+              for base in ("baseline", args.paired_against) if base in agg}
     write_json_atomic(out_root / "ablation.json", {"meta": meta, "teacher": teacher, "runs": runs, "aggregate": agg,
-                                                  "size_gain_vs_baseline": gains})
-    (out_root / "ablation.md").write_text(render_markdown(agg, teacher, names, meta, runs))
+                                                  "size_gain_vs_baseline": gains, "paired": paired})
+    write_text_atomic(out_root / "ablation.md", render_markdown(agg, teacher, names, meta, runs))
     plot(agg, teacher, names, out_root / "ablation.png")
     print_table(agg, teacher, names)
     print(f"\nwrote {out_root / 'ablation.md'}, ablation.json, ablation.png")

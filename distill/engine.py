@@ -1,82 +1,90 @@
 """The training loop as two plain functions, ``train_one_epoch`` and ``evaluate`` (torchvision style).
 
-``train_one_epoch`` takes a ``loss_fn(model, images, targets) -> dict[str, Tensor]`` of already
-weighted, named terms: the plain detector and every distillation method plug in the same way.
+``train_one_epoch`` is the one loop of every run: it takes a ``step(images, targets)`` -- :class:`DetectorStep`
+for the plain detector, the distillation session's step for ``--kd`` runs -- and an optional
+``before_batch`` hook where the GAN-KD schedule interleaves its discriminator stages.
 ``evaluate`` preprocesses with ``runtime.preprocess`` -- the exact pixels a deployed model sees --
 and scores with ``runtime.metrics.CocoEvaluator``.
 """
 from __future__ import annotations
 
 import math
-import time
 from typing import Callable
 
 import torch
-from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from runtime.evaluation import eval_subset, inference_on_dataset
 from runtime.metrics import CocoEvaluator
 from runtime.preprocess import preprocess_batch, scale_boxes
 
 from .postprocess import postprocess
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
+class DetectorStep:
+    """One optimisation step of the plain detector objective; the ``step`` of :func:`train_one_epoch`.
 
+    ``loss_fn(model, images, targets) -> dict[str, Tensor]`` of weighted, named terms; the step sums them,
+    applies the run's non-finite policy (``guard``: distill/stability.py), back-propagates (with AMP's
+    scaler on CUDA), clips, steps the optimizer and the per-iteration LR scheduler, and updates the EMA.
+    Returns the logged numbers, or None when the step was skipped.
+    """
 
-def train_one_epoch(model, loader, optimizer, scheduler, loss_fn: Callable, device, epoch: int, *,
-                    scaler=None, clip_grad: float | None = None, ema=None, desc: str = "train") -> dict:
-    """One pass over ``loader``; returns the mean of every loss term, the total and the last lr."""
-    model.train()
-    sums: dict[str, float] = {}
-    n = 0
-    bar = tqdm(loader, desc=f"{desc} {epoch}", leave=False, dynamic_ncols=True)
-    for images, targets in bar:
-        images = images.to(device, non_blocking=True)
-        with torch.autocast(device_type=device.type, enabled=scaler is not None):
-            losses = loss_fn(model, images, targets)
+    def __init__(self, model, loss_fn: Callable, optimizer, scheduler, guard, *, scaler=None,
+                 clip_grad: float | None = None, ema=None):
+        self.model, self.loss_fn, self.optimizer, self.scheduler, self.guard = model, loss_fn, optimizer, scheduler, guard
+        self.scaler, self.clip_grad, self.ema = scaler, clip_grad, ema
+        self.epoch, self.n = 0, 0
+
+    def __call__(self, images: torch.Tensor, targets: list[dict]) -> dict[str, float] | None:
+        with torch.autocast(device_type=images.device.type, enabled=self.scaler is not None):
+            losses = self.loss_fn(self.model, images, targets)
+        self.n += 1
+        if not self.guard.finite(losses, self.epoch, self.n, "detection"):
+            return None
         total = sum(losses.values())
-        if not torch.isfinite(total):
-            raise NonFiniteLossError(f"non-finite loss at epoch {epoch}, step {n}: "
-                                     + ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items()))
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(total).backward()
-            scaler.unscale_(optimizer)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(total).backward()
+            self.scaler.unscale_(self.optimizer)
         else:
             total.backward()
-        if clip_grad:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
+        if self.clip_grad:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         else:
-            optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        if ema is not None:
-            ema.update_parameters(model)
-        n += 1
-        for k, v in losses.items():
-            sums[k] = sums.get(k, 0.0) + v.item()
-        sums["total"] = sums.get("total", 0.0) + total.item()
-        bar.set_postfix({k: f"{v / n:.3f}" for k, v in sums.items()})
-    out = {k: v / max(n, 1) for k, v in sums.items()}
-    out["lr"] = optimizer.param_groups[0]["lr"]
-    return out
+            self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        out = {k: v.item() for k, v in losses.items()}
+        out["total"] = total.item()
+        return out
 
 
-def eval_subset(dataset, max_images: int | None):
-    """The first ``max_images`` images (deterministic), and the COCO ground truth restricted to them."""
-    gt = dataset.coco_gt()
-    if max_images is None or max_images >= len(dataset):
-        return dataset, gt
-    keep_idx = list(range(max_images))
-    ids = {dataset.image_ids[i] for i in keep_idx}
-    gt = {**gt, "images": [im for im in gt["images"] if im["id"] in ids],
-          "annotations": [a for a in gt["annotations"] if a["image_id"] in ids]}
-    return Subset(dataset, keep_idx), gt
+def train_one_epoch(loader, step: Callable, device, epoch: int, *, model, before_batch: Callable | None = None,
+                    desc: str = "train") -> dict:
+    """The one training loop: for every batch, ``before_batch()`` (a distillation schedule runs its
+    discriminator stages there), then ``step(images, targets) -> dict | None`` (one optimisation step that
+    returns its logged numbers, None when skipped). Returns the mean of every logged number over the steps
+    that logged it."""
+    model.train()
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    bar = tqdm(loader, desc=f"{desc} {epoch}", leave=False, dynamic_ncols=True)
+    for images, targets in bar:
+        if before_batch is not None:
+            before_batch()
+        logged = step(images.to(device, non_blocking=True), targets)
+        for k, v in (logged or {}).items():
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                sums[k] = sums.get(k, 0.0) + float(v)
+                counts[k] = counts.get(k, 0) + 1
+        bar.set_postfix({k: f"{sums[k] / counts[k]:.3f}" for k in list(sums)[:8]})
+    return {k: v / counts[k] for k, v in sums.items()}
 
 
 @torch.no_grad()
@@ -96,19 +104,21 @@ def predict(model, images: list, device, *, img_size: int, mean, std, nms_cfg) -
 @torch.no_grad()
 def evaluate(model, dataset, device, *, img_size: int, mean, std, nms_cfg, batch_size: int = 16, workers: int = 0,
              max_images: int | None = None, per_class: bool = False, desc: str = "eval") -> dict:
-    """COCO metrics (mAP, AP50, AP75, APs, APm, APl in points) of ``model`` on an eval-mode dataset."""
-    from .data import collate_eval
+    """COCO metrics (mAP, AP50, AP75, APs, APm, APl in points) of ``model`` on an eval-mode dataset,
+    through the one evaluation path (``runtime.evaluation.inference_on_dataset``), plus
+    ``eval_images`` and ``eval_seconds``. ``workers`` > 0: images are read ahead in a background
+    thread while the model runs."""
     model.eval()
-    subset, gt = eval_subset(dataset, max_images)
+    indices, gt = eval_subset(dataset, max_images)
     evaluator = CocoEvaluator(gt, dataset.category_ids)
-    loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_eval)
-    t0 = time.perf_counter()
-    for images, targets in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
-        for det, t in zip(predict(model, images, device, img_size=img_size, mean=mean, std=std, nms_cfg=nms_cfg), targets):
-            evaluator.process(t["image_id"], det["boxes"], det["scores"], det["labels"])
-    metrics = evaluator.evaluate(per_class=per_class)
-    metrics["eval_seconds"] = time.perf_counter() - t0
-    metrics["eval_images"] = len(subset)
+
+    def predictor(images: list) -> list[dict]:
+        return predict(model, images, device, img_size=img_size, mean=mean, std=std, nms_cfg=nms_cfg)
+
+    metrics = inference_on_dataset(predictor, dataset, evaluator, indices=indices, batch_size=batch_size,
+                                   desc=desc, per_class=per_class, prefetch=workers > 0)
+    metrics["eval_seconds"] = metrics.pop("seconds")
+    metrics["eval_images"] = metrics.pop("images")
     return metrics
 
 

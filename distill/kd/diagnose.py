@@ -19,15 +19,13 @@ Writes the numbers as JSON (``--out``, default RUN/diagnose.json) and prints a t
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from runtime.metadata import write_json_atomic
+from runtime.atomic import write_json_atomic
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,53 +44,47 @@ def _session(run: Path, student_arg: str, device):
     from ..checkpoint import load_checkpoint
     from ..config import load_yaml
     from ..models import create_model, load_pretrained_backbone
-    from ..train import build_datasets, build_kd_session, seed_everything
+    from ..runs import build_datasets, build_kd_session, seed_everything
     from .session import parse_kd
     cfg_path, ck_path = run / "config.yaml", run / "last.pt"
     for f in (cfg_path, ck_path):
         if not f.is_file():
             raise ValueError(f"{f}: not found (RUN must be a distillation run folder with config.yaml and last.pt)")
     cfg = load_yaml(cfg_path)
-    if "gan" not in parse_kd(cfg.kd):
-        raise ValueError(f"{run}: a --kd {cfg.kd} run; diagnose needs a run with GAN-KD discriminators (--kd gan...)")
+    if "gan" not in parse_kd(cfg.kd.methods):
+        raise ValueError(f"{run}: a --kd {cfg.kd.methods} run; diagnose needs a run with GAN-KD discriminators (--kd gan...)")
     run_ck = load_checkpoint(ck_path)
-    cfg = dataclasses.replace(cfg, kd="gan+soft+fitnet", kd_weights={}, device=str(device), workers=0)
-    seed_everything(cfg.seed)
+    cfg = cfg.replace(kd="gan+soft+fitnet", kd_weights={}, device=str(device), workers=0)
+    seed_everything(cfg.run.seed)
     train_set, _ = build_datasets(cfg)
-    model = create_model(cfg.model, len(train_set.class_names), **cfg.model_kwargs)
+    model = create_model(cfg.model.name, len(train_set.class_names), **cfg.model.kwargs)
     if student_arg == "init":
-        if cfg.pretrained_backbone:
-            load_pretrained_backbone(model, cfg.pretrained_backbone)
+        if cfg.model.pretrained_backbone:
+            load_pretrained_backbone(model, cfg.model.pretrained_backbone)
     else:
         ck = run_ck if student_arg == "run" else load_checkpoint(student_arg)
-        if ck["model_name"] != cfg.model:
-            raise ValueError(f"--student {student_arg}: a {ck['model_name']}, the run trains {cfg.model}")
+        if ck["model_name"] != cfg.model.name:
+            raise ValueError(f"--student {student_arg}: a {ck['model_name']}, the run trains {cfg.model.name}")
         model.load_state_dict(ck["model"])
     model.to(device)
-    kd = build_kd_session(cfg, model, model.anchors(cfg.img_size).to(device), train_set, device)
+    kd = build_kd_session(cfg, model, model.anchors(cfg.data.img_size).to(device), train_set, device)
+    if run_ck.get("gan_state", {}).get("format", 1) != 2:
+        raise ValueError(f"{ck_path}: written by an older version of the distillation session; diagnose a new run")
     kd.discs.load_state_dict(run_ck["discriminators"]["patch"])
     kd.adapters.load_state_dict(run_ck["kd_modules"]["adapters"])
+    if run_ck["kd_modules"].get("standardizer"):
+        kd.standardizer.load_state_dict(run_ck["kd_modules"]["standardizer"])
     return cfg, kd, train_set
 
 
 def gradient_alignment(kd, batches) -> dict:
     """Mean over ``batches`` of each term's gradient norm and cosine with the detection gradient."""
-    from ..losses import IGNORE
-    from . import losses as L
     params = [p for p in kd.student.parameters() if p.requires_grad]
     norms, cos = {}, {}
     for images, targets in batches:
-        images = images.to(kd.device)
         kd.student.train()
-        loc, conf, feats = kd.student.forward_features(images)
-        at, mb = kd._detection(loc, conf, targets)
-        a_feats = kd.adapters(feats)
-        _, t_conf, t_feats = kd._teacher(images)
-        terms = {"det": mb["loc"] + mb["cls"],
-                 "gan": sum(L.gan_g_loss(d(f, images)) for d, f in zip(kd.discs, a_feats)),
-                 "soft": L.soft_label_loss(conf, t_conf, kd.cfg.kd_temperature, at.labels != IGNORE,
-                                           (at.labels > 0).sum().clamp_min(1).float()),
-                 "fitnet": L.fitnet_loss(a_feats, t_feats)}
+        det_terms, kd_terms, _, _ = kd.student_terms(images.to(kd.device), targets)
+        terms = {"det": sum(det_terms.values()), **kd_terms}
         grads = {}
         for name, loss in terms.items():
             g = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
@@ -106,24 +98,24 @@ def gradient_alignment(kd, batches) -> dict:
 def discriminator_learnability(kd, batches, held_out, iters: int) -> list[dict]:
     """Train fresh discriminators ``iters`` iterations; held-out accuracy per map every iters / 5."""
     from . import losses as L
-    from .discriminators import PatchDiscriminator
-    from .session import frozen_bn_stats
-    old = kd.discs
-    kd.discs = nn.ModuleList(PatchDiscriminator(d.channels, d.size, d.width, cond_channels=d.cond_channels)
-                             for d in old).to(kd.device)
-    kd.d_opt = torch.optim.Adam(kd.discs.parameters(), lr=kd.cfg.gan_lr, betas=(0.5, 0.999))
+    gan = kd.methods["gan"]
+    saved_discs, saved_opt = {k: v.clone() for k, v in gan.discs.state_dict().items()}, kd.d_opt
+    gan.reset_discriminators()
+    kd.d_opt = torch.optim.Adam(gan.discs.parameters(), lr=kd.d_lr, betas=(0.5, 0.999))
     images = held_out[0].to(kd.device)
     rows, every = [], max(1, iters // 5)
-    for i in range(1, iters + 1):
-        info = kd._d_step(next(batches)[0].to(kd.device), 0)
-        if i % every == 0 or i == iters:
-            with torch.no_grad(), frozen_bn_stats(kd.student):
-                _, _, t_feats = kd._teacher(images)
-                s_feats = kd.adapters(kd.student.forward_features(images)[2])
-                accs = [L.d_accuracy(d(t, images), d(s, images)) for d, t, s in zip(kd.discs, t_feats, s_feats)]
-            rows.append({"iteration": i, "d_loss": info.get("d_gan"), "held_out_acc_real": [a[0] for a in accs],
-                         "held_out_acc_fake": [a[1] for a in accs]})
-    kd.discs = old
+    try:
+        for i in range(1, iters + 1):
+            info = kd.discriminator_step(next(batches)[0].to(kd.device))
+            if i % every == 0 or i == iters:
+                t_maps, s_maps = kd.maps(images)
+                with torch.no_grad():
+                    accs = [L.d_accuracy(d(t, images), d(s, images)) for d, t, s in zip(gan.discs, t_maps, s_maps)]
+                rows.append({"iteration": i, "d_loss": info.get("d_gan"), "held_out_acc_real": [a[0] for a in accs],
+                             "held_out_acc_fake": [a[1] for a in accs]})
+    finally:
+        gan.discs.load_state_dict(saved_discs)
+        kd.d_opt = saved_opt
     return rows
 
 
@@ -132,15 +124,15 @@ def main(argv: list[str] | None = None) -> int:
     from torch.utils.data import DataLoader
 
     from ..data import collate_train
-    from ..train import pick_device
+    from ..runs import pick_device
     run = Path(args.run)
     try:
         cfg, kd, train_set = _session(run, args.student, pick_device(args.device))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
-    loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=gen,
+    gen = torch.Generator().manual_seed(cfg.run.seed + 1)
+    loader = DataLoader(train_set, batch_size=cfg.optim.batch_size, shuffle=True, drop_last=True, generator=gen,
                         collate_fn=collate_train)
 
     def stream():
@@ -150,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     it = stream()
     held_out = next(it)
     batches = [next(it) for _ in range(args.batches)]
-    result = {"run": str(run), "student": args.student, "batches": args.batches, "batch_size": cfg.batch_size,
+    result = {"run": str(run), "student": args.student, "batches": args.batches, "batch_size": cfg.optim.batch_size,
               "gradients": gradient_alignment(kd, batches)}
     print(f"student: {args.student}; gradients on the student's parameters, mean of {args.batches} batches")
     print(f"{'term':8s} {'grad norm':>10s} {'cos(det)':>9s}")

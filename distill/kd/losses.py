@@ -12,16 +12,28 @@ import torch.nn.functional as F
 
 # --- GAN-KD paper, eq. (2): binary cross-entropy adversarial loss -------------------------------------------
 
-def gan_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+GAN_LOSSES = ("bce", "lsgan")
+
+
+def gan_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str = "bce",
+               real_label: float = 1.0) -> torch.Tensor:
     """Discriminator side of eq. (2): -[log D(y) + log(1 - D(G(x)))], averaged over patches.
-    ``real_logits`` = D(teacher map), ``fake_logits`` = D(adapted student map), both pre-sigmoid."""
-    return (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+    ``real_logits`` = D(teacher map), ``fake_logits`` = D(adapted student map), both pre-sigmoid.
+
+    Options (not in the paper): ``real_label`` < 1 is one-sided label smoothing of the real target
+    (Salimans et al. 2016); ``kind="lsgan"`` replaces the cross-entropy by least squares on the raw
+    outputs, (D(y) - 1)^2 + D(G(x))^2 (Mao et al. 2017), whose gradient does not vanish when D wins."""
+    if kind == "lsgan":
+        return (real_logits - real_label).pow(2).mean() + fake_logits.pow(2).mean()
+    return (F.binary_cross_entropy_with_logits(real_logits, torch.full_like(real_logits, real_label))
             + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
 
 
-def gan_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+def gan_g_loss(fake_logits: torch.Tensor, kind: str = "bce") -> torch.Tensor:
     """Generator (student) side: the student map is labelled "real" (paper, sec. 5 "Student-Net learning"),
-    i.e. -log D(G(x)) -- the non-saturating form of eq. (2)."""
+    i.e. -log D(G(x)) -- the non-saturating form of eq. (2); (D(G(x)) - 1)^2 with ``kind="lsgan"``."""
+    if kind == "lsgan":
+        return (fake_logits - 1.0).pow(2).mean()
     return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
 
 
@@ -62,6 +74,62 @@ def soft_label_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
 def fitnet_loss(student_maps: list[torch.Tensor], teacher_maps: list[torch.Tensor]) -> torch.Tensor:
     """Sum over maps of the mean squared error between adapted student and teacher features."""
     return sum(F.mse_loss(s.float(), t.float()) for s, t in zip(student_maps, teacher_maps))
+
+
+# --- GAN-KD paper eq. (1): the reconstruction term L_REC -----------------------------------------------------
+
+REC_KINDS = ("pearson", "mse")
+
+
+def reconstruction_loss(student_maps: list[torch.Tensor], teacher_maps: list[torch.Tensor], kind: str = "pearson",
+                        masks: list[torch.Tensor | None] | None = None) -> torch.Tensor:
+    """Eq. (1)'s L_REC between (standardised) adapted student and teacher maps, summed over the maps given.
+
+    ``kind="pearson"``: 1 - Pearson correlation of each image's map (all channels and positions), averaged
+    over the batch: insensitive to a per-image scale / offset, in [0, 2]. ``kind="mse"``: mean squared error
+    (the maps are standardised with the teacher's statistics, so this is a standardised MSE).
+    ``masks``: per map, an optional [B, 1, H, W] float weight in [0, 1] -- e.g. the locations near
+    ground-truth boxes (Wang et al. 2019, "fine-grained feature imitation"); the loss is then the
+    masked mean over the weighted locations.
+    """
+    if kind not in REC_KINDS:
+        raise ValueError(f"reconstruction loss must be one of {REC_KINDS}, got {kind!r}")
+    total = student_maps[0].new_zeros(())
+    for k, (s, t) in enumerate(zip(student_maps, teacher_maps)):
+        s, t = s.float(), t.float()
+        w = masks[k] if masks is not None else None
+        w = torch.ones_like(s[:, :1]) if w is None else w.float()
+        w = w.expand_as(s)
+        denom = w.flatten(1).sum(1).clamp_min(1e-6)                    # [B]
+        if kind == "mse":
+            total = total + ((s - t).pow(2) * w).flatten(1).sum(1).div(denom).mean()
+            continue
+        ms = (s * w).flatten(1).sum(1).div(denom).view(-1, 1, 1, 1)
+        mt = (t * w).flatten(1).sum(1).div(denom).view(-1, 1, 1, 1)
+        cov = ((s - ms) * (t - mt) * w).flatten(1).sum(1)
+        var_s = ((s - ms).pow(2) * w).flatten(1).sum(1)
+        var_t = ((t - mt).pow(2) * w).flatten(1).sum(1)
+        total = total + (1 - cov / (var_s * var_t).clamp_min(1e-12).sqrt()).mean()
+    return total
+
+
+def box_masks(targets: list[dict], sizes: list[tuple[int, int]], device) -> list[torch.Tensor]:
+    """[B, 1, H, W] masks per map size: 1 on the cells whose centre lies inside a ground-truth box (the training
+    targets' ``boxes`` [K, 4], normalised xyxy in [0, 1]), 0 elsewhere."""
+    out = []
+    for h, w in sizes:
+        ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h
+        xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w
+        m = torch.zeros(len(targets), 1, h, w, device=device)
+        for b, t in enumerate(targets):
+            boxes = t["boxes"].to(device).float().view(-1, 4)
+            if not len(boxes):
+                continue
+            inside_y = (ys[None, :] >= boxes[:, 1:2]) & (ys[None, :] <= boxes[:, 3:4])      # [K, H]
+            inside_x = (xs[None, :] >= boxes[:, 0:1]) & (xs[None, :] <= boxes[:, 2:3])      # [K, W]
+            m[b, 0] = (inside_y[:, :, None] & inside_x[:, None, :]).any(0).float()
+        out.append(m)
+    return out
 
 
 # --- text-nontext paper eq. (1) (Heo et al. 2018): activation-boundary transfer ---------------------------

@@ -1,21 +1,34 @@
-"""A distillation run: teacher, student, adapters, discriminators, optimizers and the stage schedule.
+"""A distillation run: teacher, student, adapters, methods, optimizers and the stage schedule.
 
-``fit`` (distill/train.py) owns the run folder, evaluation and checkpoints; for ``--kd`` runs it
-asks a :class:`KDSession` to train one epoch at a time instead of calling ``train_one_epoch``.
+``fit`` (distill/train.py) owns the run folder, evaluation and checkpoints; it trains through the same
+loop as a plain run (``distill.engine.train_one_epoch``), with this session's ``step`` and its
+``before_batch`` hook, where the GAN-KD schedule runs its discriminator stages.
 
-Objective in the student stage (GAN-KD paper, eq. (3), extended with the classic KD family)::
+Objective in the student stage (GAN-KD paper, eq. (3), extended by the other methods)::
 
-    L = w_gan * sum_i L_GAN_i(G, D_i)           eq. (2), student maps labelled "real", D_i frozen
-      + lambda * L_MBOX                          SSD multibox loss (loc + cls)
-      + w_soft * KD_soft  + w_fitnet * L2_hint  + w_began * L_G (text-nontext eqs. (3), (5))
+    L = lambda * L_MBOX                           SSD multibox loss (loc + cls)         -> detection optimizer
+      + sum_m w_m * L_m                           every --kd method's named terms        -> distillation optimizer
+        (gan: sum_i L_GAN_i(G, D_i), eq. (2) with the student maps labelled "real", D_i frozen;
+         rec: eq. (1)'s L_REC; soft, fitnet, began: the classic family)
 
-Every term is logged under its own name; stages and their optimizers are in distill/kd/schedule.py.
+Optimizers (the paper: "for all stages, except post-training, we used Adam optimizer with fixed 5e-4
+learning rate"; "SGD with initial learning rate 5e-4 with 10 times decrease every 20 epochs" after):
+
+* detection: Adam(lr --gan-lr) over the student, fed the detection gradient only;
+* distillation: its own Adam(lr --kd-lr, default --gan-lr) over the student and the adapters, fed the
+  weighted sum of the distillation terms. Two optimizer states, because Adam normalises each parameter's
+  step by its running gradient magnitude: in one shared state a large, roughly orthogonal adversarial
+  gradient inflates the second moment and silently shrinks the detection step (measured: ~0.5x in the
+  backbone). Split, the detection step is exactly the baseline's whatever the distillation terms do;
+* discriminators: Adam(lr --gan-d-lr, betas 0.5/0.999, the usual GAN setting), never shared;
+* post-learning: SGD(lr --gan-post-lr, momentum, weight decay --gan-post-weight-decay = SSD's 5e-4),
+  divided by 1/--gan-post-gamma every --gan-post-step epochs.
+
+Every term is logged under its own name; stages are in distill/kd/schedule.py.
 """
 from __future__ import annotations
 
 import contextlib
-import copy
-import difflib
 import math
 from collections import defaultdict
 
@@ -24,53 +37,19 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..engine import param_groups
-from ..losses import IGNORE, MultiBoxLoss, encode_targets
+from ..engine import param_groups, train_one_epoch
+from ..losses import MultiBoxLoss, encode_targets
 from ..models import Matcher
-from . import losses as L
-from .discriminators import build_discriminators
-from .modules import Adapters, BeganAutoencoder
+from ..stability import StabilityMonitor, TrainingGuard
+from .features import Adapters, FeatureStandardizer
+from .methods import (METHODS, DiscriminatorStep, LazyOutputs, StudentStep, build_method, parse_kd,
+                      resolve_weights)
 from .schedule import ITERATION_STAGES, GanSchedule
-from .stability import StabilityMonitor, format_terms
 
-# Method -> default weight. began's 0.2 is b of the text-nontext paper, eq. (2).
-METHODS: dict[str, float] = {"gan": 1.0, "soft": 1.0, "fitnet": 1.0, "began": 0.2, "ab": 1.0}
-# Config keys that only matter to distillation (ignored when comparing plain runs, e.g. the cached teacher).
-KD_FIELDS = ("kd", "teacher", "kd_weights", "kd_mbox_weight", "kd_temperature", "ab_margin", "ab_iters", "gan_lr",
-             "gan_threshold", "gan_d_pretrain_iters", "gan_d_finetune_iters", "gan_student_max_epochs",
-             "gan_student_max_iters", "gan_conditional",
-             "gan_post_epochs", "gan_post_lr", "gan_post_step", "gan_post_gamma", "disc_max_width", "began_gamma",
-             "began_fk", "kd_collapse_patience", "kd_max_skips")
-
-
-def parse_kd(spec: str | None) -> list[str]:
-    """'gan+soft' -> ['gan', 'soft']; 'none' -> []. Unknown names get a did-you-mean."""
-    if spec is None or spec.strip().lower() in ("", "none"):
-        return []
-    names = [s.strip().lower() for s in spec.split("+")]
-    for n in names:
-        if n not in METHODS:
-            close = difflib.get_close_matches(n, METHODS, n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise ValueError(f"--kd {spec!r}: unknown method '{n}'.{hint} Available: {', '.join(METHODS)} (joined by '+')")
-    if len(set(names)) != len(names):
-        raise ValueError(f"--kd {spec!r}: a method is named twice")
-    return names
-
-
-def resolve_weights(methods: list[str], given: dict) -> dict[str, float]:
-    for k in given:
-        if k not in METHODS:
-            close = difflib.get_close_matches(k, METHODS, n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise ValueError(f"--kd-weights: unknown method '{k}'.{hint}")
-    return {m: float(given.get(m, METHODS[m])) for m in methods}
-
-
-def set_requires_grad(module: nn.Module | None, flag: bool) -> None:
-    if module is not None:
-        for p in module.parameters():
-            p.requires_grad_(flag)
+# Terms that make up the logged "total" of an epoch.
+TOTAL_TERMS = ("loc", "cls", "gan", "rec", "soft", "fitnet", "began")
+STANDARDIZE_BATCHES = 4        # batches of teacher maps the frozen standardisation statistics are measured on
+SESSION_FORMAT = 2             # gan_state["format"]: optimizer layout of this session
 
 
 @contextlib.contextmanager
@@ -90,165 +69,265 @@ def frozen_bn_stats(model: nn.Module):
                 m.num_batches_tracked.copy_(nbt)
 
 
+class EpochLog:
+    """Per-key sums and counts of everything logged in an epoch, and how many iterations each stage ran."""
+
+    def __init__(self):
+        self.sums, self.counts, self.stages = defaultdict(float), defaultdict(int), defaultdict(int)
+
+    def add(self, stage: str, out: dict) -> None:
+        self.stages[stage] += 1
+        for k, v in out.items():
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                self.sums[k] += float(v)
+                self.counts[k] += 1
+
+    def mean(self, key: str) -> float | None:
+        return self.sums[key] / self.counts[key] if self.counts.get(key) else None
+
+    def means(self) -> dict[str, float]:
+        return {k: v / self.counts[k] for k, v in self.sums.items()}
+
+
 class KDSession:
-    def __init__(self, cfg, student: nn.Module, teacher: nn.Module, anchors: torch.Tensor, device: torch.device):
-        self.cfg, self.student, self.teacher, self.anchors, self.device = cfg, student, teacher, anchors, device
-        methods = parse_kd(cfg.kd)
-        if not methods:
+    """Args: ``cfg`` (the run config; its ``kd`` section), the ``student`` being trained, the frozen ``teacher``,
+    the student's ``anchors`` [N, 4], ``device``, and ``train_set`` (standardisation statistics are measured
+    on a few of its batches, drawn without touching the global RNG)."""
+
+    def __init__(self, cfg, student: nn.Module, teacher: nn.Module, anchors: torch.Tensor, device: torch.device,
+                 train_set=None):
+        self.cfg, self.kd = cfg, cfg.kd
+        self.student, self.teacher, self.anchors, self.device = student, teacher, anchors, device
+        self.methods_named = parse_kd(self.kd.methods)
+        if not self.methods_named:
             raise ValueError("KDSession needs at least one --kd method")
-        weights = resolve_weights(methods, cfg.kd_weights or {})
+        weights = resolve_weights(self.methods_named, self.kd.weights or {})
         # A zero weight removes the term (and its discriminator) but keeps the pipeline: that is the
         # ablation's baseline ("KD weight 0, same pipeline").
         self.weights = {m: w for m, w in weights.items() if w != 0.0}
-        self.methods = methods
-        if cfg.epochs <= cfg.gan_post_epochs:
-            raise ValueError(f"--epochs {cfg.epochs} must exceed --gan-post-epochs {cfg.gan_post_epochs} "
+        epochs = cfg.optim.epochs
+        if epochs <= self.kd.gan_post_epochs:
+            raise ValueError(f"--epochs {epochs} must exceed --gan-post-epochs {self.kd.gan_post_epochs} "
                              "(adversarial stages = epochs - post epochs; paper: 180 + 80)")
-        sizes = [min(hw) for hw in student.feature_sizes(cfg.img_size)]
+        sizes = [min(hw) for hw in student.feature_sizes(cfg.data.img_size)]
         t_ch, s_ch = list(teacher.feature_channels), list(student.feature_channels)
-        need_feats = any(m in self.weights for m in ("gan", "fitnet", "began", "ab"))
-        self.adapters = Adapters(s_ch, t_ch).to(device) if need_feats else None
-        self.discs = (build_discriminators(t_ch, sizes, cfg.disc_max_width, cond_channels=3 if cfg.gan_conditional else 0)
-                      .to(device) if "gan" in self.weights else None)
-        self.began = nn.ModuleList(BeganAutoencoder(c) for c in t_ch).to(device) if "began" in self.weights else None
-        self.began_k = [0.0] * len(t_ch)             # k_0 = 0 (text-nontext paper, after eq. (5))
-        g_params = list(student.parameters()) + (list(self.adapters.parameters()) if self.adapters else [])
-        # Stages 1-3: Adam with a fixed learning rate (paper, "Implementation details": 5e-4).
-        self.g_opt = torch.optim.Adam(g_params, lr=cfg.gan_lr, betas=(0.5, 0.999))
-        d_params = [p for m in (self.discs, self.began) if m is not None for p in m.parameters()]
-        self.d_opt = torch.optim.Adam(d_params, lr=cfg.gan_lr, betas=(0.5, 0.999)) if d_params else None
-        # Stage 4: SGD, lr 5e-4, / 10 every 20 epochs (paper).
-        self.post_opt = torch.optim.SGD(param_groups(student, cfg.weight_decay), lr=cfg.gan_post_lr, momentum=cfg.momentum)
-        self.post_sched = torch.optim.lr_scheduler.StepLR(self.post_opt, cfg.gan_post_step, cfg.gan_post_gamma)
-        self.schedule = GanSchedule(adversarial_epochs=cfg.epochs - cfg.gan_post_epochs,
-                                    d_pretrain_iters=cfg.gan_d_pretrain_iters, d_finetune_iters=cfg.gan_d_finetune_iters,
-                                    threshold=cfg.gan_threshold, student_max_epochs=cfg.gan_student_max_epochs,
-                                    ab_iters=cfg.ab_iters if "ab" in self.weights else 0,
-                                    student_max_iters=cfg.gan_student_max_iters)
-        self.monitor = StabilityMonitor(max_skips=cfg.kd_max_skips, patience=cfg.kd_collapse_patience)
-        self.matcher, self.mbox = Matcher(cfg.match_iou), MultiBoxLoss(cfg.neg_pos_ratio)
-        self.step = 0
-        self._good = self._snapshot()
+        self.methods = nn.ModuleDict({m: build_method(m, self.kd, t_ch, sizes) for m in self.weights}).to(device)
+        need_feats = any(m.uses_features for m in self.methods.values())
+        self.adapters = Adapters(s_ch, t_ch, self.kd.adapters).to(device) if need_feats else None
+        self.standardizer = FeatureStandardizer(t_ch).to(device) if need_feats else None
+        self.iters_per_epoch = max(1, len(train_set) // cfg.optim.batch_size) if train_set is not None else 1
+        self._build_optimizers()
+        self.schedule = GanSchedule(adversarial_epochs=epochs - self.kd.gan_post_epochs,
+                                    d_pretrain_iters=self.kd.gan_d_pretrain_iters,
+                                    d_finetune_iters=self.kd.gan_d_finetune_iters,
+                                    threshold=self.kd.gan_threshold, student_max_epochs=self.kd.gan_student_max_epochs,
+                                    ab_iters=self.kd.ab_iters if "ab" in self.weights else 0,
+                                    student_max_iters=self.kd.gan_student_max_iters)
+        self.monitor = StabilityMonitor(max_skips=self.kd.max_skips, patience=self.kd.collapse_patience)
+        self.guard = TrainingGuard(self.monitor, self._stateful)
+        self.matcher, self.mbox = Matcher(cfg.model.match_iou), MultiBoxLoss(cfg.model.neg_pos_ratio)
+        self.step, self.student_iters, self.epoch = 0, 0, 0
+        self.log = EpochLog()
+        self.last_info: dict = {}
+        if self.standardizer is not None and self.kd.standardize and train_set is not None:
+            self._fit_standardizer(train_set)
+        self.guard.commit()
 
-    # ----------------------------------------------------------------------------------------------- steps
-    def _teacher(self, images):
+    # ----------------------------------------------------------------------------------------------- set-up
+    def _build_optimizers(self) -> None:
+        kd = self.kd
+        student_params = [p for p in self.student.parameters() if p.requires_grad]
+        self.det_opt = torch.optim.Adam(student_params, lr=kd.gan_lr)
+        kd_params = student_params + (list(self.adapters.parameters()) if self.adapters is not None else [])
+        self.kd_lr = kd.lr if kd.lr is not None else kd.gan_lr
+        self.kd_opt = torch.optim.Adam(kd_params, lr=self.kd_lr) if len(self.methods) else None
+        d_params = [p for m in self.methods.values() if m.has_discriminator for p in m.parameters()]
+        self.d_lr = kd.gan_d_lr if kd.gan_d_lr is not None else kd.gan_lr
+        self.d_opt = torch.optim.Adam(d_params, lr=self.d_lr, betas=(0.5, 0.999)) if d_params else None
+        self.post_opt = torch.optim.SGD(param_groups(self.student, kd.gan_post_weight_decay), lr=kd.gan_post_lr,
+                                        momentum=self.cfg.optim.momentum)
+        self.post_sched = torch.optim.lr_scheduler.StepLR(self.post_opt, kd.gan_post_step, kd.gan_post_gamma)
+
+    @torch.no_grad()
+    def _fit_standardizer(self, train_set) -> None:
+        from ..data import collate_train
+        gen = torch.Generator().manual_seed(self.cfg.run.seed * 100_003 + 104_729)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.cfg.run.seed + 104_729)
+            loader = DataLoader(train_set, batch_size=self.cfg.optim.batch_size, shuffle=True, generator=gen,
+                                collate_fn=collate_train)
+            maps = []
+            for i, (images, _) in enumerate(loader):
+                if i >= STANDARDIZE_BATCHES:
+                    break
+                maps.append([f.cpu() for f in self.teacher.forward_features(images.to(self.device))[2]])
+        self.standardizer.fit([[f.to(self.device) for f in b] for b in maps])
+
+    @property
+    def discs(self) -> nn.ModuleList | None:
+        return self.methods["gan"].discs if "gan" in self.methods else None
+
+    @property
+    def began(self) -> nn.ModuleList | None:
+        return self.methods["began"].autoencoders if "began" in self.methods else None
+
+    def _stateful(self) -> dict:
+        return {"student": self.student, "adapters": self.adapters, "methods": self.methods, "det_opt": self.det_opt,
+                "kd_opt": self.kd_opt, "d_opt": self.d_opt, "post_opt": self.post_opt}
+
+    # ----------------------------------------------------------------------------------------------- maps
+    def _standardize(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        return self.standardizer(maps) if self.standardizer is not None and self.kd.standardize else maps
+
+    def teacher_outputs(self, images: torch.Tensor):
+        """(loc, conf, six maps) of the frozen teacher, no grad."""
         with torch.no_grad():
             return self.teacher.forward_features(images)
 
-    def _apply(self, terms: dict, opt, params, epoch: int, what: str) -> bool:
-        total = sum(terms.values())
-        if not torch.isfinite(total):
-            if self.monitor.non_finite(epoch, self.step, what, terms) == "rollback":
-                self._rollback()
-            return False
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        if self.cfg.clip_grad:
-            torch.nn.utils.clip_grad_norm_(params, self.cfg.clip_grad)
-        opt.step()
-        self.monitor.step_ok()
-        return True
-
-    def _g_params(self):
-        return [p for g in self.g_opt.param_groups for p in g["params"]]
-
-    def _d_params(self):
-        return [p for g in self.d_opt.param_groups for p in g["params"]]
+    def maps(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(teacher maps, adapted student maps), both standardised, student frozen (no grad, BN stats kept)."""
+        t_feats = self.teacher_outputs(images)[2]
+        with torch.no_grad(), frozen_bn_stats(self.student):
+            s_maps = self._standardize(self.adapters(self.student.forward_features(images)[2]))
+        return self._standardize(t_feats), s_maps
 
     def _detection(self, loc, conf, targets):
         at = encode_targets(targets, self.anchors, self.student.box_coder, self.matcher)
         return at, self.mbox(loc, conf, at)
 
-    def _student_step(self, images, targets, epoch) -> dict:
-        # GAN-KD's student step needs only D(adapter(S)); the teacher runs for the terms that read it.
-        t_conf = t_feats = None
-        if any(m in self.weights for m in ("soft", "fitnet", "began")):
-            _, t_conf, t_feats = self._teacher(images)
+    # ----------------------------------------------------------------------------------------------- terms
+    def student_terms(self, images, targets) -> tuple[dict, dict, dict, StudentStep]:
+        """One student forward: (detection terms, weighted distillation terms, logged numbers, the step)."""
         loc, conf, feats = self.student.forward_features(images)
         at, mb = self._detection(loc, conf, targets)
-        lam = self.cfg.kd_mbox_weight
-        terms = {"loc": lam * mb["loc"], "cls": lam * mb["cls"]}
-        info: dict[str, float] = {}
-        a_feats = self.adapters(feats) if self.adapters is not None else None
-        if self.discs is not None:                                     # eq. (3): sum_i L_GAN_i, D_i frozen
-            set_requires_grad(self.discs, False)
-            logits = [d(f, images) for d, f in zip(self.discs, a_feats)]
-            adv = sum(L.gan_g_loss(lg) for lg in logits)
-            terms["gan"] = self.weights["gan"] * adv
-            info["adv"] = adv.item()
-            # D accuracy on the student's maps while D is frozen (collapse detection)
-            info["d_acc_student"] = sum(L.d_accuracy(None, lg)[1] for lg in logits) / len(logits)
-        if "soft" in self.weights:
-            terms["soft"] = self.weights["soft"] * L.soft_label_loss(
-                conf, t_conf, self.cfg.kd_temperature, at.labels != IGNORE, (at.labels > 0).sum().clamp_min(1).float())
-        if "fitnet" in self.weights:
-            terms["fitnet"] = self.weights["fitnet"] * L.fitnet_loss(a_feats, t_feats)
-        if self.began is not None:                                     # text-nontext eq. (5), b = weight
-            set_requires_grad(self.began, False)
-            recon_fake = [L.began_recon(ae(f), f) for ae, f in zip(self.began, a_feats)]
-            terms["began"] = self.weights["began"] * sum(L.began_g_loss(r) for r in recon_fake)
-        ok = self._apply(terms, self.g_opt, self._g_params(), epoch, "student")
-        set_requires_grad(self.discs, True)
-        set_requires_grad(self.began, True)
-        if ok and self.began is not None:
+        lam = self.kd.mbox_weight
+        det_terms = {"loc": lam * mb["loc"], "cls": lam * mb["cls"]}
+        teacher = lambda: self.teacher_outputs(images)          # noqa: E731
+        lazy = LazyOutputs({
+            "teacher": teacher,
+            "teacher_logits": lambda: lazy.get("teacher")[1],
+            "teacher_feats": lambda: lazy.get("teacher")[2],
+            "adapted_raw": lambda: self.adapters(feats),
+            "student_maps": lambda: self._standardize(lazy.get("adapted_raw")),
+            "teacher_maps": lambda: self._standardize(lazy.get("teacher_feats")),
+        })
+        step = StudentStep(images, targets, loc, conf, feats, at, mb, lazy)
+        kd_terms, info = {}, {}
+        for name, method in self.methods.items():
+            terms, extra = method.student_terms(step)
+            kd_terms.update({k: self.weights[name] * v for k, v in terms.items()})
+            info.update(extra)
+        return det_terms, kd_terms, info, step
+
+    def _kd_lr_now(self) -> float:
+        """--gan-warmup: the distillation step ramps linearly from 0 to --kd-lr over that fraction of the
+        adversarial stages' student iterations (Adam's step is invariant to a loss weight, so the ramp is on
+        the step size)."""
+        total = self.kd.gan_warmup * self.schedule.adversarial_epochs * self.iters_per_epoch
+        return self.kd_lr * (min(1.0, (self.student_iters + 1) / total) if total > 0 else 1.0)
+
+    def _clip(self, params) -> None:
+        if self.kd.clip_grad:
+            torch.nn.utils.clip_grad_norm_(params, self.kd.clip_grad)
+
+    def _split_step(self, det_terms: dict, kd_terms: dict) -> None:
+        det_total = sum(det_terms.values())
+        params = [p for g in self.det_opt.param_groups for p in g["params"]]
+        if kd_terms and self.kd_opt is not None:
+            g_det = torch.autograd.grad(det_total, params, retain_graph=True, allow_unused=True)
+            self.kd_opt.zero_grad(set_to_none=True)
+            sum(kd_terms.values()).backward()
+            self._clip([p for g in self.kd_opt.param_groups for p in g["params"]])
+            for g in self.kd_opt.param_groups:
+                g["lr"] = self._kd_lr_now()
+            self.kd_opt.step()
+            for p, g in zip(params, g_det):
+                p.grad = g
+        else:
+            self.det_opt.zero_grad(set_to_none=True)
+            det_total.backward()
+        self._clip(params)
+        self.det_opt.step()
+
+    # ----------------------------------------------------------------------------------------------- steps
+    def _student_step(self, images, targets) -> dict | None:
+        det_terms, kd_terms, info, step = self.student_terms(images, targets)
+        if not self.guard.finite({**det_terms, **kd_terms}, self.epoch, self.step, "student"):
+            return None
+        self._split_step(det_terms, kd_terms)
+        self.student_iters += 1
+        out = {k: v.item() for k, v in {**det_terms, **kd_terms}.items()}
+        out["det"] = (step.det["loc"] + step.det["cls"]).item()
+        out.update(info)
+        if "began" in self.methods:
             # BEGAN trains D and G alternately every iteration (text-nontext paper, sec. IV-B).
-            info.update(self._began_d_step([f.detach() for f in t_feats], [f.detach() for f in a_feats], epoch))
-        out = {k: v.item() for k, v in terms.items()}
-        out["det"] = (mb["loc"] + mb["cls"]).item()
-        return {**out, **info}
+            dstep = DiscriminatorStep(images, [t.detach() for t in step.teacher_maps],
+                                      [s.detach() for s in step.student_maps])
+            out.update(self._d_update([self.methods["began"]], dstep, "BEGAN discriminator"))
+        return out
 
-    def _began_d_step(self, t_feats, a_feats, epoch) -> dict:
-        rr = [L.began_recon(ae(t), t) for ae, t in zip(self.began, t_feats)]
-        rf = [L.began_recon(ae(s), s) for ae, s in zip(self.began, a_feats)]
-        terms = {"d_began": sum(L.began_d_loss(r, f, k) for r, f, k in zip(rr, rf, self.began_k))}
-        if self._apply(terms, self.d_opt, self._d_params(), epoch, "BEGAN discriminator"):
-            c = self.cfg
-            self.began_k = [L.began_k_update(k, r.item(), f.item(), c.began_gamma, c.began_fk)
-                            for k, r, f in zip(self.began_k, rr, rf)]
-        return {"d_began": terms["d_began"].item(), "began_k": sum(self.began_k) / len(self.began_k)}
+    def _d_update(self, methods, dstep: DiscriminatorStep, what: str) -> dict:
+        terms, info = {}, {}
+        for m in methods:
+            t, i = m.discriminator_terms(dstep)
+            terms.update(t)
+            info.update(i)
+        if terms and self.guard.finite(terms, self.epoch, self.step, what):
+            self.d_opt.zero_grad(set_to_none=True)
+            sum(terms.values()).backward()
+            self.d_opt.step()
+            info.update({k: v.item() for k, v in terms.items()})
+            for m in methods:
+                m.after_discriminator_step(info)
+        return info
 
-    def _d_step(self, images, epoch) -> dict:
+    def discriminator_step(self, images) -> dict:
         """Stages 1 and 3: discriminators only, adversarial loss (2), student frozen."""
         if self.d_opt is None:
             return {}                  # nothing to train: the student just waits (same schedule as GAN-KD)
-        _, _, t_feats = self._teacher(images)
-        with torch.no_grad(), frozen_bn_stats(self.student):
-            a_feats = self.adapters(self.student.forward_features(images)[2])
-        info: dict[str, float] = {}
-        if self.discs is not None:
-            real = [d(t, images) for d, t in zip(self.discs, t_feats)]
-            fake = [d(s, images) for d, s in zip(self.discs, a_feats)]
-            terms = {"d_gan": sum(L.gan_d_loss(r, f) for r, f in zip(real, fake))}
-            accs = [L.d_accuracy(r, f) for r, f in zip(real, fake)]
-            info["d_acc_real"] = sum(a[0] for a in accs) / len(accs)
-            info["d_acc_fake"] = sum(a[1] for a in accs) / len(accs)
-            if self._apply(terms, self.d_opt, self._d_params(), epoch, "discriminator"):
-                info["d_gan"] = terms["d_gan"].item()
-        if self.began is not None:
-            info.update(self._began_d_step(t_feats, a_feats, epoch))
-        return info
+        t_maps, s_maps = self.maps(images)
+        return self._d_update([m for m in self.methods.values() if m.has_discriminator],
+                              DiscriminatorStep(images, t_maps, s_maps), "discriminator")
 
-    def _ab_step(self, images, epoch) -> dict:
+    def _ab_step(self, images) -> dict:
         """Activation-boundary pre-training (text-nontext eq. (1)) of student + adapters."""
-        _, _, t_feats = self._teacher(images)
-        feats = self.student.forward_features(images)[2]
-        terms = {"ab": self.weights["ab"] * L.activation_boundary_loss(self.adapters(feats), t_feats, self.cfg.ab_margin)}
-        self._apply(terms, self.g_opt, self._g_params(), epoch, "activation-boundary")
-        return {"ab": terms["ab"].item()}
+        t_feats = self.teacher_outputs(images)[2]
+        adapted = self.adapters(self.student.forward_features(images)[2])
+        terms = {k: self.weights["ab"] * v for k, v in self.methods["ab"].pretrain_terms(adapted, t_feats).items()}
+        if self.guard.finite(terms, self.epoch, self.step, "activation-boundary"):
+            self.kd_opt.zero_grad(set_to_none=True)
+            sum(terms.values()).backward()
+            self._clip([p for g in self.kd_opt.param_groups for p in g["params"]])
+            self.kd_opt.step()
+        return {k: v.item() for k, v in terms.items()}
 
-    def _post_step(self, images, targets, epoch) -> dict:
+    def _post_step(self, images, targets) -> dict | None:
         """Stage 4: the classic SSD objective with SGD."""
         loc, conf = self.student(images)
         _, mb = self._detection(loc, conf, targets)
-        self._apply(dict(mb), self.post_opt, list(self.student.parameters()), epoch, "post-training")
+        if not self.guard.finite(dict(mb), self.epoch, self.step, "post-training"):
+            return None
+        self.post_opt.zero_grad(set_to_none=True)
+        (mb["loc"] + mb["cls"]).backward()
+        self._clip(list(self.student.parameters()))
+        self.post_opt.step()
         return {"loc": mb["loc"].item(), "cls": mb["cls"].item(), "det": (mb["loc"] + mb["cls"]).item()}
+
+    def train_step(self, images, targets) -> dict | None:
+        """The ``step`` of the training loop: a student or post-learning step, as the schedule says."""
+        stage = self.schedule.stage
+        out = self._post_step(images, targets) if stage == "post" else self._student_step(images, targets)
+        self.log.add(stage, out or {})
+        self.step += 1
+        self.schedule.after_iteration(self.epoch)
+        return out
 
     # ----------------------------------------------------------------------------------------------- epoch
     def _extra_batches(self, loader, epoch: int):
         """Endless batches for the iteration stages (D pre-learning / fine-tuning, AB init): a shuffled stream
         of their own over the training set. Drawing them leaves the global RNG untouched, so the student's
         batches and augmentations are exactly those of the baseline run with the same seed."""
-        gen = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch + 7_919)
+        gen = torch.Generator().manual_seed(self.cfg.run.seed * 100_003 + epoch + 7_919)
         while True:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(int(torch.randint(2**62, (1,), generator=gen)))
@@ -266,6 +345,7 @@ class KDSession:
     def run_iteration_stages(self, batches, epoch: int, log=None) -> None:
         """Run the schedule's iteration stages (ab_init, d_pretrain, d_finetune) to their end on ``batches``.
         With nothing to train (the baseline: every KD weight 0) the stage is only counted, no batch is drawn."""
+        self.epoch = epoch
         while self.schedule.stage in ITERATION_STAGES:
             stage = self.schedule.stage
             idle = stage != "ab_init" and self.d_opt is None
@@ -273,144 +353,134 @@ class KDSession:
                 out = {}
             else:
                 images = next(batches)[0].to(self.device, non_blocking=True)
-                out = self._ab_step(images, epoch) if stage == "ab_init" else self._d_step(images, epoch)
+                out = self._ab_step(images) if stage == "ab_init" else self.discriminator_step(images)
             if log is not None:
                 log(stage, out)
+            self.log.add(stage, out)
             self.step += 0 if idle else 1
             self.schedule.after_iteration(epoch)
 
     def train_epoch(self, loader, epoch: int, desc: str = "kd") -> dict:
-        """One pass of student (or post-learning) steps over ``loader`` following the schedule; the iteration
-        stages run on batches of their own in between. Returns the mean of every logged number."""
-        self.student.train()
-        sums, counts = defaultdict(float), defaultdict(int)
-        adv_sum, adv_n, fool_sum, fool_n, stages_seen = 0.0, 0, 0.0, 0, defaultdict(int)
-
-        def log(stage, out):
-            stages_seen[stage] += 1
-            for k, v in out.items():
-                if v is not None and math.isfinite(v):
-                    sums[k] += v
-                    counts[k] += 1
-            if stage in ITERATION_STAGES:     # D / AB iterations: show their count and the D accuracies
-                post = {"stage": f"{stage} {self.schedule.stage_iters + 1}/{self.schedule.length(stage)}"}
-                post.update({k: f"{v:.3f}" for k, v in out.items() if k in ("d_gan", "d_acc_real", "d_acc_fake", "ab")})
-                bar.set_postfix(post)
-
+        """One pass of student (or post-learning) steps over ``loader`` through the training loop, the
+        iteration stages running on batches of their own in between. Returns the mean of every logged number."""
+        self.epoch, self.log = epoch, EpochLog()
         extra = None
-        bar = tqdm(loader, desc=f"{desc} {epoch + 1}", leave=False, dynamic_ncols=True)
-        for images, targets in bar:
+
+        def before_batch():
+            nonlocal extra
             if self.schedule.stage in ITERATION_STAGES:
                 extra = extra if extra is not None else self._extra_batches(loader, epoch)
-                self.run_iteration_stages(extra, epoch, log)
-            images = images.to(self.device, non_blocking=True)
-            stage = self.schedule.stage
-            if stage == "post":
-                out = self._post_step(images, targets, epoch)
-            else:
-                out = self._student_step(images, targets, epoch)
-                if "adv" in out:
-                    adv_sum, adv_n = adv_sum + out["adv"], adv_n + 1
-                if "d_acc_student" in out:
-                    fool_sum, fool_n = fool_sum + out["d_acc_student"], fool_n + 1
-            log(stage, out)
-            self.step += 1
-            self.schedule.after_iteration(epoch)
-            post = {"stage": stage}
-            for k in ("det", "adv", "d_acc_real", "d_acc_fake", "d_acc_student", "soft", "fitnet", "began", "ab"):
-                if counts.get(k):
-                    post[k] = f"{sums[k] / counts[k]:.3f}"
-            bar.set_postfix(post)
-        means = {k: v / max(counts.get(k, 1), 1) for k, v in sums.items()}
-        mean_adv = adv_sum / adv_n if adv_n else None
-        if fool_n and self.schedule.stage == "student":
-            # D accuracy on the student's maps while D is frozen (student stage only).
-            if self.monitor.end_of_student_epoch(epoch, fool_sum / fool_n):
-                self._reset_discriminators(epoch)
-        if stages_seen.get("post"):
+                self.run_iteration_stages(extra, epoch)
+
+        train_one_epoch(loader, self.train_step, self.device, epoch, model=self.student, before_batch=before_batch,
+                        desc=f"{desc} {epoch + 1}")
+        return self._end_epoch(epoch)
+
+    def _end_epoch(self, epoch: int) -> dict:
+        means = self.log.means()
+        mean_adv = self.log.mean("adv")
+        fooled = self.log.mean("d_acc_student")
+        if fooled is not None and self.schedule.stage == "student" and self.monitor.end_of_student_epoch(epoch, fooled):
+            self._reset_discriminators(epoch)
+        if self.log.stages.get("post"):
             self.post_sched.step()
         prev = len(self.schedule.history)
         self.schedule.after_epoch(epoch, mean_adv)
         for h in self.schedule.history[prev:]:
             tqdm.write(f"[kd:stage] epoch {h['epoch'] + 1}: {h['from']} -> {h['to']} ({h['why']})")
-        self._good = self._snapshot()
-        means["total"] = 0.0 + sum(v for k, v in means.items() if k in ("loc", "cls", "gan", "soft", "fitnet", "began"))
-        means["lr"] = (self.post_opt if self.schedule.stage == "post" else self.g_opt).param_groups[0]["lr"]
-        self.last_info = {"stages": dict(stages_seen), "stage_now": self.schedule.stage, "round": self.schedule.rounds,
-                          "mean_adversarial": mean_adv}
+        self.guard.commit()
+        means["total"] = 0.0 + sum(v for k, v in means.items() if k in TOTAL_TERMS)
+        means["lr"] = (self.post_opt if self.schedule.stage == "post" else self.det_opt).param_groups[0]["lr"]
+        self.last_info = {"stages": dict(self.log.stages), "stage_now": self.schedule.stage,
+                          "round": self.schedule.rounds, "mean_adversarial": mean_adv}
         return means
 
-    # ----------------------------------------------------------------------------------------------- recovery
-    def _modules(self) -> dict:
-        return {"student": self.student, "adapters": self.adapters, "discs": self.discs, "began": self.began}
-
-    def _optims(self) -> dict:
-        return {"g_opt": self.g_opt, "d_opt": self.d_opt, "post_opt": self.post_opt}
-
-    def _snapshot(self) -> dict:
-        snap = {k: copy.deepcopy(m.state_dict()) for k, m in {**self._modules(), **self._optims()}.items() if m is not None}
-        snap["began_k"] = list(self.began_k)
-        return snap
-
-    def _rollback(self) -> None:
-        for k, m in {**self._modules(), **self._optims()}.items():
-            if m is not None:
-                m.load_state_dict(self._good[k])
-        self.began_k = list(self._good["began_k"])
-        for opt in self._optims().values():
-            if opt is not None:
-                for g in opt.param_groups:
-                    g["lr"] *= 0.5
-        self._good = self._snapshot()     # the halved learning rates are part of the good state now
-
     def _reset_discriminators(self, epoch: int) -> None:
-        lr = self.d_opt.param_groups[0]["lr"] * 0.5
-        for m in self.discs.modules():
-            if hasattr(m, "reset_parameters") and m is not self.discs:
-                m.reset_parameters()
-        d_params = [p for m in (self.discs, self.began) if m is not None for p in m.parameters()]
-        self.d_opt = torch.optim.Adam(d_params, lr=lr, betas=(0.5, 0.999))
+        self.methods["gan"].reset_discriminators()
+        self.d_lr *= 0.5
+        d_params = [p for m in self.methods.values() if m.has_discriminator for p in m.parameters()]
+        self.d_opt = torch.optim.Adam(d_params, lr=self.d_lr, betas=(0.5, 0.999))
         self.schedule.restart(epoch, "collapse recovery")
 
+    def summary(self, tr: dict) -> str:
+        info = self.last_info
+        parts = [f"stages {'/'.join(f'{k}:{v}' for k, v in info['stages'].items())} -> {info['stage_now']}"]
+        for k in ("det", "adv", *TOTAL_TERMS[2:], "ab", "d_gan", "d_acc_real", "d_acc_fake", "d_acc_student"):
+            if k in tr:
+                parts.append(f"{k} {tr[k]:.3f}")
+        return "  ".join(parts)
+
     # ----------------------------------------------------------------------------------------------- checkpoint
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.student
+
+    def checkpoint_state(self) -> dict:
+        """Checkpoint fields of this plan: the post-learning SGD is the run's "optimizer" / "scheduler"; the
+        rest (adapters, discriminators, schedule, stage 1-3 optimizers) goes to ``extra``."""
+        return {"optimizer": self.post_opt.state_dict(), "scheduler": self.post_sched.state_dict(), "scaler": None,
+                "ema": None, "extra": self.checkpoint_extra()}
+
+    def load_checkpoint_state(self, ck) -> None:
+        self.load_checkpoint_extra({**ck.extra, "path": ck.path})
+        self.post_opt.load_state_dict(ck.optimizer)
+        self.post_sched.load_state_dict(ck.scheduler)
+
     def checkpoint_extra(self) -> dict:
         """Keys added to the run checkpoint. The student's inference weights stay alone under "model"."""
+        gan, began = self.discs, self.began
+        extra_state = {}
+        for m in self.methods.values():
+            extra_state.update(m.extra_state())
         return {
-            "kd_modules": {"adapters": self.adapters.state_dict() if self.adapters is not None else {}},
-            "discriminators": {"patch": self.discs.state_dict() if self.discs is not None else {},
-                               "began": self.began.state_dict() if self.began is not None else {}},
-            "gan_state": {"schedule": self.schedule.state_dict(), "monitor": self.monitor.state_dict(),
-                          "began_k": list(self.began_k), "step": self.step, "methods": list(self.methods),
-                          "weights": dict(self.weights), "teacher": str(self.cfg.teacher)},
-            "kd_optimizers": {"generator": self.g_opt.state_dict(),
+            "kd_modules": {"adapters": self.adapters.state_dict() if self.adapters is not None else {},
+                           "standardizer": self.standardizer.state_dict() if self.standardizer is not None else {}},
+            "discriminators": {"patch": gan.state_dict() if gan is not None else {},
+                               "began": began.state_dict() if began is not None else {}},
+            "gan_state": {"format": SESSION_FORMAT, "schedule": self.schedule.state_dict(),
+                          "monitor": self.monitor.state_dict(), **extra_state, "step": self.step,
+                          "student_iters": self.student_iters, "methods": list(self.methods_named),
+                          "weights": dict(self.weights), "teacher": str(self.kd.teacher)},
+            "kd_optimizers": {"detection": self.det_opt.state_dict(),
+                              "distillation": self.kd_opt.state_dict() if self.kd_opt is not None else {},
                               "discriminator": self.d_opt.state_dict() if self.d_opt is not None else {}},
         }
 
     def load_checkpoint_extra(self, ck: dict) -> None:
-        if ck.get("gan_state") is None:
+        gs = ck.get("gan_state")
+        if gs is None:
             raise ValueError("--resume: the checkpoint has no gan_state (not a --kd run)")
+        if gs.get("format", 1) != SESSION_FORMAT:
+            raise ValueError(f"--resume {ck.get('path', '')}: a distillation run written by an older version "
+                             "(its optimizer layout differs); start a new run, e.g. with --init-weights on its best.pt")
         if self.adapters is not None:
             self.adapters.load_state_dict(ck["kd_modules"]["adapters"])
+        if self.standardizer is not None and ck["kd_modules"].get("standardizer"):
+            self.standardizer.load_state_dict(ck["kd_modules"]["standardizer"])
         if self.discs is not None:
             self.discs.load_state_dict(ck["discriminators"]["patch"])
         if self.began is not None:
             self.began.load_state_dict(ck["discriminators"]["began"])
-        self.g_opt.load_state_dict(ck["kd_optimizers"]["generator"])
+        opts = ck["kd_optimizers"]
+        self.det_opt.load_state_dict(opts["detection"])
+        if self.kd_opt is not None:
+            self.kd_opt.load_state_dict(opts["distillation"])
         if self.d_opt is not None:
-            self.d_opt.load_state_dict(ck["kd_optimizers"]["discriminator"])
-        gs = ck["gan_state"]
+            self.d_opt.load_state_dict(opts["discriminator"])
         self.schedule = GanSchedule.from_state(gs["schedule"])
         self.monitor.load_state_dict(gs["monitor"])
-        self.began_k, self.step = list(gs["began_k"]), int(gs["step"])
-        self._good = self._snapshot()
+        for m in self.methods.values():
+            m.load_extra_state(gs)
+        self.step, self.student_iters = int(gs["step"]), int(gs.get("student_iters", 0))
+        self.guard.commit()
 
     def describe(self) -> str:
         parts = [f"{m}={w:g}" for m, w in self.weights.items()]
-        dropped = [m for m in self.methods if m not in self.weights]
-        s = f"kd {' + '.join(parts) or 'none (baseline)'}, lambda(mbox)={self.cfg.kd_mbox_weight:g}"
+        dropped = [m for m in self.methods_named if m not in self.weights]
+        s = f"kd {' + '.join(parts) or 'none (baseline)'}, lambda(mbox)={self.kd.mbox_weight:g}"
         if dropped:
             s += f" [weight 0: {', '.join(dropped)}]"
         return s + f"; schedule starts at '{self.schedule.stage}'"
 
 
-__all__ = ["KDSession", "METHODS", "KD_FIELDS", "parse_kd", "resolve_weights", "format_terms"]
+__all__ = ["KDSession", "METHODS", "parse_kd", "resolve_weights", "frozen_bn_stats"]

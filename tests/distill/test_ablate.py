@@ -4,7 +4,7 @@ import json
 import pytest
 
 from distill import ablate, train
-from helpers import make_tiny_checkpoint
+from tests.helpers import make_tiny_checkpoint
 
 
 @pytest.fixture
@@ -12,12 +12,12 @@ def fake_training(monkeypatch):
     calls = []
 
     def fake_fit(cfg, resume_ckpt=None):
-        calls.append((cfg.kd, json.dumps(cfg.kd_weights, sort_keys=True), cfg.seed))
-        gain = {"gan": 0.5, "gan+soft": 0.7, "soft": 0.3}.get(cfg.kd, 0.0) if cfg.kd_weights.get("gan", 1) else 0.0
-        s = {"mAP": 1.0 + gain + 0.01 * cfg.seed, "AP50": 2.0 + gain, "APs": 0.5, "APm": 1.0 + gain, "APl": 2.0,
+        calls.append((cfg.kd.methods, json.dumps(cfg.kd.weights, sort_keys=True), cfg.run.seed))
+        gain = {"gan": 0.5, "gan+soft": 0.7, "soft": 0.3}.get(cfg.kd.methods, 0.0) if cfg.kd.weights.get("gan", 1) else 0.0
+        s = {"mAP": 1.0 + gain + 0.01 * cfg.run.seed, "AP50": 2.0 + gain, "APs": 0.5, "APm": 1.0 + gain, "APl": 2.0,
              "minutes": 0.1}
-        (train.Path(cfg.out)).mkdir(parents=True, exist_ok=True)
-        (train.Path(cfg.out) / "summary.json").write_text(json.dumps(s))
+        (train.Path(cfg.run.out)).mkdir(parents=True, exist_ok=True)
+        (train.Path(cfg.run.out) / "summary.json").write_text(json.dumps(s))
         return s
 
     monkeypatch.setattr(train, "fit", fake_fit)

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from distill.checkpoint import load_checkpoint, save_checkpoint
+from distill.checkpoint import Checkpoint, load_checkpoint
 from distill.config import TrainConfig, resolve
 from distill.data.shapes import CLASS_NAMES
 from distill.models import create_model
@@ -19,10 +19,8 @@ def teacher_ckpt(tmp_path_factory):
     path = tmp_path_factory.mktemp("teacher") / "best.pt"
     torch.manual_seed(0)
     m = create_model("ssd_darknet53", len(CLASS_NAMES), **KW).eval()
-    cfg = TrainConfig(model="ssd_darknet53", model_kwargs=KW, img_size=64)
-    save_checkpoint(path, {"model_name": "ssd_darknet53", "model_kwargs": KW, "num_classes": len(CLASS_NAMES),
-                           "model": m.state_dict(), "class_names": list(CLASS_NAMES), "category_ids": list(range(1, 9)),
-                           "config": cfg.to_dict(), "nms": vars(cfg.nms()).copy(), "epoch": 0, "step": 0, "best_map": 0.0})
+    cfg = TrainConfig.from_dict({"model": "ssd_darknet53", "model_kwargs": KW, "img_size": 64})
+    Checkpoint.create(cfg, m, list(CLASS_NAMES), list(range(1, 9)), best_map=0.0).save(path)
     return str(path)
 
 
@@ -40,8 +38,8 @@ def smoke_cfg(teacher, data_root, out, **kw):
 def build_session(cfg):
     from distill.train import build_datasets, build_kd_session
     train_set, _ = build_datasets(cfg)
-    student = create_model(cfg.model, len(train_set.class_names), **cfg.model_kwargs)
-    anchors = student.anchors(cfg.img_size)
+    student = create_model(cfg.model.name, len(train_set.class_names), **cfg.model.kwargs)
+    anchors = student.anchors(cfg.data.img_size)
     return build_kd_session(cfg, student, anchors, train_set, torch.device("cpu")), train_set
 
 

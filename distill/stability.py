@@ -1,11 +1,13 @@
-"""Guards against silently broken distillation runs: non-finite losses and discriminator collapse.
+"""Guards against silently broken runs: non-finite losses (every run) and discriminator collapse (GAN-KD).
 
-Policy (each event is logged with every loss term and kept in the checkpoint's ``gan_state``):
+One policy for plain training and distillation alike (each event is logged with every loss term; a
+distillation run keeps the events in its checkpoint's ``gan_state``):
 
 * non-finite loss: the step is SKIPPED (no optimizer step); after ``max_skips`` consecutive skips the
   session ROLLS BACK to the last good state (end of the last finite epoch) and halves every
   learning rate; after ``max_rollbacks`` rollbacks it stops with :class:`NonFiniteLossError`
   printing the loss dict.
+  The good state is taken at every epoch end (:meth:`TrainingGuard.commit`).
 * collapse: the frozen discriminators still call >= 99.9 % of the student's patches "fake" for
   ``patience`` consecutive student epochs (D accuracy pinned at 100 %: the adversarial signal is
   not being followed). The session re-initialises the discriminators with half their learning rate
@@ -13,11 +15,16 @@ Policy (each event is logged with every loss term and kept in the checkpoint's `
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
 
+import torch
 from tqdm import tqdm
 
-from ..engine import NonFiniteLossError
+
+class NonFiniteLossError(RuntimeError):
+    pass
 
 
 def format_terms(terms: dict) -> str:
@@ -79,3 +86,41 @@ class StabilityMonitor:
     def load_state_dict(self, state: dict) -> None:
         for k, v in state.items():
             setattr(self, k, v)
+
+
+class TrainingGuard:
+    """Applies the non-finite policy of :class:`StabilityMonitor` to a set of stateful objects.
+
+    ``stateful()`` returns name -> object with ``state_dict()`` / ``load_state_dict()`` (modules, optimizers,
+    LR schedulers); on a rollback they are restored to the last :meth:`commit` and every optimizer's (and
+    scheduler's base) learning rate is halved.
+    """
+
+    def __init__(self, monitor: StabilityMonitor, stateful: Callable[[], dict[str, Any]]):
+        self.monitor, self._stateful = monitor, stateful
+        self._good: dict[str, Any] = {}
+        self.commit()
+
+    def commit(self) -> None:
+        self._good = {k: copy.deepcopy(o.state_dict()) for k, o in self._stateful().items() if o is not None}
+
+    def finite(self, terms: dict[str, torch.Tensor], epoch: int, step: int, what: str) -> bool:
+        """True when the sum of ``terms`` is finite; otherwise skips (False) or rolls back (False) or raises."""
+        total = sum(terms.values())
+        if torch.isfinite(total):
+            self.monitor.step_ok()
+            return True
+        if self.monitor.non_finite(epoch, step, what, terms) == "rollback":
+            self.rollback()
+        return False
+
+    def rollback(self) -> None:
+        objs = {k: o for k, o in self._stateful().items() if o is not None}
+        for k, o in objs.items():
+            o.load_state_dict(self._good[k])
+        for o in objs.values():
+            for g in getattr(o, "param_groups", []):
+                g["lr"] *= 0.5
+            if hasattr(o, "base_lrs"):
+                o.base_lrs = [lr * 0.5 for lr in o.base_lrs]
+        self.commit()      # the halved learning rates are part of the good state now
