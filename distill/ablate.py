@@ -62,6 +62,7 @@ METHODS: tuple[Method, ...] = (
     Method("gan+rec", "GAN-KD + L_REC (eq. 1)", "gan+rec"),
     Method("gan+rec+soft", "GAN-KD + L_REC + soft labels", "gan+rec+soft"),
     Method("rec+soft", "L_REC + soft labels (no adversarial term)", "gan+rec+soft", {"gan": 0.0}),
+    Method("gan-lr1e-4", "GAN-KD, distillation step 1e-4 (a fifth of the detection step)", "gan", {}, {"kd_lr": 1e-4}),
     Method("gan-lsgan", "GAN-KD, least-squares GAN loss, warm-up", "gan", {}, {"gan_loss": "lsgan", "gan_warmup": 0.25}),
     Method("gan-table", "GAN-KD, Tables 2-3 read literally (1x1 D outputs)", "gan", {}, {"gan_disc_output": "table"}),
     Method("fitnet", "FitNets L2 hints", "fitnet"),

@@ -59,6 +59,9 @@ class FeatureStandardizer(nn.Module):
     Buffers ``mean_k`` / ``std_k`` [C_k] for each map k and ``fitted`` (0 / 1) travel with ``state_dict``.
     """
 
+    FLOOR = 0.1
+    DEAD = 1e-3
+
     def __init__(self, channels: list[int], eps: float = 1e-5):
         super().__init__()
         self.eps = eps
@@ -74,13 +77,22 @@ class FeatureStandardizer(nn.Module):
 
     @torch.no_grad()
     def fit(self, batches_of_maps: list[list[torch.Tensor]]) -> None:
-        """``batches_of_maps``: per batch, the teacher's six maps. Pooled mean / std over (batch, H, W)."""
+        """``batches_of_maps``: per batch, the teacher's six maps. Pooled mean / std over (batch, H, W).
+
+        A channel the teacher barely uses (a ReLU that never fires has std 0) would turn any student activation
+        into a huge standardised value; its std is floored at ``FLOOR`` x the median channel std of its map. A map
+        the teacher does not use at all (median channel std below ``DEAD``, e.g. an untrained teacher's deepest
+        maps) is left as it is (mean 0, std 1)."""
         if not batches_of_maps:
             raise ValueError("no teacher feature maps to measure standardisation statistics on")
         for k in range(self.num_maps):
             x = torch.cat([b[k].float().transpose(0, 1).reshape(b[k].shape[1], -1) for b in batches_of_maps], 1)
-            getattr(self, f"mean_{k}").copy_(x.mean(1))
-            getattr(self, f"std_{k}").copy_(x.std(1, unbiased=False).clamp_min(self.eps))
+            std, mean = x.std(1, unbiased=False), x.mean(1)
+            if float(std.median()) < self.DEAD:
+                std, mean = torch.ones_like(std), torch.zeros_like(mean)
+            floor = max(self.eps, self.FLOOR * float(std.median()))
+            getattr(self, f"mean_{k}").copy_(mean)
+            getattr(self, f"std_{k}").copy_(std.clamp_min(floor))
         self.fitted.fill_(1)
 
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:

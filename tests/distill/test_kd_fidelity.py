@@ -41,6 +41,10 @@ def test_standardizer_fit_and_frozen():
     assert torch.allclose(z.mean((0, 2, 3)), torch.zeros(3), atol=1e-4)
     assert torch.allclose(z.std((0, 2, 3), unbiased=False), torch.ones(3), atol=1e-3)
     assert not any(True for _ in st.parameters()) and st.is_fitted
+    dead = FeatureStandardizer([2])                       # a map the teacher does not use stays unscaled
+    dead.fit([[torch.zeros(4, 2, 3, 3)]])
+    x = torch.randn(1, 2, 3, 3)
+    assert torch.equal(dead([x])[0], x)
 
 
 def test_reconstruction_and_gan_loss_options_by_hand():
