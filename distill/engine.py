@@ -74,7 +74,7 @@ def train_one_epoch(loader, step: Callable, device, epoch: int, *, model, before
     model.train()
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
-    bar = tqdm(loader, desc=f"{desc} {epoch}", leave=False, dynamic_ncols=True)
+    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
     for images, targets in bar:
         if before_batch is not None:
             before_batch()

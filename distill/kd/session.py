@@ -346,19 +346,32 @@ class KDSession:
         """Run the schedule's iteration stages (ab_init, d_pretrain, d_finetune) to their end on ``batches``.
         With nothing to train (the baseline: every KD weight 0) the stage is only counted, no batch is drawn."""
         self.epoch = epoch
+        bar = None
         while self.schedule.stage in ITERATION_STAGES:
             stage = self.schedule.stage
             idle = stage != "ab_init" and self.d_opt is None
             if idle:
                 out = {}
             else:
+                if bar is None or bar.desc != stage:
+                    bar = self._stage_bar(bar, stage)
                 images = next(batches)[0].to(self.device, non_blocking=True)
                 out = self._ab_step(images) if stage == "ab_init" else self.discriminator_step(images)
+                bar.update()
+                bar.set_postfix({k: f"{v:.3f}" for k, v in out.items() if k in ("d_gan", "d_acc_real", "d_acc_fake", "ab")})
             if log is not None:
                 log(stage, out)
             self.log.add(stage, out)
             self.step += 0 if idle else 1
             self.schedule.after_iteration(epoch)
+        if bar is not None:
+            bar.close()
+
+    def _stage_bar(self, previous, stage: str):
+        if previous is not None:
+            previous.close()
+        total = self.schedule.length(stage)
+        return tqdm(total=total, initial=self.schedule.stage_iters, desc=stage, leave=False, dynamic_ncols=True)
 
     def train_epoch(self, loader, epoch: int, desc: str = "kd") -> dict:
         """One pass of student (or post-learning) steps over ``loader`` through the training loop, the
@@ -373,7 +386,7 @@ class KDSession:
                 self.run_iteration_stages(extra, epoch)
 
         train_one_epoch(loader, self.train_step, self.device, epoch, model=self.student, before_batch=before_batch,
-                        desc=f"{desc} {epoch + 1}")
+                        desc=f"{desc} [{self.schedule.stage}]")
         return self._end_epoch(epoch)
 
     def _end_epoch(self, epoch: int) -> dict:
