@@ -86,3 +86,22 @@ def test_resume_of_the_v1_plain_run_is_accepted():
     cfg, ck = resume_config(str(RUNS["plain"]), {"resume": str(RUNS["plain"])})
     assert cfg.kd.methods == "none" and cfg.optim.epochs == 1 and ck.epoch == 0 and ck.extra == {}
     assert ck.scheduler and ck.optimizer["param_groups"]
+
+
+def test_v1_export_loads_and_runs_like_its_checkpoint():
+    """The NMS graph and sidecar written before: today's runtime reads the sidecar, runs the graph, and its
+    detections are the old checkpoint's through today's PyTorch backend."""
+    import numpy as np
+
+    from runtime.load import load_detector
+
+    onnx_det = load_detector(str(V1 / "export" / "model_nms.onnx"))
+    torch_det = load_detector(str(RUNS["plain"]))
+    assert onnx_det.meta.class_names == torch_det.meta.class_names and onnx_det.meta.input_size == (64, 64)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (48 + 8 * i, 64, 3), dtype=np.uint8) for i in range(3)]
+    got, ref = onnx_det(images), torch_det(images)
+    assert len(got) == 3
+    for g, r in zip(got, ref):
+        assert len(g["boxes"]) == len(r["boxes"])
+        np.testing.assert_allclose(np.sort(g["scores"]), np.sort(r["scores"]), atol=1e-4)
