@@ -14,17 +14,6 @@ def save_images(folder: Path, images) -> Path:
     return folder
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One PyTorch thread: on a small shared CPU, multi-threaded PyTorch next to ONNX Runtime (and
-    other jobs) waits on descheduled threads and runs these tiny models 100x slower."""
-    import torch
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory) -> Path:
     from tests.helpers import make_tiny_checkpoint
