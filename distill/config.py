@@ -96,9 +96,10 @@ class KDConfig:
                       "soft labels), fitnet (L2 hints), began (BEGAN discriminator), ab (activation-boundary "
                       "pre-training); 'none': plain training", flag="kd")
     teacher: str | None = _f(None, "teacher checkpoint (best.pt / last.pt or its run folder); required with --kd")
-    weights: dict[str, float] = _f({}, "per-method loss weights as JSON, e.g. '{\"gan\": 1, \"soft\": 1}'; missing "
-                                   "ones use gan 1, soft 1, fitnet 1, began 0.2 (b, text-nontext eq. 2), ab 1; weight "
-                                   "0 = same pipeline without the term", flag="kd_weights")
+    weights: dict[str, float] = _f({}, "per-method weights as JSON, e.g. '{\"gan\": 1, \"soft\": 1}': each method "
+                                   "steps with its own Adam state at --kd-lr x its weight (missing ones: 1, began 0.2 "
+                                   "= b of text-nontext eq. 2); weight 0 = the same pipeline without the term",
+                                   flag="kd_weights")
     mbox_weight: float = _f(1.0, "lambda of GAN-KD loss (3): weight of the multibox loss in the student stage",
                             flag="kd_mbox_weight")
     temperature: float = _f(2.0, "soft-label KD temperature T (loss scaled by T^2)", flag="kd_temperature")

@@ -15,11 +15,14 @@ Optimizers (the paper: "for all stages, except post-training, we used Adam optim
 learning rate"; "SGD with initial learning rate 5e-4 with 10 times decrease every 20 epochs" after):
 
 * detection: Adam(lr --gan-lr) over the student, fed the detection gradient only;
-* distillation: its own Adam(lr --kd-lr, default --gan-lr) over the student and the adapters, fed the
-  weighted sum of the distillation terms. Two optimizer states, because Adam normalises each parameter's
-  step by its running gradient magnitude: in one shared state a large, roughly orthogonal adversarial
-  gradient inflates the second moment and silently shrinks the detection step (measured: ~0.5x in the
-  backbone). Split, the detection step is exactly the baseline's whatever the distillation terms do;
+* distillation: one Adam per method (lr --kd-lr x the method's weight, default --gan-lr x 1) over the
+  student and the adapters, fed that method's terms. Separate states, because Adam normalises each
+  parameter's step by its running gradient magnitude: in one shared state a large, roughly orthogonal
+  adversarial gradient inflates the second moment and silently shrinks the detection step (measured:
+  ~0.5x in the backbone) -- and, among distillation terms, the soft-label step. Split, the detection step
+  is exactly the baseline's and each method's step is exactly what it would be alone, so a combination
+  (gan+soft) differs from its parts (soft) by exactly the added step. A method's weight is therefore its
+  step size relative to the detection step (Adam's step does not depend on the scale of a loss);
 * discriminators: Adam(lr --gan-d-lr, betas 0.5/0.999, the usual GAN setting), never shared;
 * post-learning: SGD(lr --gan-post-lr, momentum, weight decay --gan-post-weight-decay = SSD's 5e-4),
   divided by 1/--gan-post-gamma every --gan-post-step epochs.
@@ -140,7 +143,8 @@ class KDSession:
         self.det_opt = torch.optim.Adam(student_params, lr=kd.gan_lr)
         kd_params = student_params + (list(self.adapters.parameters()) if self.adapters is not None else [])
         self.kd_lr = kd.lr if kd.lr is not None else kd.gan_lr
-        self.kd_opt = torch.optim.Adam(kd_params, lr=self.kd_lr) if len(self.methods) else None
+        # One Adam state per distillation method; its step size is --kd-lr x the method's weight.
+        self.kd_opts = {m: torch.optim.Adam(kd_params, lr=self.kd_lr * self.weights[m]) for m in self.methods}
         d_params = [p for m in self.methods.values() if m.has_discriminator for p in m.parameters()]
         self.d_lr = kd.gan_d_lr if kd.gan_d_lr is not None else kd.gan_lr
         self.d_opt = torch.optim.Adam(d_params, lr=self.d_lr, betas=(0.5, 0.999)) if d_params else None
@@ -173,7 +177,7 @@ class KDSession:
 
     def _stateful(self) -> dict:
         return {"student": self.student, "adapters": self.adapters, "methods": self.methods, "det_opt": self.det_opt,
-                "kd_opt": self.kd_opt, "d_opt": self.d_opt, "post_opt": self.post_opt}
+                **{f"kd_opt_{m}": o for m, o in self.kd_opts.items()}, "d_opt": self.d_opt, "post_opt": self.post_opt}
 
     # ----------------------------------------------------------------------------------------------- maps
     def _standardize(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -212,49 +216,51 @@ class KDSession:
             "teacher_maps": lambda: self._standardize(lazy.get("teacher_feats")),
         })
         step = StudentStep(images, targets, loc, conf, feats, at, mb, lazy)
-        kd_terms, info = {}, {}
+        kd_terms, info, step.method_losses = {}, {}, {}
         for name, method in self.methods.items():
             terms, extra = method.student_terms(step)
             kd_terms.update({k: self.weights[name] * v for k, v in terms.items()})
+            if terms:
+                step.method_losses[name] = sum(terms.values())
             info.update(extra)
         return det_terms, kd_terms, info, step
 
-    def _kd_lr_now(self) -> float:
-        """--gan-warmup: the distillation step ramps linearly from 0 to --kd-lr over that fraction of the
-        adversarial stages' student iterations (Adam's step is invariant to a loss weight, so the ramp is on
-        the step size)."""
+    def _kd_lr_now(self, method: str) -> float:
+        """The step size of a method's optimizer: --kd-lr x its weight (Adam's step does not depend on the scale
+        of a loss, so the weight acts on the step), ramped linearly from 0 over the first --gan-warmup fraction
+        of the adversarial stages' student iterations."""
         total = self.kd.gan_warmup * self.schedule.adversarial_epochs * self.iters_per_epoch
-        return self.kd_lr * (min(1.0, (self.student_iters + 1) / total) if total > 0 else 1.0)
+        ramp = min(1.0, (self.student_iters + 1) / total) if total > 0 else 1.0
+        return self.kd_lr * self.weights[method] * ramp
 
     def _clip(self, params) -> None:
         if self.kd.clip_grad:
             torch.nn.utils.clip_grad_norm_(params, self.kd.clip_grad)
 
-    def _split_step(self, det_terms: dict, kd_terms: dict) -> None:
-        det_total = sum(det_terms.values())
-        params = [p for g in self.det_opt.param_groups for p in g["params"]]
-        if kd_terms and self.kd_opt is not None:
-            g_det = torch.autograd.grad(det_total, params, retain_graph=True, allow_unused=True)
-            self.kd_opt.zero_grad(set_to_none=True)
-            sum(kd_terms.values()).backward()
-            self._clip([p for g in self.kd_opt.param_groups for p in g["params"]])
-            for g in self.kd_opt.param_groups:
-                g["lr"] = self._kd_lr_now()
-            self.kd_opt.step()
-            for p, g in zip(params, g_det):
+    def _split_step(self, det_terms: dict, method_losses: dict) -> None:
+        """Every gradient first (detection, then each method's), then every optimizer steps with its own."""
+        losses = {"detection": sum(det_terms.values()), **method_losses}
+        opts = {"detection": self.det_opt, **{m: self.kd_opts[m] for m in method_losses}}
+        grads = {}
+        for i, (name, loss) in enumerate(losses.items()):
+            params = [p for g in opts[name].param_groups for p in g["params"]]
+            grads[name] = (params, torch.autograd.grad(loss, params, retain_graph=i < len(losses) - 1,
+                                                       allow_unused=True))
+        for name, (params, gs) in grads.items():
+            for p, g in zip(params, gs):
                 p.grad = g
-        else:
-            self.det_opt.zero_grad(set_to_none=True)
-            det_total.backward()
-        self._clip(params)
-        self.det_opt.step()
+            self._clip(params)
+            if name != "detection":
+                for group in opts[name].param_groups:
+                    group["lr"] = self._kd_lr_now(name)
+            opts[name].step()
 
     # ----------------------------------------------------------------------------------------------- steps
     def _student_step(self, images, targets) -> dict | None:
         det_terms, kd_terms, info, step = self.student_terms(images, targets)
         if not self.guard.finite({**det_terms, **kd_terms}, self.epoch, self.step, "student"):
             return None
-        self._split_step(det_terms, kd_terms)
+        self._split_step(det_terms, step.method_losses)
         self.student_iters += 1
         out = {k: v.item() for k, v in {**det_terms, **kd_terms}.items()}
         out["det"] = (step.det["loc"] + step.det["cls"]).item()
@@ -295,10 +301,11 @@ class KDSession:
         adapted = self.adapters(self.student.forward_features(images)[2])
         terms = {k: self.weights["ab"] * v for k, v in self.methods["ab"].pretrain_terms(adapted, t_feats).items()}
         if self.guard.finite(terms, self.epoch, self.step, "activation-boundary"):
-            self.kd_opt.zero_grad(set_to_none=True)
+            opt = self.kd_opts["ab"]
+            opt.zero_grad(set_to_none=True)
             sum(terms.values()).backward()
-            self._clip([p for g in self.kd_opt.param_groups for p in g["params"]])
-            self.kd_opt.step()
+            self._clip([p for g in opt.param_groups for p in g["params"]])
+            opt.step()
         return {k: v.item() for k, v in terms.items()}
 
     def _post_step(self, images, targets) -> dict | None:
@@ -455,7 +462,7 @@ class KDSession:
                           "student_iters": self.student_iters, "methods": list(self.methods_named),
                           "weights": dict(self.weights), "teacher": str(self.kd.teacher)},
             "kd_optimizers": {"detection": self.det_opt.state_dict(),
-                              "distillation": self.kd_opt.state_dict() if self.kd_opt is not None else {},
+                              "distillation": {m: o.state_dict() for m, o in self.kd_opts.items()},
                               "discriminator": self.d_opt.state_dict() if self.d_opt is not None else {}},
         }
 
@@ -476,8 +483,8 @@ class KDSession:
             self.began.load_state_dict(ck["discriminators"]["began"])
         opts = ck["kd_optimizers"]
         self.det_opt.load_state_dict(opts["detection"])
-        if self.kd_opt is not None:
-            self.kd_opt.load_state_dict(opts["distillation"])
+        for m, o in self.kd_opts.items():
+            o.load_state_dict(opts["distillation"][m])
         if self.d_opt is not None:
             self.d_opt.load_state_dict(opts["discriminator"])
         self.schedule = GanSchedule.from_state(gs["schedule"])

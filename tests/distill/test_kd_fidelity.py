@@ -86,9 +86,10 @@ def test_session_parts_and_checkpoint(teacher_ckpt, data_root, tmp_path):  # noq
     assert extra["gan_state"]["rec_scale"] > 0
     # D and the student never share an optimizer or a parameter
     d_params = {id(p) for g in kd.d_opt.param_groups for p in g["params"]}
-    s_params = {id(p) for opt in (kd.det_opt, kd.kd_opt, kd.post_opt) for g in opt.param_groups for p in g["params"]}
+    opts = [kd.det_opt, *kd.kd_opts.values(), kd.post_opt]
+    s_params = {id(p) for opt in opts for g in opt.param_groups for p in g["params"]}
     assert d_params and not d_params & s_params
-    assert len({id(o) for o in (kd.det_opt, kd.kd_opt, kd.d_opt, kd.post_opt)}) == 4
+    assert len({id(o) for o in (*opts, kd.d_opt)}) == 5 and set(kd.kd_opts) == {"gan", "rec"}
 
 
 def test_threshold_is_tested_on_the_per_map_mean(teacher_ckpt, data_root, tmp_path):  # noqa: F811
@@ -117,4 +118,17 @@ def test_detection_step_is_the_baselines_whatever_the_distillation_terms(teacher
     for k in sb:
         torch.testing.assert_close(sb[k]["exp_avg_sq"], sg[k]["exp_avg_sq"])
         torch.testing.assert_close(sb[k]["exp_avg"], sg[k]["exp_avg"])
-    assert base.kd_opt is None and gan.kd_opt.state_dict()["state"]
+    assert not base.kd_opts and gan.kd_opts["gan"].state_dict()["state"]
+
+
+def test_a_methods_step_is_what_it_is_alone(teacher_ckpt, data_root, tmp_path):  # noqa: F811
+    """gan+soft vs soft: the soft-label optimizer's state after one step is the same with or without the
+    adversarial term (each method steps with its own state; a weight scales the method's step size)."""
+    _, train_set = _session(teacher_ckpt, data_root, tmp_path, kd="soft")
+    batch = next(iter(DataLoader(train_set, batch_size=8, collate_fn=collate_train)))
+    soft = _one_student_step(teacher_ckpt, data_root, tmp_path, batch, kd="soft")
+    both = _one_student_step(teacher_ckpt, data_root, tmp_path, batch, kd="gan+soft", kd_weights={"gan": 0.5})
+    a, b = soft.kd_opts["soft"].state_dict()["state"], both.kd_opts["soft"].state_dict()["state"]
+    for k in a:
+        torch.testing.assert_close(a[k]["exp_avg_sq"], b[k]["exp_avg_sq"])
+    assert both.kd_opts["gan"].param_groups[0]["lr"] == pytest.approx(0.5 * both.kd_lr)
