@@ -132,7 +132,9 @@ class KDConfig:
     lr: float | None = _f(None, "Adam learning rate of the distillation terms' own optimizer state (None: --gan-lr); "
                           "the detection terms keep theirs, so no distillation term can shrink the detection step",
                           flag="kd_lr")
-    gan_d_lr: float | None = _f(None, "discriminators' Adam learning rate, betas 0.5 / 0.999 (None: --gan-lr)")
+    gan_d_lr: float | None = _f(None, "discriminators' Adam learning rate (None: --gan-lr)")
+    gan_betas: list[float] = _f([0.5, 0.999], "Adam betas of stages 1-3 (detection, distillation and discriminator "
+                                "optimizers); the paper gives none: 0.5 / 0.999 is the GAN convention")
     gan_disc_output: str = _f("patch", "discriminator outputs: 'patch' (the GAN-KD text: 3x3 maps for DNet1-4, 2x2 "
                               "for DNet5 at 300 px) or 'table' (Tables 2-3 read literally: one logit per image)",
                               choices=("patch", "table"))

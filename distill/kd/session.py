@@ -14,7 +14,7 @@ Objective in the student stage (GAN-KD paper, eq. (3), extended by the other met
 Optimizers (the paper: "for all stages, except post-training, we used Adam optimizer with fixed 5e-4
 learning rate"; "SGD with initial learning rate 5e-4 with 10 times decrease every 20 epochs" after):
 
-* detection: Adam(lr --gan-lr) over the student, fed the detection gradient only;
+* detection: Adam(lr --gan-lr, betas --gan-betas) over the student, fed the detection gradient only;
 * distillation: one Adam per method (lr --kd-lr x the method's weight, default --gan-lr x 1) over the
   student and the adapters, fed that method's terms. Separate states, because Adam normalises each
   parameter's step by its running gradient magnitude: in one shared state a large, roughly orthogonal
@@ -23,7 +23,10 @@ learning rate"; "SGD with initial learning rate 5e-4 with 10 times decrease ever
   is exactly the baseline's and each method's step is exactly what it would be alone, so a combination
   (gan+soft) differs from its parts (soft) by exactly the added step. A method's weight is therefore its
   step size relative to the detection step (Adam's step does not depend on the scale of a loss);
-* discriminators: Adam(lr --gan-d-lr, betas 0.5/0.999, the usual GAN setting), never shared;
+* discriminators: Adam(lr --gan-d-lr), never shared.
+
+The paper does not give Adam's betas; --gan-betas defaults to (0.5, 0.999), the GAN convention (Radford et
+al. 2016) for every stage 1-3 optimizer;
 * post-learning: SGD(lr --gan-post-lr, momentum, weight decay --gan-post-weight-decay = SSD's 5e-4),
   divided by 1/--gan-post-gamma every --gan-post-step epochs.
 
@@ -140,14 +143,16 @@ class KDSession:
     def _build_optimizers(self) -> None:
         kd = self.kd
         student_params = [p for p in self.student.parameters() if p.requires_grad]
-        self.det_opt = torch.optim.Adam(student_params, lr=kd.gan_lr)
+        betas = tuple(kd.gan_betas)
+        self.det_opt = torch.optim.Adam(student_params, lr=kd.gan_lr, betas=betas)
         kd_params = student_params + (list(self.adapters.parameters()) if self.adapters is not None else [])
         self.kd_lr = kd.lr if kd.lr is not None else kd.gan_lr
         # One Adam state per distillation method; its step size is --kd-lr x the method's weight.
-        self.kd_opts = {m: torch.optim.Adam(kd_params, lr=self.kd_lr * self.weights[m]) for m in self.methods}
+        self.kd_opts = {m: torch.optim.Adam(kd_params, lr=self.kd_lr * self.weights[m], betas=betas)
+                        for m in self.methods}
         d_params = [p for m in self.methods.values() if m.has_discriminator for p in m.parameters()]
         self.d_lr = kd.gan_d_lr if kd.gan_d_lr is not None else kd.gan_lr
-        self.d_opt = torch.optim.Adam(d_params, lr=self.d_lr, betas=(0.5, 0.999)) if d_params else None
+        self.d_opt = torch.optim.Adam(d_params, lr=self.d_lr, betas=betas) if d_params else None
         self.post_opt = torch.optim.SGD(param_groups(self.student, kd.gan_post_weight_decay), lr=kd.gan_post_lr,
                                         momentum=self.cfg.optim.momentum)
         self.post_sched = torch.optim.lr_scheduler.StepLR(self.post_opt, kd.gan_post_step, kd.gan_post_gamma)
@@ -419,7 +424,7 @@ class KDSession:
         self.methods["gan"].reset_discriminators()
         self.d_lr *= 0.5
         d_params = [p for m in self.methods.values() if m.has_discriminator for p in m.parameters()]
-        self.d_opt = torch.optim.Adam(d_params, lr=self.d_lr, betas=(0.5, 0.999))
+        self.d_opt = torch.optim.Adam(d_params, lr=self.d_lr, betas=tuple(self.kd.gan_betas))
         self.schedule.restart(epoch, "collapse recovery")
 
     def summary(self, tr: dict) -> str:
