@@ -56,3 +56,28 @@ def test_ablation_cli_errors(tmp_path, capsys):
     for flag in ("--teacher", "--seeds", "--preset", "--out", "--methods", "--student", "--init-weights",
                  "--pretrained-backbone", "--config", "--device"):
         assert flag in help_text
+
+
+def test_paired_statistics_match_a_paired_t_test():
+    from scipy import stats
+    runs = {"baseline": [{"seed": s, "mAP": m} for s, m in enumerate([10.0, 12.0, 11.0, 9.0, 13.0])],
+            "gan": [{"seed": s, "mAP": m} for s, m in enumerate([11.0, 12.5, 12.5, 9.5, 13.2])]}
+    st = ablate.paired_stats(runs, "gan")
+    assert st["diffs"] == pytest.approx([1.0, 0.5, 1.5, 0.5, 0.2]) and st["n"] == 5
+    ref = stats.ttest_rel([r["mAP"] for r in runs["gan"]], [r["mAP"] for r in runs["baseline"]])
+    assert st["p"] == pytest.approx(ref.pvalue) and st["mean"] == pytest.approx(0.74)
+    assert ablate.paired_stats({"baseline": runs["baseline"][:1], "gan": runs["gan"][:1]}, "gan")["p"] is None
+
+
+def test_aggregate_only_reads_finished_runs_and_writes_paired_tables(tmp_path, fake_training):
+    teacher = make_tiny_checkpoint(tmp_path / "t.pt", model="ssd_darknet53", model_kwargs={"width_mult": 0.125})
+    out = tmp_path / "abl"
+    base = ["--teacher", str(teacher), "--out", str(out), "--pretrained-backbone", "none"]
+    assert ablate.main(base + ["--seeds", "2", "--methods", "baseline,soft"]) == 0
+    fake_training.clear()
+    argv = base + ["--seeds", "3", "--methods", "baseline,soft,gan+soft", "--aggregate-only", "--paired-against", "soft"]
+    assert ablate.main(argv) == 0 and fake_training == []             # nothing trains
+    data = json.loads((out / "ablation.json").read_text())
+    assert set(data["runs"]) == {"baseline", "soft"} and len(data["runs"]["soft"]) == 2
+    assert data["paired"]["baseline"]["soft"]["diffs"] == pytest.approx([0.3, 0.3])
+    assert "Paired differences against `soft`" in (out / "ablation.md").read_text()
