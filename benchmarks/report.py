@@ -73,12 +73,17 @@ def write_markdown(report: dict[str, Any], path: Path) -> Path:
         ratios = b.get("ratios") or {}
         reason = (b.get("reason") or "").replace("|", "/")
         row = [b["name"], b["status"],
-               _num(e2e and e2e["mean"]) + (f" ({_num(e2e['p50'])})" if e2e else ""),
+               _num(e2e and e2e["mean"]) + (f" ({_num(e2e['p50'])})" if e2e else "")
+               + (" ⚠" if b.get("busy") else ""),
                _num(model and model["mean"]) + (f" ({_num(model['p50'])})" if model else "")]
         row += [_num(ips.get(s), "{:.1f}") for s in sizes]
         row += [_num(b.get("mAP")), p_txt, _num(ratios.get("vs_pytorch_cpu"), "{:.2f}×"),
                 _num(ratios.get("vs_peer"), "{:.2f}×"), reason]
         lines.append("| " + " | ".join(row) + " |")
+    busy = [b for b in report["backends"] if b.get("busy")]
+    if busy:
+        lines += ["", "⚠ Timings disturbed (the machine looked busy; rerun on an idle machine before comparing):"]
+        lines += [f"* {b['name']}: {'; '.join(b['busy'])}" for b in busy]
     lines += ["", f"Verdict: {'PASS' if report['ok'] else 'FAIL'}"]
     lines += [f"* {f}" for f in report.get("failures", [])]
     lines.append("")

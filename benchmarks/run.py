@@ -34,7 +34,7 @@ from typing import Any
 from benchmarks.machine import machine_facts
 from benchmarks.peer import PEER_NAME
 from benchmarks.report import REFERENCE, add_ratios, write_fps_plot, write_markdown
-from benchmarks.timing import TimingConfig, measure
+from benchmarks.timing import TimingConfig, busy_signs, measure
 from runtime.atomic import write_json_atomic
 from runtime.errors import BackendUnavailable
 from runtime.metadata import read_sidecar
@@ -213,6 +213,22 @@ def measure_speed(det: Any, files: Sequence[str], batch_sizes: Sequence[int], cf
     return out
 
 
+def busy_flags(entry: dict[str, Any]) -> list[str]:
+    """Signs that the machine was busy while this backend was timed: a wide spread of the batch-1
+    timings, or model-only slower than end-to-end (which contains it). [] when the figures look sound."""
+    lat = entry.get("latency_ms") or {}
+    e2e, model = lat.get("e2e"), lat.get("model")
+    flags = [f for what, st in (("end-to-end b1", e2e), ("model-only b1", model)) if st for f in busy_signs(st, what)]
+    if e2e and model and (model["mean"] > e2e["mean"] or model["p50"] > e2e["p50"]):
+        flags.append(f"model-only b1 ({model['mean']:.2f} ms mean, {model['p50']:.2f} median) above end-to-end b1 "
+                     f"({e2e['mean']:.2f} ms, {e2e['p50']:.2f}), which contains it")
+    return flags
+
+
+def _map_text(v: float | None) -> str:
+    return "–" if v is None else f"{v:.2f}"
+
+
 def _one_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0] if text else ''}".strip(": ")
@@ -251,7 +267,7 @@ def run_backend(row: Backend, files: Sequence[str], batch_sizes: Sequence[int], 
     """Build, time and score one backend; never raises (the row records what went wrong)."""
     entry: dict[str, Any] = {"name": row.name, "status": "unavailable", "reason": row.reason, "file": row.file,
                              "precision": None, "latency_ms": None, "throughput_ips": None,
-                             "throughput_model_ips": None, "mAP": None, "parity": None}
+                             "throughput_model_ips": None, "mAP": None, "parity": None, "busy": []}
     if row.build is None:
         log(f"{row.name:<28} unavailable: {row.reason}")
         return entry
@@ -262,6 +278,7 @@ def run_backend(row: Backend, files: Sequence[str], batch_sizes: Sequence[int], 
     t0 = time.perf_counter()
     try:
         entry.update(measure_speed(det, files, batch_sizes, cfg, row.sync))
+        entry["busy"] = busy_flags(entry)
         if not row.timed_only:
             _score(entry, det, row, dataset, indices, gt, reference, max(batch_sizes))
         else:
@@ -275,8 +292,10 @@ def run_backend(row: Backend, files: Sequence[str], batch_sizes: Sequence[int], 
     lat = entry.get("latency_ms") or {}
     if entry["status"] == "ok":
         log(f"{row.name:<28} e2e b1 {lat['e2e']['mean']:7.2f} ms  model b1 {lat['model']['mean']:7.2f} ms  "
-            f"mAP {entry['mAP'] if entry['mAP'] is None else round(entry['mAP'], 2)}  "
-            f"({time.perf_counter() - t0:.1f} s)")
+            f"mAP {_map_text(entry['mAP'])}  ({time.perf_counter() - t0:.1f} s)")
+        if entry["busy"]:
+            log(f"{'':<28} ! timing disturbed, the machine looks busy: {'; '.join(entry['busy'])} "
+                f"(rerun on an idle machine before trusting these figures)")
     else:
         log(f"{row.name:<28} FAILED: {entry['reason']}")
     return entry
@@ -435,6 +454,7 @@ def write_report(plan: Plan, args: argparse.Namespace, machine: dict[str, Any], 
                    "min_iters": cfg.min_iters, "quick": bool(args.quick), "min_map": args.min_map,
                    "threads": args.threads or machine["cpu_cores_usable"]},
         "backends": entries, "ok": not failures, "failures": failures,
+        "busy": [e["name"] for e in entries if e.get("busy")],
     }
     plan.out.mkdir(parents=True, exist_ok=True)
     paths = [plan.out / "report.json", plan.out / "report.md", plan.out / "fps.png"]

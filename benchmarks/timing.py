@@ -39,6 +39,22 @@ def stats_ms(samples_s: Any) -> dict[str, float]:
             "p50": float(p50), "p90": float(p90), "p99": float(p99), "n": int(a.size)}
 
 
+# A timing whose spread says other work shared the machine: std above half the mean, or a p99
+# more than three times the median.
+BUSY_SPREAD = 0.5
+BUSY_TAIL = 3.0
+
+
+def busy_signs(stats: dict[str, float], what: str) -> list[str]:
+    """Why the timing ``stats`` (from :func:`stats_ms`) looks disturbed, one phrase each; [] if steady."""
+    out = []
+    if stats["mean"] > 0 and stats["std"] / stats["mean"] > BUSY_SPREAD:
+        out.append(f"{what}: std {100 * stats['std'] / stats['mean']:.0f}% of the mean")
+    if stats["p50"] > 0 and stats["p99"] / stats["p50"] > BUSY_TAIL:
+        out.append(f"{what}: p99 {stats['p99']:.2f} ms is {stats['p99'] / stats['p50']:.1f}x the median")
+    return out
+
+
 def measure(fn: Callable[[], Any], cfg: TimingConfig, sync: Callable[[], None] | None = None) -> dict[str, float]:
     """Time ``fn()``; ``sync()`` (e.g. ``torch.cuda.synchronize``) runs inside each timed call so
     asynchronous work is counted where it is issued."""

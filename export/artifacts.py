@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runtime.metadata import META_KEY
+
 GRAPH_FILES = {"raw": "model_raw.onnx", "trt": "model_trt.onnx", "nms": "model_nms.onnx", "int8": "model_int8.onnx"}
-META_KEY = "fdet_meta"
 
 
 @dataclass

@@ -116,7 +116,15 @@ def calibration_images(count: int, folder: str | Path | None = None, cfg: dict |
         return None, why
     step = max(1, len(ds) // count)
     images = [ds[i][0] for i in range(0, len(ds), step)][:count]
-    return images, f"checkpoint training data {why} ({len(images)} images, every {step}th)"
+    return images, f"checkpoint training data {why} ({len(images)} images, {every_nth(step)})"
+
+
+def every_nth(step: int) -> str:
+    """``1 -> "all of them"``, ``2 -> "every 2nd"``, ``3 -> "every 3rd"``, ``11 -> "every 11th"``."""
+    if step <= 1:
+        return "all of them"
+    suffix = "th" if step % 100 in (11, 12, 13) else {1: "st", 2: "nd", 3: "rd"}.get(step % 10, "th")
+    return f"every {step}{suffix}"
 
 
 # --------------------------------------------------------------------------- runs and exports

@@ -14,6 +14,7 @@ _LAZY = {
     "load_detector": "runtime.load",
     "Detector": "runtime.detector",
     "BackendUnavailable": "runtime.errors",
+    "Results": "runtime.results",
 }
 
 __all__ = sorted(_LAZY)

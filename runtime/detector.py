@@ -3,7 +3,8 @@
 ::
 
     det = load_detector("exports/kd/model_nms.onnx")     # runtime.load: picks the backend
-    dets = det(["a.jpg", pil_image, hwc_uint8])          # list of {boxes, scores, labels}
+    dets = det(["a.jpg", pil_image, hwc_uint8])          # list of Results (runtime.results)
+    r = det("a.jpg", conf=0.3)                           # one image: one Results; r.boxes, r["boxes"]
 
 A detector is three steps, each callable on its own so benchmarks can time them separately:
 
@@ -38,6 +39,7 @@ from runtime.nms_fast import efficient_nms_fast
 from runtime.nms_reference import efficient_nms
 from runtime.outputs import NMS_OUTPUTS
 from runtime.preprocess import Preprocessor, scale_boxes
+from runtime.results import Results
 
 # One image's detections: boxes float32 [K, 4] xyxy original pixels, scores float32 [K],
 # labels int64 [K] in 1..C.
@@ -55,12 +57,15 @@ def detections_from_nms(
     orig_hw: np.ndarray,
     num_classes: int,
     resize_mode: str = "stretch",
+    input_size: Sequence[int] | None = None,
 ) -> list[Detections]:
     """NMS graph outputs -> detections in original-image pixels.
 
     ``num_detections`` int [B, 1]; ``boxes`` [B, K, 4] normalised xyxy; ``scores`` [B, K];
     ``classes`` int [B, K] 0-based object class; ``orig_hw`` int [B, 2]. Only the first
-    ``num_detections[b]`` rows of image b are read. Labels are ``class + 1`` (1..C).
+    ``num_detections[b]`` rows of image b are read. Labels are ``class + 1`` (1..C). Boxes go back
+    to original pixels by :func:`runtime.preprocess.scale_boxes` (``input_size`` (H, W) is needed
+    for ``resize_mode="letterbox"``).
     """
     num = np.asarray(num_detections).reshape(-1)
     boxes = np.asarray(boxes)
@@ -90,7 +95,7 @@ def detections_from_nms(
                 f"got values in {int(cls.min())}..{int(cls.max())}"
             )
         out.append({
-            "boxes": scale_boxes(boxes[i, :n].reshape(n, 4), orig_hw[i], resize_mode),
+            "boxes": scale_boxes(boxes[i, :n].reshape(n, 4), orig_hw[i], resize_mode, input_size),
             "scores": scores[i, :n].astype(np.float32),
             "labels": cls + 1,
         })
@@ -163,7 +168,8 @@ class Detector(abc.ABC):
             nms_out = nms_of_raw(outputs["boxes"], outputs["scores"], self.meta.nms)
         else:
             nms_out = tuple(outputs[k] for k in NMS_OUTPUTS)
-        return detections_from_nms(*nms_out, orig_hw, self.meta.num_classes, self.meta.resize_mode)
+        return detections_from_nms(*nms_out, orig_hw, self.meta.num_classes, self.meta.resize_mode,
+                                   self.meta.input_size)
 
     # -- conveniences ----------------------------------------------------------------------
     def run_batch(self, batch: np.ndarray) -> dict[str, np.ndarray]:
@@ -181,17 +187,23 @@ class Detector(abc.ABC):
             return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         return self.infer(batch)
 
-    def __call__(self, images: Any) -> Any:
-        """A list of images -> a list of detections; a single image -> its detections.
+    def __call__(self, images: Any, conf: float | None = None) -> Any:
+        """A list of images -> a list of :class:`~runtime.results.Results`; a single image -> its Results.
 
-        Images: paths, ``PIL.Image`` s or uint8 HWC RGB arrays, of any sizes. Each result is
-        ``{"boxes": float32 [K, 4] xyxy in original-image pixels, "scores": float32 [K],
-        "labels": int64 [K] in 1..C}``, sorted by descending score.
+        Images: paths, ``PIL.Image`` s or uint8 HWC RGB arrays, of any sizes. Each Results holds
+        ``boxes`` float32 [K, 4] xyxy in original-image pixels, ``scores`` float32 [K] sorted by
+        descending score, ``labels`` int64 [K] in 1..C, the sidecar's class names and category
+        ids, and reads like the plain dict (``r["boxes"]``). ``conf``: keep scores >= conf only
+        (None: everything the model's NMS score threshold kept).
         """
         single = isinstance(images, (str, os.PathLike, np.ndarray, Image.Image))
-        batch, orig = self.preprocess([images] if single else images)
+        sources = [images] if single else list(images)
+        batch, orig = self.preprocess(sources)
         dets = self.postprocess(self.run_batch(batch), orig)
-        return dets[0] if single else dets
+        out = [Results.from_detections(d, self.meta, hw, src) for d, hw, src in zip(dets, orig, sources)]
+        if conf is not None:
+            out = [r.filter(conf) for r in out]
+        return out[0] if single else out
 
     def close(self) -> None:
         """Release runtime resources (sessions, device buffers). Idempotent."""

@@ -2,7 +2,7 @@
 
 ::
 
-    python -m runtime.evaluate --model exports/kd/model_nms.onnx [--data SPEC] [--out metrics.json]
+    python -m runtime.evaluate --model exports/kd/model_nms.onnx [--data SPEC] [--out DIR]   # DIR/metrics.json
 
 ``--data`` takes the training side's dataset specs: ``shapes`` | ``shapes:val`` |
 ``coco:ANNOTATIONS.json:IMAGE_DIR`` | ``voc:ROOT:SPLIT``. Without it, the model's own validation
@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.atomic import write_json_atomic
+from runtime.cli import report_file
 from runtime.datasets import EvalDataset, default_val_spec, open_eval_dataset
 from runtime.evaluation import eval_subset, inference_on_dataset
 from runtime.metadata import ModelMeta
@@ -106,14 +107,27 @@ def data_for(det: Any, data: str | None = None, data_root: str | None = None) ->
     return spec
 
 
+def _order_note(given: list[Any], expected: list[Any]) -> str:
+    if given != expected and sorted(map(str, given)) == sorted(map(str, expected)):
+        return " (the same classes in another order: their labels would be scored against the wrong classes)"
+    return ""
+
+
 def check_classes(dataset: Any, meta: ModelMeta) -> None:
-    """The dataset must have the model's classes (same ids, same order)."""
-    if list(dataset.category_ids) != list(meta.category_ids):
+    """The dataset must have the model's classes: the same category ids and the same class names,
+    in the same order (a dataset listing them in another order would give a wrong mAP)."""
+    where = f"dataset {getattr(dataset, 'name', '')}".rstrip()
+    ids, names = list(dataset.category_ids), [str(n) for n in getattr(dataset, "class_names", None) or []]
+    if ids != list(meta.category_ids):
         raise ValueError(
-            f"dataset {getattr(dataset, 'name', '')} has category ids {list(dataset.category_ids)[:10]} "
-            f"({len(dataset.category_ids)} classes) but the model was trained on {list(meta.category_ids)[:10]} "
-            f"({meta.num_classes} classes: {meta.class_names[:5]}...)"
-        )
+            f"{where} has category ids {ids[:10]} ({len(ids)} classes: {names[:5]}...) but the model was trained on "
+            f"{list(meta.category_ids)[:10]} ({meta.num_classes} classes: {meta.class_names[:5]}...)"
+            f"{_order_note(names, list(meta.class_names)) or _order_note(ids, list(meta.category_ids))}")
+    if names and [n.strip() for n in names] != [n.strip() for n in meta.class_names]:
+        pairs = [f"id {c}: dataset {a!r}, model {b!r}" for c, a, b in zip(ids, names, meta.class_names) if a != b]
+        note = _order_note(names, list(meta.class_names))
+        raise ValueError(f"{where} names its classes differently from the model{note}: "
+                         f"{'; '.join(pairs[:5])}{' ...' if len(pairs) > 5 else ''}")
 
 
 def open_dataset(data: DataSpec, meta: ModelMeta | None = None) -> EvalDataset:
@@ -135,7 +149,7 @@ def evaluate_detector(det: Any, dataset: Any, *, batch_size: int = 8, max_images
     Detections map to dataset ids through the sidecar's category ids."""
     check_classes(dataset, det.meta)
     indices, gt = eval_subset(dataset, max_images)
-    evaluator = CocoEvaluator(gt, det.meta.category_ids, det.meta.class_names)
+    evaluator = CocoEvaluator(gt, det.meta.category_ids, det.meta.class_names, detail=per_class)
     return inference_on_dataset(det, dataset, evaluator, indices=indices, batch_size=batch_size,
                                 progress=progress, desc=getattr(det, "name", "eval"), per_class=per_class)
 
@@ -145,16 +159,25 @@ def _fmt(v: Any) -> str:
 
 
 def format_table(metrics: dict[str, Any], title: str = "") -> str:
-    """The summary metrics on one row, then AP per class."""
+    """The summary metrics on one row, then one row per class: gt instances, precision and recall
+    (IoU 0.5, at the score with the best F1), AP50 and AP (AP alone when there is no detail)."""
     lines = [title] if title else []
     lines.append("  ".join(f"{k:>6}" for k in METRIC_KEYS))
     lines.append("  ".join(f"{_fmt(metrics.get(k)):>6}" for k in METRIC_KEYS))
     per = metrics.get("per_class") or {}
+    detail = metrics.get("per_class_detail") or {}
     if per:
         width = max(len(n) for n in per)
         lines.append("")
-        lines.append(f"{'class':<{width}}  {'AP':>5}")
-        lines.extend(f"{name:<{width}}  {_fmt(ap)}" for name, ap in per.items())
+        if detail:
+            lines.append(f"{'class':<{width}}  {'inst':>5}  {'P':>5}  {'R':>5}  {'AP50':>5}  {'AP':>5}  conf")
+            for name, d in detail.items():
+                conf = "   –" if d["conf"] is None else f"{d['conf']:.2f}"
+                lines.append(f"{name:<{width}}  {d['instances']:>5}  {_fmt(d['precision'])}  {_fmt(d['recall'])}  "
+                             f"{_fmt(d['AP50'])}  {_fmt(d['AP'])}  {conf}")
+        else:
+            lines.append(f"{'class':<{width}}  {'AP':>5}")
+            lines.extend(f"{name:<{width}}  {_fmt(ap)}" for name, ap in per.items())
     return "\n".join(lines)
 
 
@@ -175,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fp16", action="store_true", help="PyTorch backend on CUDA: half precision")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-images", type=int, default=None, help="evaluate the first N images only")
-    p.add_argument("--out", default=None, help="write the metrics as JSON here")
+    p.add_argument("--out", default=None, help="folder (created) for metrics.json; a path ending in .json is that "
+                                               "file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -185,6 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from runtime.load import load_detector
 
     try:
+        out = report_file(args.out, "metrics.json") if args.out else None
         det = load_detector(args.model, device=args.device, provider=args.provider, fp16=args.fp16)
         try:
             data = data_for(det, args.data, args.data_root)
@@ -199,9 +224,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = {"model": str(args.model), "backend": det.name, "data": data.spec, **metrics}
     print(format_table(metrics, f"{det.name} on {data.spec}: {metrics['images']} images, "
                                 f"{metrics['num_detections']} detections, {metrics['seconds']:.1f} s"))
-    if args.out:
-        write_json_atomic(args.out, report)
-        print(f"wrote {args.out}")
+    if out is not None:
+        write_json_atomic(out, report)
+        print(f"wrote {out}")
     return 0
 
 

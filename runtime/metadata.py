@@ -7,10 +7,15 @@ Conventions recorded here (see DESIGN.md):
 
 * labels: contiguous ``L`` in ``1..C``; ``L`` maps to the dataset id ``category_ids[L - 1]``.
 * pixels: the network input is ``(pixel / 255 - mean) / std`` in RGB, NCHW, float32.
-* ``input_size`` is ``(H, W)``; ``resize_mode="stretch"`` warps the whole image to ``H x W``.
+* ``input_size`` is ``(H, W)``; ``resize_mode="stretch"`` warps the whole image to ``H x W``,
+  ``"letterbox"`` fits it with its aspect ratio kept and pads the rest (runtime.preprocess).
 
-This module imports only the standard library, :mod:`runtime.atomic` and :mod:`runtime.errors`
-(no numpy, no torch).
+Every ``.onnx`` of an export also carries the sidecar in its ``metadata_props`` under
+:data:`META_KEY`: :func:`read_model_meta` falls back on that copy (with a warning) when the
+``.json`` is missing.
+
+This module imports only the standard library and :mod:`runtime.atomic`, :mod:`runtime.errors`,
+:mod:`runtime.onnx_props` (no numpy, no torch).
 """
 
 from __future__ import annotations
@@ -22,20 +27,23 @@ import json
 import math
 import os
 import platform
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from runtime.atomic import write_json_atomic
 from runtime.errors import check_choice
+from runtime.onnx_props import read_metadata_props
 
 FORMAT_VERSION = 1
 SUPPORTED_FORMAT_VERSIONS = (1,)
 LAYOUTS = ("NCHW",)
 COLORS = ("RGB",)
-RESIZE_MODES = ("stretch",)
+RESIZE_MODES = ("stretch", "letterbox")
 GRAPHS = ("raw", "nms", "trt", "int8", "engine", "checkpoint")
 PRECISIONS = ("fp32", "fp16", "int8", "best")
+META_KEY = "fdet_meta"  # the sidecar's copy in an ONNX file's metadata_props
 
 def _check_threshold(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -245,6 +253,34 @@ def read_sidecar(model_path: str | os.PathLike[str]) -> ModelMeta:
         return ModelMeta.from_dict(d)
     except (ValueError, TypeError) as e:
         raise ValueError(f"sidecar {path} is malformed: {e}") from e
+
+
+def read_onnx_mirror(onnx_path: str | os.PathLike[str]) -> ModelMeta:
+    """The sidecar copy in an ONNX file's ``metadata_props`` (:data:`META_KEY`); its ``onnx_sha256``
+    is None (a file cannot hold its own hash). ValueError when the file has no valid copy."""
+    p = Path(onnx_path)
+    text = read_metadata_props(p).get(META_KEY)
+    if text is None:
+        raise ValueError(f"{p.name} carries no copy of its sidecar (metadata_props key {META_KEY!r})")
+    try:
+        return ModelMeta.from_dict(json.loads(text))
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"the sidecar copy in {p.name}'s metadata_props is malformed: {e}") from None
+
+
+def read_model_meta(model_path: str | os.PathLike[str]) -> ModelMeta:
+    """The metadata of a model file: its sidecar ``<stem>.json``; for an ``.onnx`` without one, the
+    copy in its ``metadata_props``, with a warning saying so. ValueError naming what is missing."""
+    p = Path(model_path)
+    if p.suffix.lower() != ".onnx" or sidecar_path(p).is_file():
+        return read_sidecar(p)
+    try:
+        meta = read_onnx_mirror(p)
+    except ValueError as e:
+        raise ValueError(f"sidecar not found: {sidecar_path(p)} (expected next to {p.name}), and {e}") from None
+    warnings.warn(f"{p.name}: no sidecar {sidecar_path(p).name} beside it; using the copy in the ONNX "
+                  f"metadata_props (write the sidecar back with python -m export.onnx)", UserWarning, stacklevel=2)
+    return meta
 
 
 def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:

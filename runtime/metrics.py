@@ -4,7 +4,7 @@ One evaluator for every backend (PyTorch, ONNX Runtime, TensorRT) and for traini
 Inputs are internal-convention detections: xyxy boxes in absolute pixels of the original image,
 labels ``L`` in ``1..C`` mapped to dataset ids by ``category_ids[L - 1]``.
 
-COCO ``xywh`` appears only in :func:`to_coco_results`.
+COCO ``xywh`` appears only in :func:`to_coco_results` (written) and :func:`from_coco_results` (read back).
 """
 
 from __future__ import annotations
@@ -75,6 +75,25 @@ def to_coco_results(
     ]
 
 
+def from_coco_results(records: Sequence[dict[str, Any]], category_ids: Sequence[int]
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """COCO result dicts -> (boxes float32 [N, 4] xyxy pixels, scores float32 [N], labels int64 [N]
+    in 1..C): the inverse of :func:`to_coco_results` (the only place COCO ``xywh`` is read back)."""
+    label_of = {int(c): k + 1 for k, c in enumerate(category_ids)}
+    boxes = np.zeros((len(records), 4), np.float32)
+    scores = np.zeros(len(records), np.float32)
+    labels = np.zeros(len(records), np.int64)
+    for i, r in enumerate(records):
+        cat = int(r["category_id"])
+        if cat not in label_of:
+            raise ValueError(f"COCO result #{i} has category_id {cat}, not one of the model's {list(label_of)}")
+        x, y, w, h = (float(v) for v in r["bbox"])
+        boxes[i] = (x, y, x + w, y + h)
+        scores[i] = float(r["score"])
+        labels[i] = label_of[cat]
+    return boxes, scores, labels
+
+
 def write_coco_results(path: Any, results: list[dict[str, Any]]) -> Any:
     """Write COCO result dicts (from :func:`to_coco_results`) as a JSON list, atomically."""
     if not isinstance(results, list):
@@ -110,6 +129,7 @@ class CocoEvaluator:
     label, ``L -> category_ids[L - 1]``; evaluation is restricted to these categories.
     ``class_names``: names for ``per_class``; defaults to the gt category names.
     Images processed with no detections still count (their gt boxes are misses).
+    ``detail``: :meth:`evaluate` also returns ``per_class_detail`` (see there).
     """
 
     def __init__(
@@ -118,10 +138,12 @@ class CocoEvaluator:
         category_ids: Sequence[int],
         class_names: Sequence[str] | None = None,
         verbose: bool = False,
+        detail: bool = False,
     ) -> None:
         from pycocotools.coco import COCO  # numpy-only dependency, imported on use
 
         self.verbose = verbose
+        self.detail = detail
         self.category_ids = [int(c) for c in category_ids]
         gt = _check_gt(gt)
         gt_cats = {int(c["id"]): c.get("name", str(c["id"])) for c in gt["categories"]}
@@ -165,7 +187,10 @@ class CocoEvaluator:
 
         Metrics are floats in 0..100 points; a metric with no gt to measure (e.g. APs with no
         small objects) is NaN, as pycocotools reports -1. No detections at all -> all 0.0.
-        ``per_class`` maps class name -> AP (IoU 0.50:0.95, all areas, 100 dets).
+        ``per_class`` maps class name -> AP (IoU 0.50:0.95, all areas, 100 dets). With ``detail``
+        (constructor), ``per_class_detail`` maps class name -> ``{instances, precision, recall, conf,
+        AP50, AP}``: gt boxes (crowd excluded), precision and recall at IoU 0.5 at the score ``conf``
+        where their F1 is highest (points), AP50 and AP (points).
         """
         out: dict[str, Any] = {k: 0.0 for k in _STAT_INDEX}
         out["num_detections"] = len(self._results)
@@ -173,6 +198,8 @@ class CocoEvaluator:
             # pycocotools' loadRes crashes on an empty result list; nothing detected scores 0.
             if per_class:
                 out["per_class"] = {name: 0.0 for name in self.class_names}
+            if per_class and self.detail:
+                out["per_class_detail"] = self._detail(None)
             return out
 
         from pycocotools.cocoeval import COCOeval
@@ -188,15 +215,57 @@ class CocoEvaluator:
         for key, idx in _STAT_INDEX.items():
             out[key] = _points(ev.stats[idx])
         if per_class:
-            # precision: [T iou, R recall, K class, A area, M maxDets]; area "all", maxDets 100.
-            precision = ev.eval["precision"]
             k_of = {c: k for k, c in enumerate(ev.params.catIds)}
-            out["per_class"] = {}
-            for name, cat in zip(self.class_names, self.category_ids):
-                p = precision[:, :, k_of[cat], 0, -1]
-                p = p[p > -1]
-                out["per_class"][name] = float(np.mean(p) * 100.0) if p.size else math.nan
+            out["per_class"] = {name: _class_ap(ev, k_of[cat]) for name, cat in zip(self.class_names,
+                                                                                    self.category_ids)}
+        if per_class and self.detail:
+            out["per_class_detail"] = self._detail(ev)
         return out
+
+    def _detail(self, ev: Any) -> dict[str, dict[str, Any]]:
+        """``per_class_detail`` of :meth:`evaluate`; ``ev``: the accumulated COCOeval (None: no detections)."""
+        out = {}
+        for k, (name, cat) in enumerate(zip(self.class_names, self.category_ids)):
+            anns = self._coco_gt.loadAnns(self._coco_gt.getAnnIds(imgIds=sorted(self._seen), catIds=[cat]))
+            row: dict[str, Any] = {"instances": sum(1 for a in anns if not a.get("iscrowd", 0)),
+                                   "precision": 0.0, "recall": 0.0, "conf": None, "AP50": 0.0, "AP": 0.0}
+            if ev is not None:
+                kk = list(ev.params.catIds).index(cat)
+                row.update(_best_f1(ev, cat), AP50=_class_ap(ev, kk, iou_index=0), AP=_class_ap(ev, kk))
+            out[name] = row
+        return out
+
+
+def _class_ap(ev: Any, k: int, iou_index: int | None = None) -> float:
+    """AP in points of class index ``k`` of an accumulated COCOeval: over IoU 0.50:0.95, or at one
+    IoU threshold (``iou_index`` 0: IoU 0.5); all areas, 100 detections. NaN without gt."""
+    # precision: [T iou, R recall, K class, A area, M maxDets]; area "all", maxDets 100.
+    p = ev.eval["precision"][:, :, k, 0, -1] if iou_index is None else ev.eval["precision"][iou_index, :, k, 0, -1]
+    p = p[p > -1]
+    return float(np.mean(p) * 100.0) if p.size else math.nan
+
+
+def _best_f1(ev: Any, cat: int) -> dict[str, Any]:
+    """Precision, recall (points) and the score threshold where F1 is highest, at IoU 0.5, all areas."""
+    area_all = list(ev.params.areaRng[0])
+    scores, hits, npos = [], [], 0
+    for e in ev.evalImgs:
+        if e is None or e["category_id"] != cat or list(e["aRng"]) != area_all:
+            continue
+        keep = ~np.asarray(e["dtIgnore"][0], bool)
+        scores.append(np.asarray(e["dtScores"], np.float64)[keep])
+        hits.append(np.asarray(e["dtMatches"][0])[keep] > 0)
+        npos += int((~np.asarray(e["gtIgnore"], bool)).sum())
+    s = np.concatenate(scores) if scores else np.zeros(0)
+    if s.size == 0 or npos == 0:
+        return {"precision": 0.0, "recall": math.nan if npos == 0 else 0.0, "conf": None}
+    order = np.argsort(-s, kind="stable")
+    tp = np.cumsum(np.concatenate(hits)[order])
+    precision, recall = tp / np.arange(1, s.size + 1), tp / npos
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    best = int(np.argmax(f1))
+    return {"precision": float(precision[best] * 100), "recall": float(recall[best] * 100),
+            "conf": float(s[order][best])}
 
 
 def _points(v: float) -> float:

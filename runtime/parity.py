@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from runtime.atomic import write_json_atomic
+from runtime.cli import fail, report_file
 from runtime.errors import BackendUnavailable
 from runtime.evaluate import check_classes, data_for, open_dataset
 from runtime.evaluation import eval_subset, inference_on_dataset
@@ -193,60 +195,100 @@ def format_rows(report: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------
 # CLI.
 # --------------------------------------------------------------------------------------------
-def export_files(folder: Path) -> list[Path]:
-    """The graphs and engines of an export folder (those with a sidecar), in a stable order."""
-    files = sorted(p for p in folder.iterdir() if p.suffix in (".onnx", ".engine", ".plan")
-                   and p.with_suffix(".json").is_file())
-    return files
+MODEL_SUFFIXES = (".onnx", ".engine", ".plan")
+
+
+def export_files(folder: Path) -> tuple[list[Path], list[dict[str, Any]]]:
+    """The graphs and engines of an export folder, in a stable order, and the model files skipped,
+    each with why (``{"name", "status": "skipped", "reason", "ok": True}``). An ``.onnx`` whose
+    sidecar is missing is still checked when it carries the copy in its ``metadata_props``."""
+    from runtime.metadata import read_onnx_mirror, sidecar_path
+
+    files, skipped = [], []
+    for p in sorted(folder.iterdir()):
+        if p.suffix not in MODEL_SUFFIXES:
+            continue
+        if sidecar_path(p).is_file():
+            files.append(p)
+            continue
+        why = "an engine is run only with its sidecar (python -m export.trt writes it)"
+        if p.suffix == ".onnx":
+            try:
+                read_onnx_mirror(p)
+                files.append(p)
+                continue
+            except ValueError as e:
+                why = str(e)
+        skipped.append({"name": p.name, "status": "skipped", "ok": True,
+                        "reason": f"no sidecar {sidecar_path(p).name}; {why}"})
+    return files, skipped
+
+
+def load_candidates(files: Sequence[Path], device: str) -> tuple[list[Any], list[dict[str, Any]]]:
+    """Detectors of ``files`` (the TensorRT plugin graph through its CPU reference), and a row for
+    each file this host cannot run (``unavailable``, ok) or that is broken (``failed``)."""
+    from runtime.load import load_detector
+    from runtime.metadata import read_model_meta
+
+    candidates, rows = [], []
+    for f in files:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # load_detector warns about a missing sidecar itself
+                graph = read_model_meta(f).graph if f.suffix == ".onnx" else None
+            candidates.append(load_detector(f, device=device, provider="reference" if graph == "trt" else None))
+        except BackendUnavailable as e:  # this host cannot run it: not a parity failure
+            rows.append({"name": f.name, "status": "unavailable", "reason": str(e), "ok": True})
+        except (ValueError, RuntimeError) as e:  # a broken artefact
+            rows.append({"name": f.name, "status": "failed", "reason": str(e), "ok": False})
+    return candidates, rows
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m runtime.parity", description=__doc__.split("\n\n")[0])
+    p.add_argument("--reference", required=True, help="PyTorch checkpoint (.pt or run folder)")
+    p.add_argument("--exports", default=None, help="export folder: every .onnx / .engine in it (files that cannot "
+                                                   "be checked are named with the reason)")
+    p.add_argument("--candidates", nargs="*", default=[], help="model files to check (added to --exports)")
+    p.add_argument("--data", default=None, help="dataset spec (default: the checkpoint's validation data)")
+    p.add_argument("--data-root", default=None, help="where the embedded shapes dataset lives")
+    p.add_argument("--max-images", type=int, default=None, help="check on the first N images only")
+    p.add_argument("--batch-size", type=int, default=8, help="images per model call")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--out", default=None, help="folder (created) for parity.json; a path ending in .json is that file")
+    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m runtime.parity", description=__doc__.split("\n\n")[0])
-    p.add_argument("--reference", required=True, help="PyTorch checkpoint (.pt or run folder)")
-    p.add_argument("--exports", default=None, help="export folder: every .onnx / .engine with a sidecar")
-    p.add_argument("--candidates", nargs="*", default=[], help="model files to check (added to --exports)")
-    p.add_argument("--data", default=None, help="dataset spec (default: the checkpoint's validation data)")
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--max-images", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default=None, help="write the report as JSON here")
-    args = p.parse_args(argv)
-
+    args = build_parser().parse_args(argv)
     from runtime.load import load_detector
-    from runtime.metadata import read_sidecar
 
     try:
+        out = report_file(args.out, "parity.json") if args.out else None
         ref = load_detector(args.reference, device=args.device)
-        files = [Path(c) for c in args.candidates]
+        files, skipped = [Path(c) for c in args.candidates], []
         if args.exports:
             if not Path(args.exports).is_dir():
                 raise ValueError(f"--exports {args.exports} is not a folder")
-            files += export_files(Path(args.exports))
+            found, skipped = export_files(Path(args.exports))
+            files += found
         if not files:
-            raise ValueError("no candidates: pass --exports DIR and/or --candidates FILE ...")
+            raise ValueError("no candidates: pass --exports DIR and/or --candidates FILE ..."
+                             + "".join(f"; skipped {s['name']}: {s['reason']}" for s in skipped))
         data = data_for(ref, args.data, args.data_root)
         dataset = open_dataset(data, ref.meta)
     except (ValueError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    candidates, skipped = [], []
-    for f in files:
-        try:
-            provider = "reference" if f.suffix == ".onnx" and read_sidecar(f).graph == "trt" else None
-            candidates.append(load_detector(f, device=args.device, provider=provider))
-        except BackendUnavailable as e:  # this host cannot run it: not a parity failure
-            skipped.append({"name": f.name, "status": "unavailable", "reason": str(e), "ok": True})
-        except (ValueError, RuntimeError) as e:  # a broken artefact
-            skipped.append({"name": f.name, "status": "failed", "reason": str(e), "ok": False})
+        return fail(e)
+    candidates, rows = load_candidates(files, args.device)
     report = check_parity(ref, candidates, dataset, max_images=args.max_images, batch_size=args.batch_size,
                           progress=True)
-    report["candidates"] += skipped
+    report["candidates"] += rows + skipped
     report["ok"] = all(r["ok"] for r in report["candidates"])
     report["data"] = data.spec
     print(format_rows(report))
-    if args.out:
-        write_json_atomic(args.out, report)
+    if out is not None:
+        write_json_atomic(out, report)
+        print(f"wrote {out}")
     return 0 if report["ok"] else 1
 
 

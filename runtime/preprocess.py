@@ -3,11 +3,13 @@
 Pipeline (DESIGN.md, sidecar fields in brackets)::
 
     load_image   any source -> uint8 HWC RGB, EXIF orientation applied       [color]
-    resize       PIL bilinear to (H, W), whole image warped ("stretch")     [input_size, resize_mode]
+    resize       PIL bilinear to (H, W): the whole image warped ("stretch"), or  [input_size, resize_mode]
+                 scaled to fit with its aspect ratio kept and centred on a grey
+                 canvas ("letterbox", :func:`letterbox_geometry`)
     normalize    (pixel / 255 - mean) / std -> float32 CHW                   [mean, std, layout]
 
 and back: :func:`scale_boxes` maps the graph's normalised xyxy boxes to absolute pixels of the
-original image.
+original image, undoing the same geometry.
 
 Only numpy and pillow are imported.
 """
@@ -24,6 +26,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from runtime.errors import check_choice
 from runtime.metadata import RESIZE_MODES
+
+# Grey level of the letterbox padding (the bars around a fitted image).
+LETTERBOX_FILL = 114
 
 # 16/32-bit integer greyscale modes; PIL's convert("RGB") would clip them at 255.
 _WIDE_INT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
@@ -107,10 +112,25 @@ def _check_size_hw(size_hw: Sequence[int]) -> tuple[int, int]:
     return h, w
 
 
+def letterbox_geometry(orig_hw: Sequence[int], size_hw: Sequence[int]) -> tuple[int, int, int, int]:
+    """Where a letterboxed ``(h, w)`` image lies in the ``(H, W)`` input: ``(nh, nw, top, left)``.
+
+    The image is scaled by ``min(H / h, W / w)`` to ``nh x nw`` (rounded, at least 1 px) and
+    centred: ``top = (H - nh) // 2``, ``left = (W - nw) // 2``.
+    """
+    h, w = (int(v) for v in orig_hw)
+    big_h, big_w = _check_size_hw(size_hw)
+    scale = min(big_h / h, big_w / w)
+    nh, nw = max(1, min(big_h, round(h * scale))), max(1, min(big_w, round(w * scale)))
+    return nh, nw, (big_h - nh) // 2, (big_w - nw) // 2
+
+
 def resize(img: np.ndarray, size_hw: Sequence[int], mode: str = "stretch") -> np.ndarray:
     """uint8 [h, w, 3] -> uint8 [H, W, 3] with PIL bilinear (antialiased when shrinking).
 
-    ``mode="stretch"`` warps the whole image to ``H x W`` ignoring aspect ratio (SSD-style).
+    ``mode="stretch"`` warps the whole image to ``H x W`` ignoring aspect ratio (SSD-style);
+    ``mode="letterbox"`` keeps the aspect ratio: the image is scaled to fit and centred on a
+    :data:`LETTERBOX_FILL` grey canvas (:func:`letterbox_geometry`).
     """
     _check_resize_mode(mode)
     h, w = _check_size_hw(size_hw)
@@ -119,6 +139,11 @@ def resize(img: np.ndarray, size_hw: Sequence[int], mode: str = "stretch") -> np
             "resize expects a uint8 [H, W, 3] array, got "
             f"{getattr(img, 'dtype', type(img).__name__)} {getattr(img, 'shape', '')}"
         )
+    if mode == "letterbox":
+        nh, nw, top, left = letterbox_geometry(img.shape[:2], (h, w))
+        canvas = np.full((h, w, 3), LETTERBOX_FILL, dtype=np.uint8)
+        canvas[top:top + nh, left:left + nw] = np.asarray(Image.fromarray(img).resize((nw, nh), Image.BILINEAR))
+        return canvas
     out = Image.fromarray(img).resize((w, h), Image.BILINEAR)
     return np.asarray(out, dtype=np.uint8)
 
@@ -153,12 +178,28 @@ def preprocess_batch(
     return Preprocessor(input_size, mean, std, resize_mode)(images)
 
 
-def scale_boxes(boxes_norm: np.ndarray, orig_hw: Any, resize_mode: str = "stretch") -> np.ndarray:
-    """Normalised xyxy in [0, 1] -> float32 absolute-pixel xyxy of the original image, clipped.
+def _letterbox_to_orig(hw: np.ndarray, input_size: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Per image (``hw`` [B, 2] float): the xyxy multiplier from normalised input coordinates and
+    the xyxy offset, so that ``orig = norm * mul + off`` (both [B, 4])."""
+    big_h, big_w = _check_size_hw(input_size)
+    geo = np.array([letterbox_geometry(row, (big_h, big_w)) for row in hw], dtype=np.float32).reshape(-1, 4)
+    nh, nw, top, left = geo.T
+    sx, sy = hw[:, 1] / nw, hw[:, 0] / nh  # original pixels per input pixel of the fitted image
+    mul = np.stack([big_w * sx, big_h * sy, big_w * sx, big_h * sy], axis=1)
+    off = np.stack([-left * sx, -top * sy, -left * sx, -top * sy], axis=1)
+    return mul, off
+
+
+def scale_boxes(boxes_norm: np.ndarray, orig_hw: Any, resize_mode: str = "stretch",
+                input_size: Sequence[int] | None = None) -> np.ndarray:
+    """Normalised xyxy in [0, 1] of the network input -> float32 absolute-pixel xyxy of the
+    original image, clipped to it.
 
     ``boxes_norm``: [..., 4] as the graphs emit them. ``orig_hw``: one ``(h, w)`` for all boxes,
     or an [B, 2] array with ``boxes_norm`` of shape [B, K, 4] (one size per image). With
-    "stretch", ``x * w`` and ``y * h``; x is clipped to [0, w] and y to [0, h].
+    "stretch", ``x * w`` and ``y * h``. With "letterbox", ``input_size`` ``(H, W)`` is needed: the
+    padding is taken off and the fitted image's scale undone (:func:`letterbox_geometry`).
+    x is clipped to [0, w] and y to [0, h].
     """
     _check_resize_mode(resize_mode)
     boxes = np.asarray(boxes_norm, dtype=np.float32)
@@ -166,16 +207,23 @@ def scale_boxes(boxes_norm: np.ndarray, orig_hw: Any, resize_mode: str = "stretc
         raise ValueError(f"boxes must have shape [..., 4], got {boxes.shape}")
     hw = np.asarray(orig_hw, dtype=np.float32)
     if hw.shape == (2,):
-        scale = np.array([hw[1], hw[0], hw[1], hw[0]], dtype=np.float32)
+        rows, expand = hw.reshape(1, 2), (lambda v: v[0])
     elif hw.ndim == 2 and hw.shape[1] == 2 and boxes.ndim == 3 and boxes.shape[0] == hw.shape[0]:
-        scale = np.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], axis=1)[:, None, :]
+        rows, expand = hw, (lambda v: v[:, None, :])
     else:
         raise ValueError(
             f"orig_hw must be (h, w) or [B, 2] matching boxes [B, K, 4]; got orig_hw shape "
             f"{hw.shape} with boxes shape {boxes.shape}"
         )
-    out = boxes * scale
-    return np.clip(out, 0.0, np.broadcast_to(scale, out.shape)).astype(np.float32, copy=False)
+    limit = expand(np.stack([rows[:, 1], rows[:, 0], rows[:, 1], rows[:, 0]], axis=1))
+    if resize_mode == "letterbox":
+        if input_size is None:
+            raise ValueError("resize_mode 'letterbox' needs input_size (H, W) to take the padding off the boxes")
+        mul, off = _letterbox_to_orig(rows, input_size)
+        out = boxes * expand(mul) + expand(off)
+    else:
+        out = boxes * limit
+    return np.clip(out, 0.0, np.broadcast_to(limit, out.shape)).astype(np.float32, copy=False)
 
 
 class Preprocessor:
@@ -239,7 +287,7 @@ class Preprocessor:
 
     def scale_boxes(self, boxes_norm: np.ndarray, orig_hw: Any) -> np.ndarray:
         """Normalised xyxy -> absolute pixels of the original image (see :func:`scale_boxes`)."""
-        return scale_boxes(boxes_norm, orig_hw, self.resize_mode)
+        return scale_boxes(boxes_norm, orig_hw, self.resize_mode, self.input_size)
 
     def __repr__(self) -> str:
         return (

@@ -14,7 +14,7 @@ import numpy as np
 from runtime.backends import cpu_cores
 from runtime.detector import Detector
 from runtime.errors import BackendUnavailable, check_choice
-from runtime.metadata import ModelMeta, read_sidecar
+from runtime.metadata import ModelMeta, read_model_meta
 from runtime.outputs import INPUT_NAME, output_kind
 
 _EP = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
@@ -75,7 +75,7 @@ class ORTDetector(Detector):
                  device: str = "cpu", threads: int | None = None) -> None:
         ort = import_ort()
         path = Path(path)
-        meta = meta or read_sidecar(path)
+        meta = meta or read_model_meta(path)
         super().__init__(meta)
         self.path = path
         chain = providers_for(ort, provider, device)
@@ -119,7 +119,7 @@ def open_model(path: Path, *, device: str = "cpu", provider: str | None = None, 
                **kwargs: Any) -> Detector:
     """An ``.onnx`` graph: ONNX Runtime, or for the TensorRT plugin graph (sidecar graph ``trt``) its
     CPU reference (``provider="reference"``) or ORT's TensorRT execution provider."""
-    meta = read_sidecar(path)
+    meta = read_model_meta(path)
     if fp16:
         raise ValueError(
             f"fp16 is not an ONNX Runtime option ({path.name} runs in the precision it was exported "

@@ -96,7 +96,8 @@ class TorchDetector(Detector):
             boxes[i, :n] = d["boxes"].numpy()
             scores[i, :n] = d["scores"].numpy()
             classes[i, :n] = d["labels"].numpy() - 1
-        return detections_from_nms(num, boxes, scores, classes, orig_hw, self.meta.num_classes, self.meta.resize_mode)
+        return detections_from_nms(num, boxes, scores, classes, orig_hw, self.meta.num_classes, self.meta.resize_mode,
+                                   self.meta.input_size)
 
 
 def open_model(path: Path, *, device: str = "cpu", provider: str | None = None, fp16: bool = False,

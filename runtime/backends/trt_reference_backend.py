@@ -16,7 +16,7 @@ import numpy as np
 from runtime.backends import cpu_cores
 from runtime.detector import Detector
 from runtime.errors import BackendUnavailable
-from runtime.metadata import ModelMeta, read_sidecar
+from runtime.metadata import ModelMeta, read_model_meta
 from runtime.outputs import NMS_OUTPUTS
 
 
@@ -30,7 +30,7 @@ class TRTReferenceDetector(Detector):
         from runtime.trt_reference import TrtGraphReference
 
         path = Path(path)
-        meta = meta or read_sidecar(path)
+        meta = meta or read_model_meta(path)
         if meta.graph != "trt":
             raise ValueError(f"{path.name} is graph {meta.graph!r}; the TensorRT CPU reference runs 'trt' graphs")
         super().__init__(meta)

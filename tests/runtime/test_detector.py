@@ -14,6 +14,7 @@ from runtime.detector import detections_from_nms
 from runtime.metadata import read_sidecar
 from runtime.outputs import output_kind
 from runtime.preprocess import Preprocessor, preprocess_batch
+from runtime.results import Results
 from tests.helpers import (
     GRID, controlled_raw_graph, image_with_bright_cell, same_detections, tiny_checkpoint, tiny_exports,
 )
@@ -74,7 +75,7 @@ def test_mixed_sizes_in_one_batch_equal_one_by_one(which):
     batch = det(images)
     for img, d in zip(images, batch):
         single = det(img)  # a single image gives a single result
-        assert isinstance(single, dict)
+        assert isinstance(single, Results) and set(dict(single)) == {"boxes", "scores", "labels"}
         assert same_detections(single, d)
         h, w = img.shape[:2]
         assert d["boxes"][:, [0, 2]].max() <= w and d["boxes"][:, [1, 3]].max() <= h
@@ -184,7 +185,7 @@ def test_runtime_onnx_path_never_imports_torch():
         "import sys, numpy as np\n"
         "import runtime\n"
         "from runtime import load_detector\n"
-        "import runtime.evaluate, runtime.parity, runtime.backends.trt_backend\n"
+        "import runtime.evaluate, runtime.parity, runtime.backends.trt_backend, runtime.predict, runtime.video\n"
         f"det = load_detector({str(model)!r})\n"
         "det([np.zeros((30, 40, 3), np.uint8)])\n"
         "bad = [m for m in ('torch', 'torchvision', 'distill') if m in sys.modules]\n"

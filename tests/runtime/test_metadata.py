@@ -97,7 +97,7 @@ def test_from_dict_rejects_unknown_version_and_missing_keys():
 @pytest.mark.parametrize(
     "kw,match",
     [
-        (dict(resize_mode="letterbox"), "resize_mode"),
+        (dict(resize_mode="crop"), "resize_mode"),
         (dict(layout="NHWC"), "layout"),
         (dict(color="BGR"), "color"),
         (dict(graph="tflite"), "graph"),

@@ -161,3 +161,25 @@ def test_write_coco_results(tmp_path):
     p = write_coco_results(tmp_path / "res.json", ev.results)
     data = json.loads(p.read_text())
     assert len(data) == 8 and data[0]["bbox"] == [11.0, 9.0, 30.0, 22.0]
+
+
+def test_per_class_detail_instances_precision_recall_ap50():
+    gt = {"images": [{"id": 1, "width": 100, "height": 100}],
+          "annotations": [{"image_id": 1, "category_id": 4, "bbox": [0, 0, 20, 20], "area": 400, "iscrowd": 0},
+                          {"image_id": 1, "category_id": 4, "bbox": [50, 50, 20, 20], "area": 400, "iscrowd": 0},
+                          {"image_id": 1, "category_id": 9, "bbox": [30, 0, 20, 20], "area": 400, "iscrowd": 0},
+                          {"image_id": 1, "category_id": 9, "bbox": [70, 0, 20, 20], "area": 400, "iscrowd": 1}],
+          "categories": [{"id": 4, "name": "a"}, {"id": 9, "name": "b"}]}
+    ev = CocoEvaluator(gt, [4, 9], detail=True)
+    # class a: a hit (0.9), a false positive (0.8), the second hit (0.3); class b: nothing found.
+    ev.process(1, [[0, 0, 20, 20], [80, 80, 95, 95], [50, 50, 70, 70]], [0.9, 0.8, 0.3], [1, 1, 1])
+    d = ev.evaluate()["per_class_detail"]
+    assert d["a"]["instances"] == 2 and d["b"]["instances"] == 1  # the crowd box is not an instance
+    assert d["a"]["precision"] == pytest.approx(200 / 3) and d["a"]["recall"] == pytest.approx(100.0)
+    assert d["a"]["conf"] == pytest.approx(0.3) and d["a"]["AP50"] > 80
+    assert (d["b"]["precision"], d["b"]["recall"], d["b"]["conf"], d["b"]["AP"]) == (0.0, 0.0, None, 0.0)
+    assert "per_class_detail" not in CocoEvaluator(gt, [4, 9]).evaluate()
+    empty = CocoEvaluator(gt, [4, 9], detail=True)
+    empty.process(1, [], [], [])
+    assert empty.evaluate()["per_class_detail"]["a"] == {"instances": 2, "precision": 0.0, "recall": 0.0,
+                                                         "conf": None, "AP50": 0.0, "AP": 0.0}
