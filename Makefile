@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml requirements-lock.txt 2>/dev/null | sha256sum | cut -c1-12)
 
-.PHONY: install demo test test-fast export bench clean
+.PHONY: install demo test test-fast export bench clean gpu-check
 
 $(STAMP):
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,6 +29,11 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# On a machine with an NVIDIA GPU: PyTorch CUDA, ONNX Runtime GPU providers and TensorRT (where installed) against
+# PyTorch CPU, in one unattended run (<= 10 min). Installs and downloads nothing. Report: $OUT or reports/gpu_check.
+gpu-check:
+	@$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PY)) -m benchmarks.gpu_check $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf runs exports reports

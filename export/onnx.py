@@ -2,6 +2,7 @@
 
     python -m export.onnx --checkpoint runs/kd/best.pt --out exports/kd
     python -m export.onnx --checkpoint runs/kd/best.pt --out exports/kd --int8 --calib-images DIR
+    python -m export.onnx --checkpoint runs/kd/best.pt --out exports/kd --fp16 --int8   # + TensorRT 11 graphs
     python -m export.onnx          # the newest runs/**/best.pt -> exports/<run name>
 
 Files written to ``out`` (dynamic batch, fixed H x W from the checkpoint's ``img_size``), each with
@@ -13,6 +14,10 @@ there ``onnx_sha256`` is null, a file cannot hold its own hash):
                      detection_boxes [B,K,4], detection_scores [B,K], detection_classes [B,K] int32
     model_nms.onnx   the same four outputs from standard ONNX ops (ONNX Runtime on CPU)
     model_int8.onnx  (--int8) ONNX Runtime static INT8 (QDQ, per-channel) of model_raw.onnx
+    model_trt_int8.onnx (--int8) model_trt.onnx with TensorRT explicit quantization (symmetric Q/DQ,
+                     per-channel weights, float plugin tail): TensorRT 11's INT8 (export.qdq_trt)
+    model_trt_fp16.onnx (--fp16) model_trt.onnx in mixed precision, plugin inputs FP32: TensorRT 11's
+                     FP16 (export.fp16)
     export_report.json  the verification table below, machine-readable
 
 The steps, each usable on its own: :func:`export_graphs` (checkpoint -> the three float graphs),
@@ -24,7 +29,9 @@ Every graph passes ``onnx.checker``, shape inference, onnxslim (the plugin node 
 simplification, so it is never touched; a failed simplification keeps the plain graph and says
 so), then is compared with PyTorch at batch 1 and 3 on validation images (synthetic if none):
 raw outputs allclose, NMS outputs equal detection for detection (model_trt.onnx through the CPU
-reference of the plugin, runtime.trt_reference). Any failure -> exit status 1.
+reference of the plugin, runtime.trt_reference). The TensorRT 11 variants are compared with
+model_trt.onnx through the same CPU reference (export.verify_variants: detection agreement, bound
+by precision). Any failure -> exit status 1.
 """
 from __future__ import annotations
 
@@ -326,18 +333,42 @@ def _map_report(art: ExportArtifacts, inputs: ExportInputs, rows: dict[str, dict
     from export.verify import check_int8_map, evaluate_graphs
     if inputs.val_dataset is None:
         return {"skipped": inputs.val_why}
-    graphs = {g: art.graphs[g].onnx for g in ("raw", "int8") if g in art.graphs}
+    from runtime.parity import MAP_TOLERANCE
+    graphs = {g: art.graphs[g].onnx for g in ("raw", "int8", "trt_fp16", "trt_int8") if g in art.graphs}
     maps: dict[str, Any] = {"dataset": inputs.val_why}
     maps.update(evaluate_graphs(graphs, inputs.val_dataset, max_images=eval_images, threads=threads,
                                 progress=progress))
-    why = check_int8_map(maps, max_drop)
-    if why:
-        rows["int8"]["ok"] = False
-        rows["int8"]["notes"].append(why)
+    allowed = {"int8": max_drop, "trt_int8": max_drop, "trt_fp16": MAP_TOLERANCE["fp16"]}
+    for g in graphs.keys() - {"raw"}:
+        why = check_int8_map(maps, allowed[g], graph=g)
+        if why:
+            rows[g]["ok"] = False
+            rows[g]["notes"].append(why)
     return maps
 
 
+def _variants_and_rows(art: ExportArtifacts, inputs: ExportInputs, src: ExportSource, *, fp16: bool, int8: bool,
+                       calib_method: str, threads: int, log: Log) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Write the TensorRT 11 variants of the plugin graph (:mod:`export.variants`), then verify
+    every graph: the ONNX graphs against PyTorch, the variants against model_trt.onnx.
+    Returns (verification rows, variant name -> what was done)."""
+    from export.variants import VARIANT_FILES, write_variants
+    from export.verify import verify_exports
+    from export.verify_variants import verify_variants
+    written, infos = write_variants(art.graphs["trt"].onnx, fp16=fp16, int8=int8,
+                                    reference_images=inputs.calib_images or inputs.verify_images,
+                                    calib_images=inputs.calib_images, calib_source=inputs.calib_source,
+                                    calib_method=calib_method, threads=threads, notes=art.notes, log=log)
+    art.graphs.update(written)
+    plain = {g: p for g, p in art.paths().items() if g not in VARIANT_FILES}
+    rows = verify_exports(plain, src.model, src.anchors, inputs.verify_images, threads=threads, notes=art.notes)
+    rows.update(verify_variants(art.graphs["trt"].onnx, {g: art.paths()[g] for g in written}, inputs.verify_images,
+                                threads=threads, notes=art.notes))
+    return rows, infos
+
+
 def export_onnx(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, int8: bool = False,
+                fp16: bool = False,
                 calib_images: str | os.PathLike[str] | None = None, calib_count: int = 128,
                 calib_method: str = "minmax", plugin_version: str = "auto", plugin_domain: str = PLUGIN_DOMAIN,
                 opset: int = 17, simplify_graphs: bool = True, verify_images: str = "auto",
@@ -345,6 +376,9 @@ def export_onnx(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[s
                 latency_iters: int = 20, threads: int = 0, quiet: bool = False) -> dict[str, Any]:
     """Export one checkpoint to ``out_dir`` and verify it; returns {"ok", "out_dir", "files",
     "report", "report_path"} (``files``: graph -> {"onnx", "sidecar"} paths as str).
+
+    ``int8`` also writes the Q/DQ plugin graph ``model_trt_int8.onnx`` from the same calibration
+    images; ``fp16`` writes ``model_trt_fp16.onnx`` (:mod:`export.variants`).
 
     ``verify_images``: "auto" (validation images of the checkpoint if on disk, else synthetic),
     "synthetic", or a folder of images. ``evaluate``: COCO mAP of FP32 (and INT8) ORT graphs on
@@ -355,7 +389,7 @@ def export_onnx(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[s
     reported (``ok`` False).
     """
     from export.quantize import quantize_int8
-    from export.verify import int8_speedup, verify_exports
+    from export.verify import int8_speedup
     from runtime.preprocess import Preprocessor
     t_start = time.perf_counter()
     log = _silent if quiet else _print
@@ -374,9 +408,10 @@ def export_onnx(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[s
                                                       calibration_source=inputs.calib_source, method=calib_method,
                                                       progress=not quiet, notes=art.notes["int8"])
             log(f"  wrote {art.graphs['int8'].onnx}")
-        rows = verify_exports(art.paths(), src.model, src.anchors, inputs.verify_images, threads=threads,
-                              notes=art.notes)
+        rows, variant_infos = _variants_and_rows(art, inputs, src, fp16=fp16, int8=int8, calib_method=calib_method,
+                                                 threads=threads, log=log)
         report = _report(src, art, inputs, rows)
+        report["trt_variants"] = variant_infos
         if quant is not None:
             x = Preprocessor.from_meta(art.graphs["raw"].meta)(inputs.verify_images)[0]
             report["latency"] = int8_speedup(art.graphs["raw"].onnx, art.graphs["int8"].onnx, x, threads=threads,
@@ -420,7 +455,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: exports/<run name>)")
     p.add_argument("--runs", default="runs", help="where runs are searched when --checkpoint is not given")
     p.add_argument("--int8", action="store_true", help="also write model_int8.onnx (ONNX Runtime static INT8, QDQ, "
-                                                       "per-channel weights) and report INT8 vs FP32 latency/mAP")
+                                                       "per-channel weights) and model_trt_int8.onnx (TensorRT "
+                                                       "explicit quantization of the plugin graph, what TensorRT 11 "
+                                                       "builds for --int8) and report INT8 vs FP32 latency/mAP")
+    p.add_argument("--fp16", action="store_true", help="also write model_trt_fp16.onnx: the plugin graph in mixed "
+                                                       "precision (FP32 plugin inputs), what TensorRT 11 builds "
+                                                       "for --fp16; verified against model_trt.onnx on CPU")
     p.add_argument("--calib-images", metavar="DIR", help="calibration images for --int8 (default: the checkpoint's "
                                                          "training images, if on disk)")
     p.add_argument("--calib-count", type=int, default=128, help="calibration images used at most")
@@ -456,8 +496,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         ckpt = Path(args.checkpoint) if args.checkpoint else xdata.find_latest_checkpoint(args.runs)
         out = Path(args.out) if args.out else xdata.default_export_dir(ckpt, args.runs)
-        res = export_onnx(ckpt, out, int8=args.int8, calib_images=args.calib_images, calib_count=args.calib_count,
-                          calib_method=args.calib_method, plugin_version=args.plugin_version,
+        res = export_onnx(ckpt, out, int8=args.int8, fp16=args.fp16, calib_images=args.calib_images,
+                          calib_count=args.calib_count, calib_method=args.calib_method, plugin_version=args.plugin_version,
                           plugin_domain=args.plugin_domain, opset=args.opset,
                           simplify_graphs=not args.no_simplify, verify_images=args.verify_images,
                           evaluate={"auto": "auto", "yes": True, "no": False}[args.evaluate],

@@ -214,14 +214,17 @@ def evaluate_graphs(graphs: Mapping[str, Path], dataset: Any, *, max_images: int
     eval-mode dataset, through the one evaluation path: runtime's ONNX Runtime detector
     (preprocess, graph, numpy EfficientNMS with the sidecar's settings) in
     ``runtime.evaluation.inference_on_dataset`` with ``runtime.metrics.CocoEvaluator``.
+    TensorRT plugin graphs (sidecar graph "trt") run through the plugin's CPU reference.
     Returns graph name -> metrics plus ``eval_images`` and ``eval_seconds``."""
     from runtime.evaluation import eval_subset, inference_on_dataset
     from runtime.load import load_detector
+    from runtime.metadata import read_sidecar
     from runtime.metrics import CocoEvaluator
     indices, gt = eval_subset(dataset, max_images)
     out = {}
     for name, path in graphs.items():
-        with load_detector(path, threads=threads or None) as det:
+        provider = "reference" if read_sidecar(path).graph == "trt" else None
+        with load_detector(path, threads=threads or None, provider=provider) as det:
             evaluator = CocoEvaluator(gt, det.meta.category_ids, det.meta.class_names)
             m = inference_on_dataset(det, dataset, evaluator, indices=indices, batch_size=16, progress=progress,
                                      desc=f"mAP {name}", per_class=False)
@@ -229,17 +232,19 @@ def evaluate_graphs(graphs: Mapping[str, Path], dataset: Any, *, max_images: int
     return out
 
 
-def check_int8_map(maps: dict[str, Any], max_drop: float) -> str | None:
-    """Record the INT8 mAP drop against FP32 in ``maps`` (from :func:`evaluate_graphs`: "raw",
-    "int8") and return why the INT8 graph fails (more than ``max_drop`` points lost), or None."""
-    if "int8" not in maps:
+def check_int8_map(maps: dict[str, Any], max_drop: float, graph: str = "int8") -> str | None:
+    """Record the mAP drop of ``graph`` (default the INT8 graph) against FP32 in ``maps`` (from
+    :func:`evaluate_graphs`: "raw", ``graph``) as ``<graph>_map_drop`` / ``<graph>_max_map_drop``
+    and return why the graph fails (more than ``max_drop`` points lost), or None."""
+    if graph not in maps:
         return None
-    drop = maps["raw"]["mAP"] - maps["int8"]["mAP"]
-    maps["int8_map_drop"] = drop
-    maps["int8_max_map_drop"] = max_drop
+    drop = maps["raw"]["mAP"] - maps[graph]["mAP"]
+    maps[f"{graph}_map_drop"] = drop
+    maps[f"{graph}_max_map_drop"] = max_drop
     if drop <= max_drop:
         return None
-    return (f"INT8 mAP {maps['int8']['mAP']:.2f} is {drop:.2f} points below FP32 {maps['raw']['mAP']:.2f} "
+    name = "INT8" if graph == "int8" else graph
+    return (f"{name} mAP {maps[graph]['mAP']:.2f} is {drop:.2f} points below FP32 {maps['raw']['mAP']:.2f} "
             f"(allowed {max_drop})")
 
 

@@ -2,7 +2,15 @@
 samples style) and :func:`build_engine`, which builds or reuses the engine a
 :class:`~export.trt.settings.BuildSettings` describes and checks it against the CPU reference.
 
-Targets TensorRT 8.6-10.x (the calibrator API and BuilderFlag.FP16/INT8 were removed in 11).
+Two build paths, chosen from the TensorRT version in :mod:`export.trt.dispatch`:
+
+* strongly typed (TensorRT >= 11; 10.12+ on request): the parsed ONNX states every type --
+  ``model_trt_fp16.onnx`` / ``model_trt_int8.onnx`` (:mod:`export.trt.sources` writes them when
+  missing) -- no precision flag is set, and the parsed network must really hold FP16 tensors /
+  Q/DQ layers for an FP16 / INT8 engine;
+* builder flags (TensorRT 8.6 - 10.x, Jetson): ``model_trt.onnx`` with ``BuilderFlag.FP16`` /
+  ``INT8`` and the entropy calibrator, refused when the GPU lacks the fast path.
+
 Missing TensorRT, CUDA binding or GPU raises :class:`runtime.errors.BackendUnavailable`.
 """
 from __future__ import annotations
@@ -14,7 +22,9 @@ from typing import Any
 
 from export.trt.calibrator import (CalibrationBatches, calibration_cache_valid, calibration_images,
                                    make_entropy_calibrator)
+from export.trt.dispatch import BuildPath, check_typed_network, choose_build_path, network_types
 from export.trt.settings import BuildSettings, build_key, engine_is_fresh, engine_meta, read_onnx_meta, uses_int8
+from export.trt.sources import EngineSource, prepare_source
 from runtime.errors import BackendUnavailable
 
 Log = Callable[[str], None]
@@ -25,13 +35,16 @@ class BuildError(RuntimeError):
 
 
 class EngineBuilder:
-    """TensorRT 10 engine builder with every choice explicit (TensorRT's Python samples style).
+    """TensorRT engine builder with every choice explicit (TensorRT's Python samples style).
 
-    ``trt``: the tensorrt module; ``log``: where messages go (every parser error included).
+    ``trt``: the tensorrt module; ``path``: the build path (default: the one of ``trt.__version__``);
+    ``log``: where messages go (every parser error included).
     """
 
-    def __init__(self, trt: Any, *, verbose: bool = False, workspace_mb: int = 1024, log: Log = print):
+    def __init__(self, trt: Any, *, path: BuildPath | None = None, verbose: bool = False, workspace_mb: int = 1024,
+                 log: Log = print):
         self.trt, self.log = trt, log
+        self.path = path or choose_build_path(str(trt.__version__))
         self.logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
         trt.init_libnvinfer_plugins(self.logger, "")  # registers EfficientNMS_TRT and the other standard plugins
         try:
@@ -46,15 +59,11 @@ class EngineBuilder:
         self.parser = None
         self._timing_cache = None
 
-    @property
-    def major(self) -> int:
-        return int(str(self.trt.__version__).split(".")[0])
-
     def parse(self, onnx_path: Path) -> None:
-        """Parse the ONNX; print every parser error and raise BuildError if any."""
+        """Parse the ONNX into a network with the path's flags; print every parser error and raise
+        BuildError if any."""
         trt = self.trt
-        flags = 0 if self.major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-        self.network = self.builder.create_network(flags)
+        self.network = self.builder.create_network(self.path.network_flags(trt))
         self.parser = trt.OnnxParser(self.network, self.logger)
         if not self.parser.parse_from_file(str(onnx_path)):
             errors = [str(self.parser.get_error(i)) for i in range(self.parser.num_errors)]
@@ -88,13 +97,16 @@ class EngineBuilder:
 
     def set_precision(self, precision: str, *, fast_fp16: bool, fast_int8: bool, calibrator: Any = None,
                       calib_batch: int = 1) -> None:
-        """FP32 / FP16 / INT8 / best, chosen explicitly; raises if the GPU lacks the fast path."""
+        """Builder-flags path: FP32 / FP16 / INT8 / best, chosen explicitly; raises if the GPU lacks
+        the fast path. (The strongly typed path sets no precision: :meth:`check_typed`.)"""
         trt = self.trt
+        if self.path.strongly_typed:
+            raise BuildError("the strongly typed path sets no precision flag: the parsed ONNX states the types")
         if precision == "fp32":
             return
         if not (hasattr(trt.BuilderFlag, "FP16") and hasattr(trt.BuilderFlag, "INT8")):
             raise BuildError(f"TensorRT {trt.__version__} has no BuilderFlag.FP16/INT8 (weak typing was removed in "
-                             f"TensorRT 11): build FP32, or pip install 'tensorrt<11' for --{precision}")
+                             f"TensorRT 11): its engines are built on the strongly typed path (--typing auto)")
         if precision in ("fp16", "best") and not fast_fp16:
             raise BuildError("this GPU has no fast FP16: refusing to build an FP32 engine under an FP16 name "
                              "(drop --fp16/--best to build FP32 on purpose)")
@@ -112,6 +124,21 @@ class EngineBuilder:
                 for name, shape in self._shapes(calib_batch):
                     prof.set_shape(name, shape, shape, shape)
                 self.config.set_calibration_profile(prof)
+
+    def check_typed(self, precision: str, onnx: Path, fast: tuple[bool, bool] | None) -> dict[str, Any]:
+        """Strongly typed path: the parsed network must compute what the engine's name says
+        (FP16 tensors for fp16, Q/DQ layers for int8, neither for fp32), on a GPU with that fast
+        path when its compute capability is known (``fast``: (FP16, INT8) or None). Returns the
+        network's types (:func:`export.trt.dispatch.network_types`)."""
+        types = network_types(self.network, self.trt)
+        why = check_typed_network(precision, types, onnx)
+        if why:
+            raise BuildError(why)
+        if fast is not None and ((precision == "fp16" and not fast[0]) or (precision == "int8" and not fast[1])):
+            raise BuildError(f"this GPU has no fast {precision.upper()}: refusing a slow {precision} engine (build "
+                             f"without --{precision} for FP32 on purpose)")
+        self.log(f"  strongly typed network: {types['fp16_tensors']} FP16 tensors, {types['qdq_layers']} Q/DQ layers")
+        return types
 
     def load_timing_cache(self, path: Path | None) -> None:
         blob = Path(path).read_bytes() if path and Path(path).is_file() else b""
@@ -182,18 +209,32 @@ def _calibrator(s: BuildSettings, trt: Any, cuda: Any, onnx_meta: Any, onnx_sha:
     return calibrator, {**info, "cache": str(s.calib_cache)}
 
 
-def _build_plan(s: BuildSettings, trt: Any, cuda: Any, cc: tuple[int, int] | None, onnx_meta: Any, onnx_sha: str,
-                log: Log) -> tuple[bytes, dict[str, Any] | None]:
-    """Parse, configure and build: (serialized engine, calibration info or None)."""
-    b = EngineBuilder(trt, verbose=s.verbose, workspace_mb=s.workspace_mb, log=log)
-    b.parse(s.onnx)
-    b.set_profile(s.batch)
+def _configure(b: EngineBuilder, s: BuildSettings, src: EngineSource, trt: Any, cuda: Any,
+               cc: tuple[int, int] | None, log: Log) -> tuple[Any, dict[str, Any]]:
+    """Set the precision of the path: check the typed network (strongly typed) or set the flags and
+    the calibrator (builder flags). Returns (calibrator or None, what the report records)."""
+    from export.trt.env import fast_precisions
+    if b.path.strongly_typed:
+        types = b.check_typed(s.precision, src.onnx, fast_precisions(cc) if cc is not None else None)
+        return None, {"network": types, "calibration": (src.meta.extra.get("calibration_source")
+                                                         if s.precision == "int8" else None)}
     fast_fp16, fast_int8 = _fast_precisions(b, cc)
     calibrator, calib_info = None, None
     if uses_int8(s.precision):
-        calibrator, calib_info = _calibrator(s, trt, cuda, onnx_meta, onnx_sha, log)
+        calibrator, calib_info = _calibrator(s, trt, cuda, src.meta, src.sha256, log)
     b.set_precision(s.precision, fast_fp16=fast_fp16, fast_int8=fast_int8, calibrator=calibrator,
                     calib_batch=calibrator.get_batch_size() if calibrator is not None else 1)
+    flags = [f for f, on in (("FP16", s.precision in ("fp16", "best")), ("INT8", uses_int8(s.precision))) if on]
+    return calibrator, {"builder_flags": flags, "calibration": calib_info}
+
+
+def _build_plan(s: BuildSettings, path: BuildPath, src: EngineSource, trt: Any, cuda: Any,
+                cc: tuple[int, int] | None, log: Log) -> tuple[bytes, dict[str, Any]]:
+    """Parse ``src``, configure the path's precision and build: (serialized engine, what was set)."""
+    b = EngineBuilder(trt, path=path, verbose=s.verbose, workspace_mb=s.workspace_mb, log=log)
+    b.parse(src.onnx)
+    b.set_profile(s.batch)
+    calibrator, info = _configure(b, s, src, trt, cuda, cc, log)
     b.load_timing_cache(s.timing_cache)
     try:
         plan = b.build()
@@ -201,7 +242,19 @@ def _build_plan(s: BuildSettings, trt: Any, cuda: Any, cc: tuple[int, int] | Non
         if calibrator is not None:
             calibrator.free()
     b.save_timing_cache(s.timing_cache)
-    return plan, calib_info
+    return plan, {**info, "network_flags": path.network_flags(trt)}
+
+
+def _engine_extra(s: BuildSettings, path: BuildPath, src: EngineSource, gpu: str, cc: tuple[int, int] | None,
+                  seconds: float, info: dict[str, Any]) -> dict[str, Any]:
+    return {"source_onnx": str(src.onnx), "source_graph": src.meta.graph, "source_precision": src.meta.precision,
+            "source_how": src.how, "build_path": {**path.sidecar(), "network_flags": info.get("network_flags"),
+                                                  "builder_flags": info.get("builder_flags", [])},
+            "gpu": gpu, "compute_capability": list(cc) if cc else None, "tensorrt": path.tensorrt,
+            "batch_profile": {"min": s.batch[0], "opt": s.batch[1], "max": s.batch[2]},
+            "workspace_mb": s.workspace_mb, "build_seconds": round(seconds, 1),
+            "timing_cache": str(s.timing_cache) if s.timing_cache else None, "calibration": info.get("calibration"),
+            "io_types": (info.get("network") or {}).get("io_types") or src.meta.extra.get("io_types")}
 
 
 def build_engine(s: BuildSettings, log: Log = print, verify: bool = True, verify_images: Path | None = None
@@ -209,34 +262,33 @@ def build_engine(s: BuildSettings, log: Log = print, verify: bool = True, verify
     """Build (or reuse) the engine described by ``s``; returns the report dict. Raises
     BackendUnavailable (no TensorRT/GPU), BuildError (parse/build/check failed), ValueError (inputs)."""
     from runtime.atomic import write_bytes_atomic
-    from runtime.metadata import sha256_file, write_sidecar
-    onnx_meta = read_onnx_meta(s.onnx)
+    from runtime.metadata import write_sidecar
+    read_onnx_meta(s.onnx)
     trt, cuda, gpu, cc = check_environment()
-    onnx_sha = sha256_file(s.onnx)
-    key = build_key(onnx_sha, s, trt.__version__, gpu, cc)
-    report: dict[str, Any] = {"onnx": str(s.onnx), "engine": str(s.engine), "precision": s.precision,
-                              "batch": list(s.batch), "tensorrt": trt.__version__, "gpu": gpu,
-                              "compute_capability": list(cc) if cc else None, "onnx_sha256": onnx_sha}
+    path = choose_build_path(str(trt.__version__), s.typing)
+    src = prepare_source(s, path, log)
+    key = build_key(src.sha256, s, trt.__version__, gpu, cc, build_path=path.name)
+    report: dict[str, Any] = {"onnx": str(s.onnx), "parsed_onnx": str(src.onnx), "engine": str(s.engine),
+                              "precision": s.precision, "build_path": path.sidecar(), "batch": list(s.batch),
+                              "tensorrt": trt.__version__, "gpu": gpu, "compute_capability": list(cc) if cc else None,
+                              "onnx_sha256": src.sha256}
     fresh, why = engine_is_fresh(s.engine, key)
     if fresh and not s.force:
         log(f"export.trt: {why}: {s.engine} (--force rebuilds)")
         return _with_verification({**report, "status": "cached", "reason": why}, s, verify, verify_images, log)
-    log(f"export.trt: building {s.engine} ({s.precision}, batch {s.batch}, TensorRT {trt.__version__}, {gpu}"
-        f"{f' sm_{cc[0]}{cc[1]}' if cc else ''}) because: {why if not s.force else '--force'}")
+    log(f"export.trt: building {s.engine} ({s.precision}, {path.name} from {src.onnx.name}, batch {s.batch}, "
+        f"TensorRT {trt.__version__}, {gpu}{f' sm_{cc[0]}{cc[1]}' if cc else ''}) because: "
+        f"{why if not s.force else '--force'}")
     t0 = time.perf_counter()
-    plan, calib_info = _build_plan(s, trt, cuda, cc, onnx_meta, onnx_sha, log)
+    plan, info = _build_plan(s, path, src, trt, cuda, cc, log)
     seconds = time.perf_counter() - t0
     write_bytes_atomic(s.engine, plan)
-    extra = {"source_onnx": str(s.onnx), "source_graph": onnx_meta.graph, "gpu": gpu,
-             "compute_capability": list(cc) if cc else None, "tensorrt": trt.__version__,
-             "batch_profile": {"min": s.batch[0], "opt": s.batch[1], "max": s.batch[2]},
-             "workspace_mb": s.workspace_mb, "build_seconds": round(seconds, 1),
-             "timing_cache": str(s.timing_cache) if s.timing_cache else None, "calibration": calib_info}
-    sidecar = write_sidecar(s.engine, engine_meta(onnx_meta, precision=s.precision, onnx_sha256=onnx_sha, key=key,
+    extra = _engine_extra(s, path, src, gpu, cc, seconds, info)
+    sidecar = write_sidecar(s.engine, engine_meta(src.meta, precision=s.precision, onnx_sha256=src.sha256, key=key,
                                                   extra=extra))
     log(f"export.trt: wrote {s.engine} ({len(plan) / 2**20:.1f} MB, {seconds:.1f} s) and {sidecar}")
-    report = {**report, "status": "built", "seconds": seconds, "sidecar": str(sidecar), "calibration": calib_info,
-              "engine_mb": len(plan) / 2**20}
+    report = {**report, "status": "built", "seconds": seconds, "sidecar": str(sidecar),
+              "calibration": info.get("calibration"), "engine_mb": len(plan) / 2**20}
     return _with_verification(report, s, verify, verify_images, log)
 
 

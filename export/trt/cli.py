@@ -5,15 +5,26 @@
     python -m export.trt --fp16          # the newest runs/**/best.pt's export: exports/<run>/model_trt.onnx
 
 Precision is chosen explicitly: ``--fp16``, ``--int8`` or ``--best`` (FP16 + INT8), none of them
-= FP32. If the GPU has no fast FP16 / INT8 the build fails loudly; it never falls back to FP32.
-The engine's sidecar records the precision really built, TensorRT version, GPU name and compute
-capability, and the sha256 of the ONNX file: an existing engine is reused only when that and the
-other build settings match (``--force`` rebuilds anyway). INT8 uses an IInt8EntropyCalibrator2
-over ``runtime.preprocess`` with a calibration cache (tied to the ONNX sha256 by ``<cache>.json``).
+= FP32. How it is realised depends on the TensorRT version (:mod:`export.trt.dispatch`):
+
+* TensorRT >= 11 (strongly typed; ``--typing strongly-typed`` on 10.12+): the ONNX states the
+  precision. ``--fp16`` parses ``model_trt_fp16.onnx`` (mixed precision, export.fp16), ``--int8``
+  ``model_trt_int8.onnx`` (Q/DQ, export.qdq_trt, calibrated on the same images as below); both are
+  written beside ``model_trt.onnx`` when missing or stale (as ``python -m export.onnx --fp16 --int8``
+  writes them). ``--best`` does not exist there. The parsed network must hold FP16 tensors / Q/DQ
+  layers, or the build fails.
+* TensorRT 8.6 - 10.x (builder flags; Jetson): ``model_trt.onnx`` with ``BuilderFlag.FP16`` /
+  ``INT8``; INT8 uses an IInt8EntropyCalibrator2 over ``runtime.preprocess`` with a calibration
+  cache (tied to the ONNX sha256 by ``<cache>.json``).
+
+If the GPU has no fast FP16 / INT8 the build fails loudly; it never falls back to FP32.
+The engine's sidecar records the precision really built, the build path, TensorRT version, GPU
+name and compute capability, and the sha256 of the ONNX file parsed: an existing engine is reused
+only when that and the other build settings match (``--force`` rebuilds anyway).
 The engine is then run (runtime's TensorRT backend) and its detections compared with the CPU
 reference of the same ONNX graph (runtime.trt_reference); too little agreement is a failed build.
 
-Without TensorRT or without a GPU: exit status 2 and one line saying how to get them.
+Without TensorRT or without a GPU: exit status 2, one line saying how to get them, and no file written.
 Everything before the TensorRT calls (arguments, cache keys, sidecars, calibration batches) runs
 and is tested on a CPU-only machine.
 """
@@ -31,10 +42,13 @@ from runtime.errors import BackendUnavailable
 EXIT_OK, EXIT_FAILED, EXIT_UNAVAILABLE = 0, 1, 2
 
 
-DESCRIPTION = ("Build a TensorRT engine from model_trt.onnx (EfficientNMS_TRT fused) with an explicit precision, "
-               "a batch optimisation profile, a timing cache and (INT8) an entropy calibrator. Writes the engine, "
-               "its sidecar <name>.json and a report <name>.build.json. Exit status: 0 built or up to date, "
-               "1 parse/build failed, 2 usage error or no TensorRT/GPU.")
+DESCRIPTION = ("Build a TensorRT engine from model_trt.onnx (EfficientNMS_TRT fused) with an explicit precision: "
+               "TensorRT >= 11 parses the precision's own graph (model_trt_fp16.onnx, model_trt_int8.onnx, written "
+               "when missing), TensorRT 8.6-10.x sets builder flags and (INT8) an entropy calibrator; a batch "
+               "optimisation profile and a timing cache. Writes the engine, "
+               "its sidecar <name>.json and a report <name>.build.json (a build refused for want of TensorRT or a GPU "
+               "writes nothing). Exit status: 0 built or up to date, 1 parse/build failed, 2 usage error or no "
+               "TensorRT/GPU.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,12 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog="Without --onnx: exports/<run name>/model_trt.onnx of the newest best.pt "
                                        "under --runs.")
     p.add_argument("--onnx", help="model_trt.onnx written by python -m export.onnx (its sidecar must be next to it)")
-    p.add_argument("--out", help="engine path (default: model_<precision>.engine next to the ONNX)")
+    p.add_argument("--out", help="output folder for model_<precision>.engine (default: the ONNX's folder); "
+                                 "a path ending in .engine names the engine file itself")
     p.add_argument("--runs", default="runs", help="where runs are searched when --onnx is not given")
     g = p.add_argument_group("precision (one of; none = FP32)")
     g.add_argument("--fp16", action="store_true", help="FP16 kernels allowed (fails if the GPU has no fast FP16)")
     g.add_argument("--int8", action="store_true", help="INT8 kernels allowed, calibrated (fails without fast INT8)")
     g.add_argument("--best", action="store_true", help="FP16 and INT8 kernels allowed")
+    p.add_argument("--typing", default="auto", choices=["auto", "strongly-typed", "builder-flags"],
+                   help="build path: auto = strongly typed on TensorRT >= 11, builder flags on 8.6-10.x; "
+                        "strongly-typed is also available on 10.12+")
     p.add_argument("--batch", default="1,1,16", metavar="MIN,OPT,MAX", help="batch optimisation profile")
     p.add_argument("--workspace-mb", type=int, default=1024, help="builder workspace memory limit in MiB")
     p.add_argument("--timing-cache", help="timing cache file, read and updated (default: timing.cache next to the engine)")
@@ -76,9 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                               verify_images=Path(args.verify_images) if args.verify_images else None)
         write_build_report(settings.engine, report)
         return EXIT_OK
-    except BackendUnavailable as e:
+    except BackendUnavailable as e:  # refused before building: nothing is written
         print(f"export.trt: {e}", file=sys.stderr)
-        write_build_report(settings.engine if settings else None, {"status": "unavailable", "reason": str(e)})
         return EXIT_UNAVAILABLE
     except ValueError as e:
         print(f"export.trt: error: {e}", file=sys.stderr)

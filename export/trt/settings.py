@@ -44,7 +44,8 @@ def uses_int8(precision: str) -> bool:
 
 @dataclass
 class BuildSettings:
-    """One engine build. ``batch``: the optimisation profile's (MIN, OPT, MAX) batch."""
+    """One engine build. ``batch``: the optimisation profile's (MIN, OPT, MAX) batch; ``typing``:
+    the build path asked for ("auto", "strongly-typed", "builder-flags"; :mod:`export.trt.dispatch`)."""
 
     onnx: Path
     engine: Path
@@ -56,6 +57,7 @@ class BuildSettings:
     calib_cache: Path | None = None
     calib_batch: int = 8
     calib_count: int = 256
+    typing: str = "auto"
     force: bool = False
     verbose: bool = False
     notes: list[str] = field(default_factory=list)
@@ -63,6 +65,21 @@ class BuildSettings:
 
 def default_engine_path(onnx: Path, precision: str) -> Path:
     return Path(onnx).with_name(f"model_{precision}.engine")
+
+
+def engine_path(out: str | None, onnx: Path, precision: str) -> Path:
+    """``--out``: a folder (``model_<precision>.engine`` inside it), or a path ending in ``.engine``;
+    none: beside the ONNX."""
+    if not out:
+        return default_engine_path(onnx, precision)
+    p = Path(out)
+    if p.suffix == ".engine" and not p.is_dir():
+        return p
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"--out {p} is a file; --out names a folder (or an engine path ending in .engine)")
+    if p.suffix.lower() in (".plan", ".trt", ".onnx", ".json") and not p.exists():
+        raise ValueError(f"--out {p}: expected a folder or a path ending in .engine (its sidecar is <name>.json)")
+    return p / default_engine_path(onnx, precision).name
 
 
 def _onnx_path(args: argparse.Namespace) -> Path:
@@ -86,15 +103,14 @@ def resolve_settings(args: argparse.Namespace) -> BuildSettings:
     from export import data as xdata
     precision = precision_from_flags(args.fp16, args.int8, args.best)
     onnx = _onnx_path(args)
-    engine = Path(args.out) if args.out else default_engine_path(onnx, precision)
-    if engine.suffix != ".engine":
-        raise ValueError(f"--out must end in .engine (its sidecar is <name>.json), got {engine}")
+    engine = engine_path(args.out, onnx, precision)
     if args.workspace_mb < 16:
         raise ValueError(f"--workspace-mb must be >= 16, got {args.workspace_mb}")
     if not uses_int8(precision) and (args.calib_images or args.calib_cache):
         raise ValueError("--calib-images / --calib-cache are only used with --int8 or --best")
     s = BuildSettings(onnx=onnx, engine=engine, precision=precision, batch=parse_batch(args.batch),
                       workspace_mb=args.workspace_mb, force=args.force, verbose=args.verbose,
+                      typing=getattr(args, "typing", "auto"),
                       timing_cache=Path(args.timing_cache) if args.timing_cache else engine.with_name("timing.cache"),
                       calib_batch=args.calib_batch, calib_count=args.calib_count)
     if args.calib_batch < 1 or args.calib_count < 1:
@@ -106,8 +122,17 @@ def resolve_settings(args: argparse.Namespace) -> BuildSettings:
             xdata.list_images(s.calib_images, limit=1)  # raises if missing or empty
     if getattr(args, "verify_images", None):
         xdata.list_images(args.verify_images, limit=1)
-    read_onnx_meta(onnx)  # the sidecar must exist: nothing is guessed
+    check_graph_precision(onnx, read_onnx_meta(onnx), precision)  # the sidecar must exist: nothing is guessed
     return s
+
+
+def check_graph_precision(onnx: Path, meta: Any, precision: str) -> None:
+    """ValueError when ``onnx`` already states a precision (an FP16 / Q/DQ plugin graph) other than
+    the one asked for: its engine name would not say what it computes."""
+    if meta.precision != "fp32" and meta.precision != precision:
+        flag = "no precision flag" if precision == "fp32" else f"--{precision}"
+        raise ValueError(f"{onnx.name} is a {meta.precision} graph but {flag} was given: pass --{meta.precision}, "
+                         f"or --onnx model_trt.onnx to build {precision} from the FP32 graph")
 
 
 def read_onnx_meta(onnx: Path) -> Any:
@@ -121,11 +146,13 @@ def read_onnx_meta(onnx: Path) -> Any:
 
 # --------------------------------------------------------------------------- engine freshness
 def build_key(onnx_sha256: str, s: BuildSettings, trt_version: str, gpu: str,
-              compute_capability: tuple[int, int] | None) -> dict[str, Any]:
-    """Everything an engine depends on; an engine is reused only when all of it matches."""
+              compute_capability: tuple[int, int] | None, build_path: str = "builder-flags") -> dict[str, Any]:
+    """Everything an engine depends on; an engine is reused only when all of it matches.
+    ``onnx_sha256``: of the ONNX really parsed; ``build_path``: :class:`export.trt.dispatch.BuildPath` name."""
     return {"onnx_sha256": onnx_sha256, "precision": s.precision, "batch": list(s.batch),
             "workspace_mb": int(s.workspace_mb), "tensorrt": str(trt_version), "gpu": str(gpu),
-            "compute_capability": list(compute_capability) if compute_capability else None}
+            "compute_capability": list(compute_capability) if compute_capability else None,
+            "build_path": build_path}
 
 
 def engine_is_fresh(engine: Path, key: dict[str, Any]) -> tuple[bool, str]:

@@ -21,9 +21,9 @@ def verify_engine(engine: Path, onnx: Path, meta: Any, batch: tuple[int, int, in
     the four NMS outputs by name (default: runtime's TensorRT backend).
     Returns {"ok", "agreement" (worst batch), "min_agreement", "batches": {str(batch): agreement}}.
     """
-    from runtime.detector import detections_from_nms
+    from export.verify_variants import nms_agreement
     from runtime.outputs import NMS_OUTPUTS
-    from runtime.parity import MIN_AGREEMENT, agreement
+    from runtime.parity import MIN_AGREEMENT
     from runtime.preprocess import preprocess_batch
     from runtime.trt_reference import TrtGraphReference
     if detector_factory is None:
@@ -31,17 +31,11 @@ def verify_engine(engine: Path, onnx: Path, meta: Any, batch: tuple[int, int, in
     x = preprocess_batch(list(images), meta.input_size, meta.mean, meta.std, meta.resize_mode)[0]
     sizes = sorted({batch[0], min(max(batch[0], 3), batch[2])})
     det, ref = detector_factory(engine), TrtGraphReference(onnx)
-    h, w = meta.input_size
     rows, worst = {}, 1.0
     try:
         for bs in sizes:
             xb = np.ascontiguousarray(np.resize(x, (bs,) + x.shape[1:]))
-            got = det.infer(xb)
-            want = dict(zip(NMS_OUTPUTS, ref(xb)))
-            hw = np.tile(np.array([[h, w]]), (bs, 1))
-            convert = [detections_from_nms(*(o[k] for k in NMS_OUTPUTS), hw, meta.num_classes, meta.resize_mode)
-                       for o in (want, got)]
-            rows[str(bs)] = agreement(*convert)
+            rows[str(bs)] = nms_agreement(dict(zip(NMS_OUTPUTS, ref(xb))), det.infer(xb), meta)
             worst = min(worst, rows[str(bs)]["agreement"])
     finally:
         if hasattr(det, "close"):

@@ -1,6 +1,7 @@
 """Native TensorRT backend: a serialized engine (``.engine``) and its sidecar JSON.
 
-TensorRT 10 name-based I/O: the engine's tensors are discovered with ``num_io_tensors`` /
+TensorRT 10 / 11 name-based I/O (the runtime API is the same in both; only the build differs,
+see export.trt.dispatch): the engine's tensors are discovered with ``num_io_tensors`` /
 ``get_tensor_name`` / ``get_tensor_mode`` / ``get_tensor_shape`` / ``get_tensor_dtype`` (and the
 optimisation profile for a dynamic batch); per batch size the input shape is set with
 ``set_input_shape``, the output shapes read back from the context, buffers are bound with
@@ -303,8 +304,7 @@ class TRTDetector(Detector):
         runtime = trt.Runtime(self.logger)
         engine = runtime.deserialize_cuda_engine(path.read_bytes())
         if engine is None:
-            raise RuntimeError(f"TensorRT could not deserialize {path.name} (built with another TensorRT "
-                               f"version or for another GPU? versions in the sidecar: {meta.versions})")
+            raise RuntimeError(deserialize_failure(path.name, meta, str(getattr(trt, "__version__", "?"))))
         self._runtime, self.engine = runtime, engine
         self.specs = discover_io(engine, trt)
         self.plan = plan_io(self.specs, meta, where=path.name)
@@ -378,6 +378,18 @@ class TRTDetector(Detector):
         self._slots = {}
         self.context = None
         self.engine = None
+
+
+def deserialize_failure(name: str, meta: ModelMeta, installed: str) -> str:
+    """The one-line reason a TensorRT engine did not deserialize: engines only load in the TensorRT
+    (and GPU) they were built with; the sidecar says which, and by which build path."""
+    built = meta.versions.get("tensorrt", "unknown")
+    path = (meta.extra.get("build_path") or {}).get("name", "unknown")
+    gpu = meta.extra.get("gpu", "unknown GPU")
+    hint = ("built with another TensorRT version" if built != installed else "built for another GPU or corrupt")
+    flag = "" if meta.precision == "fp32" else f" --{meta.precision}"
+    return (f"TensorRT {installed} could not deserialize {name}: {hint} (sidecar: TensorRT {built}, {path} build "
+            f"path, {gpu}); rebuild it here with python -m export.trt --onnx <model_trt.onnx>{flag}")
 
 
 def open_model(path: Path, *, device: str = "cpu", provider: str | None = None, fp16: bool = False,

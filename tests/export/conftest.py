@@ -29,11 +29,12 @@ def calib_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def exported(tiny_ckpt, calib_dir, tmp_path_factory):
-    """export_onnx(...) result for the tiny checkpoint, all four graphs."""
+    """export_onnx(...) result for the tiny checkpoint, all graphs: raw, trt, nms, int8 and the
+    TensorRT 11 variants trt_fp16 / trt_int8."""
     from export.onnx import export_onnx
     out = tmp_path_factory.mktemp("exports") / "tiny"
-    res = export_onnx(tiny_ckpt, out, int8=True, calib_images=calib_dir, calib_count=8, verify_images="synthetic",
-                      evaluate=False, latency_iters=3, threads=1, quiet=True)
+    res = export_onnx(tiny_ckpt, out, int8=True, fp16=True, calib_images=calib_dir, calib_count=8,
+                      verify_images="synthetic", evaluate=False, latency_iters=3, threads=1, quiet=True)
     return res
 
 

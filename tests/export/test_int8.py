@@ -48,7 +48,8 @@ def test_report_has_latency_and_quantization(exported):
 
 @pytest.mark.slow
 def test_int8_map_within_one_point(tiny_ckpt, tmp_path):
-    """INT8 vs FP32 mAP through export_onnx's own evaluation, on the embedded validation set when
+    """INT8 (ONNX Runtime and TensorRT Q/DQ) and TensorRT FP16 vs FP32 mAP through export_onnx's own
+    evaluation, on the embedded validation set when
     it is on disk (the main developer runs the same on the trained demo model)."""
     from distill.checkpoint import load_checkpoint
     from export.data import checkpoint_dataset
@@ -64,9 +65,12 @@ def test_int8_map_within_one_point(tiny_ckpt, tmp_path):
     ck.pop("path")
     ck["config"] = cfg
     save_checkpoint(tmp_path / "best.pt", ck)
-    res = export_onnx(tmp_path / "best.pt", tmp_path / "out", int8=True, calib_count=32, evaluate=True,
+    res = export_onnx(tmp_path / "best.pt", tmp_path / "out", int8=True, fp16=True, calib_count=32, evaluate=True,
                       eval_images=60, latency_iters=3, threads=1, quiet=True)
     mp = res["report"]["map"]
-    assert "raw" in mp and "int8" in mp
+    assert {"raw", "int8", "trt_int8", "trt_fp16"} <= set(mp)
     assert abs(mp["raw"]["mAP"] - mp["int8"]["mAP"]) <= 1.0, mp
+    # the TensorRT 11 graphs through the plugin's CPU reference: Q/DQ within the INT8 bound, FP16 within 0.3
+    assert abs(mp["raw"]["mAP"] - mp["trt_int8"]["mAP"]) <= 1.0 and mp["trt_int8_max_map_drop"] == 1.0, mp
+    assert abs(mp["raw"]["mAP"] - mp["trt_fp16"]["mAP"]) <= 0.3 and mp["trt_fp16_max_map_drop"] == 0.3, mp
     assert res["ok"]

@@ -20,9 +20,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_report_ok_and_files(exported):
     assert exported["ok"], json.dumps(exported["report"]["graphs"], indent=1)[:3000]
-    assert set(exported["files"]) == {"raw", "trt", "nms", "int8"}
+    graphs = {"raw", "trt", "nms", "int8", "trt_fp16", "trt_int8"}
+    assert set(exported["files"]) == graphs
     rep = json.loads(Path(exported["report_path"]).read_text())
-    assert rep["ok"] and set(rep["graphs"]) == {"raw", "trt", "nms", "int8"}
+    assert rep["ok"] and set(rep["graphs"]) == graphs
     assert rep["graphs"]["nms"]["detections_match"] and rep["graphs"]["trt"]["detections_match"]
     assert rep["verify_batches"] == [1, 3]
 

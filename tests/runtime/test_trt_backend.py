@@ -338,3 +338,24 @@ def test_evaluate_cli_exits_2_with_the_message(tmp_path):
     assert r.returncode == 2
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert lines == [lines[0]] and lines[0].startswith("error: TensorRT backend unavailable"), r.stderr
+
+
+def test_an_engine_of_another_tensorrt_says_so_in_one_line(tmp_path, monkeypatch):
+    """TensorRT 11 engines do not load in JetPack's TensorRT 10 (and back): the message names both
+    versions and the build path from the sidecar."""
+    cuda = FakeCuda()
+    trt = _fake_trt_module(cuda)
+    trt.__version__ = "10.3.0"
+    trt.Runtime = lambda logger: types.SimpleNamespace(deserialize_cuda_engine=lambda data: None)
+    monkeypatch.setattr(trt_backend, "import_tensorrt", lambda: trt)
+    monkeypatch.setattr(trt_backend, "cuda_api", lambda: cuda)
+    path = tmp_path / "model_fp16.engine"
+    path.write_bytes(b"built elsewhere")
+    meta = _meta(extra={"build_path": {"name": "strongly-typed"}, "gpu": "NVIDIA RTX 4090"})
+    meta.versions = {"tensorrt": "11.4.0.106"}
+    write_sidecar(path, meta)
+    with pytest.raises(RuntimeError) as e:
+        TRTDetector(path)
+    msg = str(e.value)
+    assert "\n" not in msg and "TensorRT 10.3.0 could not deserialize model_fp16.engine" in msg
+    assert "TensorRT 11.4.0.106, strongly-typed build path, NVIDIA RTX 4090" in msg and msg.endswith("--fp16")
