@@ -181,6 +181,7 @@ class RunConfig:
     resume: str | None = _f(None, "run folder (or last.pt) to continue exactly where it stopped")
     preset: str | None = _f(None, "named recipe: smoke, quick, ablate, voc, coco (see distill/presets.py)")
     config: str | None = _f(None, "YAML file with any of these keys")
+    tensorboard: bool = _f(False, "also write TensorBoard event files to RUN/tensorboard (needs: pip install tensorboard)")
     select_best: bool = _f(True, "keep the epoch with the best validation mAP as best.pt (--no-select-best: the last "
                            "epoch, so a reported number is not selected on the reported images)")
 

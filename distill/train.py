@@ -4,19 +4,18 @@ With no ``--model`` and no ``--config`` it runs the demo pipeline on the embedde
 (cached once trained), then a student, and prints both mAPs side by side.
 
 A run folder holds ``last.pt`` and ``best.pt`` (atomic writes), ``config.yaml`` (the resolved config),
-``metrics.jsonl`` (one line per epoch), ``summary.json`` (COCO metrics of the best checkpoint, params,
+``metrics.jsonl`` (one line per epoch; also flattened in ``metrics.csv``; TensorBoard events with
+``--tensorboard``), ``summary.json`` (COCO metrics of the best checkpoint, params,
 GFLOPs, wall time) and ``curves.png``. ``--resume DIR`` continues a stopped run exactly.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -30,6 +29,7 @@ from .stability import NonFiniteLossError, StabilityMonitor, TrainingGuard
 from .losses import MultiBoxLoss, encode_targets
 from .models import Matcher, count_gflops, count_parameters, create_model, list_models, load_pretrained_backbone
 from .presets import PRESETS
+from .run_log import RunLog
 from .runs import (build_datasets, build_kd_session, pick_device, resume_config,  # noqa: F401 (re-exported)
                    seed_everything)
 
@@ -117,38 +117,6 @@ def build_plan(cfg: TrainConfig, model, anchors, train_set, device):
     return DetectorTraining(cfg, model, anchors, max(1, len(train_set) // cfg.optim.batch_size), device)
 
 
-def _append_jsonl(path: Path, row: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-
-
-def plot_curves(metrics_path: Path, out_png: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    if not rows:
-        return
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.5))
-    ep = [r["epoch"] for r in rows]
-    for k in rows[-1]["train"]:
-        if k != "lr":
-            a1.plot(ep, [r["train"].get(k, np.nan) for r in rows], label=k)
-    a1.set_xlabel("epoch"), a1.set_title("training losses"), a1.legend(fontsize=7)
-    ev = [(r["epoch"], r["val"]["mAP"], r["val"]["AP50"]) for r in rows if r.get("val")]
-    if ev:
-        a2.plot([e[0] for e in ev], [e[1] for e in ev], "o-", label="mAP")
-        a2.plot([e[0] for e in ev], [e[2] for e in ev], "s--", label="AP50")
-    a2.set_xlabel("epoch"), a2.set_title("validation (COCO, points)")
-    if ev:
-        a2.legend(fontsize=7)
-    fig.tight_layout()
-    tmp = out_png.with_name(out_png.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, out_png)
-
-
 def print_table(rows: list[dict], title: str) -> None:
     cols = ["run", "model", "params(M)", "GFLOPs", *SUMMARY_KEYS, "minutes"]
     lines = [[str(r.get(c, "")) if not isinstance(r.get(c), float) else f"{r[c]:.2f}" for c in cols] for r in rows]
@@ -211,7 +179,7 @@ def fit(cfg: TrainConfig, resume_ckpt: Checkpoint | dict | None = None) -> dict:
         print(f"resumed {out} at epoch {start_epoch}/{cfg.optim.epochs}")
     else:
         save_yaml(cfg, out / "config.yaml")
-        (out / "metrics.jsonl").write_text("")
+    log = RunLog(out, tensorboard=cfg.run.tensorboard, fresh=resume_ckpt is None)
     eval_kw = dict(img_size=cfg.data.img_size, mean=cfg.data.mean, std=cfg.data.std, nms_cfg=cfg.nms,
                    workers=min(cfg.data.workers, 2))
     row: dict = {}
@@ -236,8 +204,7 @@ def fit(cfg: TrainConfig, resume_ckpt: Checkpoint | dict | None = None) -> dict:
             best_map = ck.best_map = max(best_map, row["val"]["mAP"])
             ck.save(out / "best.pt")
         ck.save(out / "last.pt")
-        _append_jsonl(out / "metrics.jsonl", row)
-        plot_curves(out / "metrics.jsonl", out / "curves.png")
+        log.add(row)
         tqdm_write(epoch_message(cfg, epoch, tr, row, plan))
     return finish(cfg, out, model, val_set, train_set, row, device, eval_kw, t_start)
 

@@ -66,3 +66,23 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
                            "--out", str(tmp_path / "r2")]) == 2
     assert "/nope.json" in capsys.readouterr().err
     assert train_mod.main(["--resume", str(tmp_path / "nothing")]) == 2
+
+
+def test_run_folder_has_csv_and_curves_and_refuses_tensorboard_without_the_package(tmp_path):
+    import csv
+
+    from distill.run_log import plot_curves, read_rows
+    train_mod.fit(_cfg(tmp_path, "logged"))
+    run = tmp_path / "logged"
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    jsonl = read_rows(run / "metrics.jsonl")
+    assert len(rows) == len(jsonl) and float(rows[-1]["train/loc"]) == pytest.approx(jsonl[-1]["train"]["loc"])
+    assert "val/mAP" in rows[0] and (run / "curves.png").stat().st_size > 0
+    # a distillation-like row with rates gets its own panel; a single short run still draws
+    plot_curves([{"epoch": 1, "train": {"loc": 1.0, "total": 1.0, "d_acc_real": 0.9}, "val": None}], tmp_path / "c.png")
+    assert (tmp_path / "c.png").stat().st_size > 0
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(ValueError, match="pip install tensorboard"):
+            train_mod.fit(_cfg(tmp_path, "tb", tensorboard=True))
