@@ -227,7 +227,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if out is not None:
         write_json_atomic(out, report)
         print(f"wrote {out}")
+        write_pictures(metrics, out.parent)
     return 0
+
+
+def write_pictures(metrics: dict[str, Any], folder: Path) -> None:
+    """pr_curves.png and confusion.png beside metrics.json (a note when matplotlib is missing)."""
+    from runtime.plots import write_confusion, write_pr_curves
+    written = [p for p in (write_pr_curves(metrics["pr_iou50"], folder / "pr_curves.png") if metrics.get("pr_iou50")
+                           else None,
+                           write_confusion(metrics["confusion"], folder / "confusion.png") if metrics.get("confusion")
+                           else None) if p is not None]
+    if written:
+        print("wrote " + ", ".join(str(p) for p in written))
+    elif metrics.get("pr_iou50"):
+        print("note: install matplotlib for pr_curves.png and confusion.png")
 
 
 if __name__ == "__main__":

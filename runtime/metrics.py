@@ -13,6 +13,7 @@ import contextlib
 import copy
 import io
 import math
+from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
@@ -220,6 +221,12 @@ class CocoEvaluator:
                                                                                     self.category_ids)}
         if per_class and self.detail:
             out["per_class_detail"] = self._detail(ev)
+            k_of = {c: k for k, c in enumerate(ev.params.catIds)}
+            # precision at the 101 recall points of COCOeval, IoU 0.5, all areas, 100 detections (-1: undefined)
+            out["pr_iou50"] = {name: [float(v) for v in ev.eval["precision"][0, :, k_of[cat], 0, -1]]
+                               for name, cat in zip(self.class_names, self.category_ids)}
+            out["confusion"] = confusion_matrix(self._results, self._coco_gt.dataset, self.category_ids,
+                                                self.class_names, sorted(self._seen))
         return out
 
     def _detail(self, ev: Any) -> dict[str, dict[str, Any]]:
@@ -234,6 +241,55 @@ class CocoEvaluator:
                 row.update(_best_f1(ev, cat), AP50=_class_ap(ev, kk, iou_index=0), AP=_class_ap(ev, kk))
             out[name] = row
         return out
+
+
+def _iou_xywh(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of COCO boxes a [N, 4] and b [M, 4] (xywh, pixels) -> [N, M]."""
+    ax2, ay2, bx2, by2 = a[:, 0] + a[:, 2], a[:, 1] + a[:, 3], b[:, 0] + b[:, 2], b[:, 1] + b[:, 3]
+    iw = np.clip(np.minimum(ax2[:, None], bx2[None]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    ih = np.clip(np.minimum(ay2[:, None], by2[None]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = iw * ih
+    union = (a[:, 2] * a[:, 3])[:, None] + (b[:, 2] * b[:, 3])[None] - inter
+    return inter / np.maximum(union, 1e-12)
+
+
+def confusion_matrix(results: list[dict[str, Any]], gt: dict[str, Any], category_ids: Sequence[int],
+                     class_names: Sequence[str], image_ids: Sequence[int], conf: float = 0.25,
+                     iou: float = 0.5) -> dict[str, Any]:
+    """Detection confusion matrix: rows = ground-truth class, then "background" (detections that match no
+    object); columns = predicted class, then "missed" (objects no detection matched). Detections scoring at
+    least ``conf`` are matched per image, highest score first, to the unmatched non-crowd object of ANY class
+    with the highest IoU >= ``iou`` (so a right box with the wrong class lands off the diagonal)."""
+    col = {int(c): i for i, c in enumerate(category_ids)}
+    n = len(category_ids)
+    m = np.zeros((n + 1, n + 1), dtype=np.int64)
+    dets, objs = defaultdict(list), defaultdict(list)
+    for r in results:
+        if r["score"] >= conf:
+            dets[int(r["image_id"])].append(r)
+    for a in gt["annotations"]:
+        if not a.get("iscrowd", 0) and int(a["category_id"]) in col:
+            objs[int(a["image_id"])].append(a)
+    for image_id in image_ids:
+        d = sorted(dets.get(int(image_id), []), key=lambda r: -r["score"])
+        g = objs.get(int(image_id), [])
+        taken = np.zeros(len(g), dtype=bool)
+        ious = (_iou_xywh(np.array([r["bbox"] for r in d], np.float64).reshape(-1, 4),
+                          np.array([a["bbox"] for a in g], np.float64).reshape(-1, 4)) if d and g else None)
+        for i, r in enumerate(d):
+            j = -1
+            if ious is not None:
+                cand = np.where(taken, -1.0, ious[i])
+                j = int(cand.argmax()) if cand.max() >= iou else -1
+            if j < 0:
+                m[n, col[int(r["category_id"])]] += 1
+            else:
+                taken[j] = True
+                m[col[int(g[j]["category_id"])], col[int(r["category_id"])]] += 1
+        for j in np.where(~taken)[0]:
+            m[col[int(g[j]["category_id"])], n] += 1
+    return {"rows": [*class_names, "background"], "columns": [*class_names, "missed"], "conf": conf, "iou": iou,
+            "matrix": m.tolist()}
 
 
 def _class_ap(ev: Any, k: int, iou_index: int | None = None) -> float:
