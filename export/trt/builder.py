@@ -11,6 +11,10 @@ Two build paths, chosen from the TensorRT version in :mod:`export.trt.dispatch`:
 * builder flags (TensorRT 8.6 - 10.x, Jetson): ``model_trt.onnx`` with ``BuilderFlag.FP16`` /
   ``INT8`` and the entropy calibrator, refused when the GPU lacks the fast path.
 
+Two NMS routes, chosen before anything is parsed in :mod:`export.trt.nms`: the EfficientNMS_TRT
+plugin (the graphs above) or TensorRT's built-in INMSLayer (the ONNX-NMS graph ``model_nms.onnx``,
+checked against ONNX Runtime running that graph, and on CPU against the plugin's reference).
+
 Missing TensorRT, CUDA binding or GPU raises :class:`runtime.errors.BackendUnavailable`.
 """
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 from export.trt.calibrator import (CalibrationBatches, calibration_cache_valid, calibration_images,
                                    make_entropy_calibrator)
 from export.trt.dispatch import BuildPath, check_typed_network, choose_build_path, network_types
+from export.trt.nms import builtin_source, detect_nms_route
 from export.trt.settings import BuildSettings, build_key, engine_is_fresh, engine_meta, read_onnx_meta, uses_int8
 from export.trt.sources import EngineSource, prepare_source
 from runtime.errors import BackendUnavailable
@@ -266,34 +271,40 @@ def build_engine(s: BuildSettings, log: Log = print, verify: bool = True, verify
     read_onnx_meta(s.onnx)
     trt, cuda, gpu, cc = check_environment()
     path = choose_build_path(str(trt.__version__), s.typing)
-    src = prepare_source(s, path, log)
-    key = build_key(src.sha256, s, trt.__version__, gpu, cc, build_path=path.name)
+    route = detect_nms_route(trt, s, log)  # before parsing: a TensorRT without the plugin stops here
+    src = prepare_source(s, path, log) if route.plugin else builtin_source(s, path, cc, log)
+    key = build_key(src.sha256, s, trt.__version__, gpu, cc, build_path=path.name, nms=route.name)
     report: dict[str, Any] = {"onnx": str(s.onnx), "parsed_onnx": str(src.onnx), "engine": str(s.engine),
                               "precision": s.precision, "build_path": path.sidecar(), "batch": list(s.batch),
                               "tensorrt": trt.__version__, "gpu": gpu, "compute_capability": list(cc) if cc else None,
-                              "onnx_sha256": src.sha256}
+                              "onnx_sha256": src.sha256, "nms": {**route.sidecar(), "graph": src.onnx.name}}
+    reference = s.onnx if route.plugin else src.onnx  # what the engine's detections are checked against
     fresh, why = engine_is_fresh(s.engine, key)
     if fresh and not s.force:
         log(f"export.trt: {why}: {s.engine} (--force rebuilds)")
-        return _with_verification({**report, "status": "cached", "reason": why}, s, verify, verify_images, log)
-    log(f"export.trt: building {s.engine} ({s.precision}, {path.name} from {src.onnx.name}, batch {s.batch}, "
+        return _with_verification({**report, "status": "cached", "reason": why}, s, reference, verify,
+                                  verify_images, log)
+    log(f"export.trt: building {s.engine} ({s.precision}, {path.name} from {src.onnx.name}, NMS {route.name}, "
+        f"batch {s.batch}, "
         f"TensorRT {trt.__version__}, {gpu}{f' sm_{cc[0]}{cc[1]}' if cc else ''}) because: "
         f"{why if not s.force else '--force'}")
     t0 = time.perf_counter()
     plan, info = _build_plan(s, path, src, trt, cuda, cc, log)
     seconds = time.perf_counter() - t0
     write_bytes_atomic(s.engine, plan)
-    extra = _engine_extra(s, path, src, gpu, cc, seconds, info)
+    extra = {**_engine_extra(s, path, src, gpu, cc, seconds, info), "nms_route": report["nms"]}
     sidecar = write_sidecar(s.engine, engine_meta(src.meta, precision=s.precision, onnx_sha256=src.sha256, key=key,
                                                   extra=extra))
     log(f"export.trt: wrote {s.engine} ({len(plan) / 2**20:.1f} MB, {seconds:.1f} s) and {sidecar}")
     report = {**report, "status": "built", "seconds": seconds, "sidecar": str(sidecar),
               "calibration": info.get("calibration"), "engine_mb": len(plan) / 2**20}
-    return _with_verification(report, s, verify, verify_images, log)
+    return _with_verification(report, s, reference, verify, verify_images, log)
 
 
-def _with_verification(report: dict[str, Any], s: BuildSettings, verify: bool, verify_images: Path | None,
-                       log: Log) -> dict[str, Any]:
+def _with_verification(report: dict[str, Any], s: BuildSettings, reference: Path, verify: bool,
+                       verify_images: Path | None, log: Log) -> dict[str, Any]:
+    """The engine against the CPU reference of ``reference`` (:func:`export.trt.verify.verify_engine`);
+    on the built-in NMS route also that graph against the plugin's CPU reference (reported only)."""
     if not verify:
         return {**report, "verification": "skipped (--no-verify)"}
     from export import data as xdata
@@ -302,15 +313,25 @@ def _with_verification(report: dict[str, Any], s: BuildSettings, verify: bool, v
     images = ([str(p) for p in xdata.list_images(verify_images, limit=3)] if verify_images
               else xdata.synthetic_images(3, seed=0))
     try:
-        v = verify_engine(s.engine, s.onnx, read_sidecar(s.engine), s.batch, images, log=log)
+        v = verify_engine(s.engine, reference, read_sidecar(s.engine), s.batch, images, log=log)
     except Exception as e:  # noqa: BLE001 - an engine that cannot run is a failed build
         raise BuildError(f"the engine was written but does not run: {e.__class__.__name__}: {e}") from None
     report = {**report, "verification": v}
+    if reference != s.onnx and read_onnx_meta(s.onnx).graph == "trt":
+        report["nms"] = {**report["nms"], "cpu_parity_with_plugin": _route_parity(s.onnx, reference, images, log)}
     if not v["ok"]:
         write_build_report(s.engine, {**report, "status": "failed"})
         raise BuildError(f"engine detections agree {v['agreement']:.3f} with the CPU reference, below "
                          f"{v['min_agreement']} for {s.precision}")
     return report
+
+
+def _route_parity(trt_onnx: Path, nms_onnx: Path, images: list[Any], log: Log) -> dict[str, Any]:
+    from export.trt.nms import route_parity
+    p = route_parity(trt_onnx, nms_onnx, images)
+    log(f"export.trt: on CPU, {nms_onnx.name} (ONNX Runtime) vs the {trt_onnx.name} plugin reference: agreement "
+        f"{p['agreement']:.3f}, detections {p['detections']['builtin']} vs {p['detections']['plugin']}")
+    return p
 
 
 def build_report_path(engine: Path) -> Path:

@@ -18,7 +18,11 @@ Precision is chosen explicitly: ``--fp16``, ``--int8`` or ``--best`` (FP16 + INT
   cache (tied to the ONNX sha256 by ``<cache>.json``).
 
 If the GPU has no fast FP16 / INT8 the build fails loudly; it never falls back to FP32.
-The engine's sidecar records the precision really built, the build path, TensorRT version, GPU
+NMS: ``--nms plugin`` fuses EfficientNMS_TRT (model_trt.onnx), ``--nms builtin`` parses the
+ONNX-NMS graph model_nms.onnx, whose NonMaxSuppression TensorRT builds with its INMSLayer (same
+four outputs; :mod:`export.trt.nms`); ``--nms auto`` takes the plugin when TensorRT's plugin
+registry has it. A TensorRT without the plugin is detected before parsing.
+The engine's sidecar records the NMS route, the precision really built, the build path, TensorRT version, GPU
 name and compute capability, and the sha256 of the ONNX file parsed: an existing engine is reused
 only when that and the other build settings match (``--force`` rebuilds anyway).
 The engine is then run (runtime's TensorRT backend) and its detections compared with the CPU
@@ -67,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--typing", default="auto", choices=["auto", "strongly-typed", "builder-flags"],
                    help="build path: auto = strongly typed on TensorRT >= 11, builder flags on 8.6-10.x; "
                         "strongly-typed is also available on 10.12+")
+    p.add_argument("--nms", default="auto", choices=["auto", "plugin", "builtin"],
+                   help="NMS inside the engine: plugin = EfficientNMS_TRT (model_trt.onnx; deprecated, not removed, "
+                        "in TensorRT 10.12/11), builtin = TensorRT's INMSLayer (model_nms.onnx, same four outputs; "
+                        "FP32 only on TensorRT >= 11); auto = the plugin when TensorRT registers it, else builtin")
     p.add_argument("--batch", default="1,1,16", metavar="MIN,OPT,MAX", help="batch optimisation profile")
     p.add_argument("--workspace-mb", type=int, default=1024, help="builder workspace memory limit in MiB")
     p.add_argument("--timing-cache", help="timing cache file, read and updated (default: timing.cache next to the engine)")

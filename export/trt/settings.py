@@ -45,7 +45,8 @@ def uses_int8(precision: str) -> bool:
 @dataclass
 class BuildSettings:
     """One engine build. ``batch``: the optimisation profile's (MIN, OPT, MAX) batch; ``typing``:
-    the build path asked for ("auto", "strongly-typed", "builder-flags"; :mod:`export.trt.dispatch`)."""
+    the build path asked for ("auto", "strongly-typed", "builder-flags"; :mod:`export.trt.dispatch`);
+    ``nms``: the NMS route asked for ("auto", "plugin", "builtin"; :mod:`export.trt.nms`)."""
 
     onnx: Path
     engine: Path
@@ -58,6 +59,7 @@ class BuildSettings:
     calib_batch: int = 8
     calib_count: int = 256
     typing: str = "auto"
+    nms: str = "auto"
     force: bool = False
     verbose: bool = False
     notes: list[str] = field(default_factory=list)
@@ -110,7 +112,7 @@ def resolve_settings(args: argparse.Namespace) -> BuildSettings:
         raise ValueError("--calib-images / --calib-cache are only used with --int8 or --best")
     s = BuildSettings(onnx=onnx, engine=engine, precision=precision, batch=parse_batch(args.batch),
                       workspace_mb=args.workspace_mb, force=args.force, verbose=args.verbose,
-                      typing=getattr(args, "typing", "auto"),
+                      typing=getattr(args, "typing", "auto"), nms=getattr(args, "nms", "auto"),
                       timing_cache=Path(args.timing_cache) if args.timing_cache else engine.with_name("timing.cache"),
                       calib_batch=args.calib_batch, calib_count=args.calib_count)
     if args.calib_batch < 1 or args.calib_count < 1:
@@ -146,13 +148,15 @@ def read_onnx_meta(onnx: Path) -> Any:
 
 # --------------------------------------------------------------------------- engine freshness
 def build_key(onnx_sha256: str, s: BuildSettings, trt_version: str, gpu: str,
-              compute_capability: tuple[int, int] | None, build_path: str = "builder-flags") -> dict[str, Any]:
+              compute_capability: tuple[int, int] | None, build_path: str = "builder-flags",
+              nms: str = "plugin") -> dict[str, Any]:
     """Everything an engine depends on; an engine is reused only when all of it matches.
-    ``onnx_sha256``: of the ONNX really parsed; ``build_path``: :class:`export.trt.dispatch.BuildPath` name."""
+    ``onnx_sha256``: of the ONNX really parsed; ``build_path``: :class:`export.trt.dispatch.BuildPath` name;
+    ``nms``: the NMS route (:class:`export.trt.nms.NmsRoute` name)."""
     return {"onnx_sha256": onnx_sha256, "precision": s.precision, "batch": list(s.batch),
             "workspace_mb": int(s.workspace_mb), "tensorrt": str(trt_version), "gpu": str(gpu),
             "compute_capability": list(compute_capability) if compute_capability else None,
-            "build_path": build_path}
+            "build_path": build_path, "nms": nms}
 
 
 def engine_is_fresh(engine: Path, key: dict[str, Any]) -> tuple[bool, str]:

@@ -61,10 +61,20 @@ def _fp16_reference_images(s: BuildSettings, meta: Any, log: Log) -> list[Any]:
     return images
 
 
+def variant_sidecar(target: Path) -> tuple[Any, str]:
+    """(sidecar, "") of a graph written beside model_trt.onnx, or (None, why it is missing or unreadable)."""
+    from runtime.metadata import read_sidecar
+    if not target.is_file():
+        return None, f"no {target.name} yet"
+    try:
+        return read_sidecar(target), ""
+    except ValueError as e:
+        return None, f"{target.name}: {e}"
+
+
 def _variant(s: BuildSettings, sha: str, target: Path) -> tuple[bool, str]:
     """(True, why) when ``target`` can be reused for ``s``."""
     from export.qdq_trt import qdq_graph_fresh
-    from runtime.metadata import read_sidecar
     if s.force:
         return False, "--force"
     if s.precision == "int8":
@@ -73,12 +83,9 @@ def _variant(s: BuildSettings, sha: str, target: Path) -> tuple[bool, str]:
             from export import data as xdata
             calib = xdata.calibration_images(s.calib_count, folder=s.calib_images)[1]
         return qdq_graph_fresh(target, sha, calib)
-    if not target.is_file():
-        return False, f"no {target.name} yet"
-    try:
-        old = read_sidecar(target)
-    except ValueError as e:
-        return False, f"{target.name}: {e}"
+    old, why = variant_sidecar(target)
+    if old is None:
+        return False, why
     if old.precision != "fp16" or old.extra.get("source_sha256") != sha:
         return False, f"{target.name} was converted from another model_trt.onnx (sha256 differs)"
     return True, f"{target.name} matches model_trt.onnx (sha256)"

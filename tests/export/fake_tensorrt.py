@@ -6,7 +6,10 @@
 * TensorRT 11 (``major=11``): none of those (weak typing removed); ``STRONGLY_TYPED`` accepted.
 
 The ONNX parser reads the real file: one fake layer per node, output types from ONNX shape
-inference (float16 -> HALF), Q/DQ nodes as QUANTIZE / DEQUANTIZE layers. ``build_serialized_network``
+inference (float16 -> HALF), Q/DQ nodes as QUANTIZE / DEQUANTIZE layers, NonMaxSuppression as
+TensorRT's NMS layer (INMSLayer), EfficientNMS_TRT as a PLUGIN_V2 layer -- and, like TensorRT,
+the parse fails on a plugin node whose plugin the registry lacks (``plugins=()``: a TensorRT
+without EfficientNMS_TRT). ``build_serialized_network``
 runs an INT8 calibrator the way TensorRT does (batches until None, then the cache) and returns a
 JSON "plan" saying what was parsed and set, which :class:`FakeDetector` reads back.
 """
@@ -19,8 +22,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from runtime.trt_reference import PLUGIN_NAME
+
 ONNX_TO_TRT = {onnx.TensorProto.FLOAT: "FLOAT", onnx.TensorProto.FLOAT16: "HALF", onnx.TensorProto.INT8: "INT8",
                onnx.TensorProto.INT32: "INT32", onnx.TensorProto.INT64: "INT64", onnx.TensorProto.BOOL: "BOOL"}
+LAYER_TYPES = {"QuantizeLinear": "QUANTIZE", "DequantizeLinear": "DEQUANTIZE", "NonMaxSuppression": "NMS",
+               PLUGIN_NAME: "PLUGIN_V2"}
 NP = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32, "INT64": np.int64, "BOOL": np.bool_}
 
 
@@ -32,7 +39,7 @@ class Tensor:
 class Layer:
     def __init__(self, node, typed):
         self.name = node.name
-        self.type = {"QuantizeLinear": "QUANTIZE", "DequantizeLinear": "DEQUANTIZE"}.get(node.op_type, node.op_type)
+        self.type = LAYER_TYPES.get(node.op_type, node.op_type)
         self.outputs = [Tensor(o, typed.get(o, "FLOAT")) for o in node.output]
         self.num_outputs = len(self.outputs)
 
@@ -152,16 +159,21 @@ def _builder_class(major, config_cls, record):
                     while cal.get_batch(["images"]) is not None:
                         batches += 1
                     cal.write_calibration_cache(b"fake calibration table")
+            kinds = [layer.type for layer in network.layers]
             plan = {"parsed": network.parsed, "network_flags": network.flags, "calibration_batches": batches,
+                    "nms_layers": kinds.count("NMS"), "plugin_layers": kinds.count("PLUGIN_V2"),
                     "flags": sorted(str(f) for f in config.flags), "calibrator": cal is not None}
             record["plans"].append(plan)
             return json.dumps(plan).encode()
     return Builder
 
 
-def fake_tensorrt(major: int = 11, version: str | None = None) -> types.SimpleNamespace:
-    """A fake ``tensorrt`` module of generation ``major``; ``record`` holds builders and plans."""
-    record = {"builders": [], "plans": []}
+def fake_tensorrt(major: int = 11, version: str | None = None, plugins: tuple[str, ...] = ("1",)
+                  ) -> types.SimpleNamespace:
+    """A fake ``tensorrt`` module of generation ``major`` whose plugin registry holds
+    EfficientNMS_TRT ``plugins`` (versions; () = none); ``record`` holds builders, plans and parses."""
+    record = {"builders": [], "plans": [], "parsed": []}
+    creators = [types.SimpleNamespace(name=PLUGIN_NAME, plugin_version=v, plugin_namespace="") for v in plugins]
     flag_names = ("EXPLICIT_BATCH", "STRONGLY_TYPED") if major < 11 else ("STRONGLY_TYPED",)
     builder_flags = ("FP16", "INT8", "TF32") if major < 11 else ("TF32",)
 
@@ -173,14 +185,26 @@ def fake_tensorrt(major: int = 11, version: str | None = None) -> types.SimpleNa
 
     class Parser:
         def __init__(self, network, logger):
-            self.network, self.num_errors = network, 0
+            self.network, self.num_errors, self.errors = network, 0, []
 
         def parse_from_file(self, path):
+            record["parsed"].append(str(path))
+            model = onnx.load(str(path), load_external_data=False)
+            for n in model.graph.node:
+                attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+                version = attrs.get("plugin_version", b"1")
+                version = version.decode() if isinstance(version, bytes) else str(version)
+                if n.op_type == PLUGIN_NAME and version not in plugins:
+                    self.errors.append(f"{n.name}: Plugin not found, are the plugin name, version, and namespace "
+                                       f"correct? ({PLUGIN_NAME} {version})")
+            self.num_errors = len(self.errors)
+            if self.errors:
+                return False
             self.network.populate(path)
             return True
 
         def get_error(self, i):
-            return ""
+            return self.errors[i]
 
     mod = types.SimpleNamespace(
         __version__=version or ("11.4.0.106" if major >= 11 else "10.3.0"), record=record, Logger=Logger,
@@ -189,9 +213,10 @@ def fake_tensorrt(major: int = 11, version: str | None = None) -> types.SimpleNa
         BuilderFlag=types.SimpleNamespace(**{n: n for n in builder_flags}),
         MemoryPoolType=types.SimpleNamespace(WORKSPACE="WORKSPACE"),
         DataType=types.SimpleNamespace(**{n: n for n in NP}),
-        LayerType=types.SimpleNamespace(QUANTIZE="QUANTIZE", DEQUANTIZE="DEQUANTIZE", CONVOLUTION="Conv"),
+        LayerType=types.SimpleNamespace(QUANTIZE="QUANTIZE", DEQUANTIZE="DEQUANTIZE", CONVOLUTION="Conv", NMS="NMS",
+                                        PLUGIN_V2="PLUGIN_V2"),
         nptype=lambda t: NP[t], init_libnvinfer_plugins=lambda logger, ns: True,
-        get_plugin_registry=lambda: types.SimpleNamespace(all_creators=[]))
+        get_plugin_registry=lambda: types.SimpleNamespace(all_creators=list(creators)))
     if major < 11:
         class IInt8EntropyCalibrator2:
             def __init__(self):
@@ -230,14 +255,25 @@ class FakeCuda:
 
 class FakeDetector:
     """Stands in for runtime's TRTDetector: "runs" a fake plan by running the CPU reference of the
-    ONNX the plan says was parsed."""
+    ONNX the plan says was parsed (the plugin's reference, or ONNX Runtime for an ONNX-NMS graph)."""
 
     def __init__(self, path, **kwargs):
-        from runtime.outputs import NMS_OUTPUTS
-        from runtime.trt_reference import TrtGraphReference
+        from export.trt.verify import cpu_reference
         self.plan = json.loads(Path(path).read_bytes())
-        ref = TrtGraphReference(self.plan["parsed"])
-        self.infer = lambda x: dict(zip(NMS_OUTPUTS, ref(x)))
+        self.infer = cpu_reference(Path(self.plan["parsed"]))
 
     def close(self):
         pass
+
+
+def quiet(_msg: str) -> None:
+    """A build log that drops every line."""
+
+
+def cli_args(**kw):
+    """``python -m export.trt``'s parsed defaults with ``kw`` set (an argparse.Namespace)."""
+    from export import trt as T
+    ns = T.build_parser().parse_args([])
+    for k, v in kw.items():
+        setattr(ns, k, v)
+    return ns

@@ -4,7 +4,6 @@ TensorRT 10 parses model_trt.onnx with builder flags and the entropy calibrator;
 names never hide an FP32 build; the sidecar records the path."""
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import shutil
 from pathlib import Path
@@ -17,17 +16,7 @@ from export.trt.dispatch import BuildPath, check_typed_network, choose_build_pat
 from runtime.errors import BackendUnavailable
 from runtime.metadata import read_sidecar, sha256_file, write_sidecar
 from tests.export.fake_tensorrt import FakeCuda, FakeDetector, fake_tensorrt
-
-
-def _quiet(_msg: str) -> None:
-    pass
-
-
-def _args(**kw) -> argparse.Namespace:
-    ns = T.build_parser().parse_args([])
-    for k, v in kw.items():
-        setattr(ns, k, v)
-    return ns
+from tests.export.fake_tensorrt import cli_args as _args, quiet as _quiet
 
 
 @pytest.fixture
