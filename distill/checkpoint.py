@@ -167,7 +167,8 @@ def meta_from_checkpoint(ckpt: Checkpoint | dict[str, Any]) -> ModelMeta:
     data = ck.config["data"]
     return ModelMeta(model_name=ck.model_name, class_names=list(ck.class_names),
                      category_ids=[int(c) for c in ck.category_ids], input_size=(data["img_size"], data["img_size"]),
-                     mean=tuple(data["mean"]), std=tuple(data["std"]), resize_mode="stretch",
+                     mean=tuple(data["mean"]), std=tuple(data["std"]),
+                     resize_mode=data.get("resize_mode", "stretch"),  # runs before --resize existed stretched
                      nms=NMSConfig(**ck.nms), graph="checkpoint", precision="fp32", onnx_sha256=None,
                      nms_plugin=None, versions=library_versions(), extra={"checkpoint": ck.path})
 

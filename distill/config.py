@@ -59,6 +59,9 @@ class DataConfig:
     on_bad_sample: str = _f("error", "bad image/annotation: 'error' (stop, naming it) or 'skip' (warn and count)",
                             choices=("error", "skip"))
     img_size: int = _f(300, "square network input side in pixels")
+    resize_mode: str = _f("stretch", "resize to the input: 'stretch' (warp the whole image, SSD's) or 'letterbox' "
+                          "(keep the aspect ratio, pad to a square); used by training, evaluation and written to "
+                          "every export's sidecar", flag="resize", choices=("stretch", "letterbox"))
     augment: str = _f("ssd", "training augmentation: 'ssd' (photometric, zoom-out, IoU crop, flip: SSD's recipe), "
                       "'light' (photometric + flip: learns several times faster on short schedules), 'none' "
                       "(resize only)", choices=("ssd", "light", "none"))

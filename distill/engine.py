@@ -3,8 +3,8 @@
 ``train_one_epoch`` is the one loop of every run: it takes a ``step(images, targets)`` -- :class:`DetectorStep`
 for the plain detector, the distillation session's step for ``--kd`` runs -- and an optional
 ``before_batch`` hook where the GAN-KD schedule interleaves its discriminator stages.
-``evaluate`` preprocesses with ``runtime.preprocess`` -- the exact pixels a deployed model sees --
-and scores with ``runtime.metrics.CocoEvaluator``.
+``evaluate`` preprocesses with ``runtime.preprocess`` -- the exact pixels a deployed model sees, with the
+run's resize mode (stretch or letterbox) -- and scores with ``runtime.metrics.CocoEvaluator``.
 """
 from __future__ import annotations
 
@@ -88,32 +88,40 @@ def train_one_epoch(loader, step: Callable, device, epoch: int, *, model, before
 
 
 @torch.no_grad()
-def predict(model, images: list, device, *, img_size: int, mean, std, nms_cfg) -> list[dict]:
-    """HWC uint8 RGB images of any sizes -> per image {"boxes" [K,4] xyxy original pixels, "scores", "labels" 1..C} (numpy)."""
-    x, orig = preprocess_batch(images, (img_size, img_size), mean, std)
+def predict(model, images: list, device, *, img_size: int, mean, std, nms_cfg,
+            resize_mode: str = "stretch") -> list[dict]:
+    """HWC uint8 RGB images of any sizes -> per image {"boxes" [K,4] xyxy original pixels, "scores", "labels" 1..C}
+    (numpy), preprocessed and mapped back with ``resize_mode`` ("stretch" or "letterbox") as a deployed model is."""
+    size = (img_size, img_size)
+    x, orig = preprocess_batch(images, size, mean, std, resize_mode)
     x = torch.from_numpy(x).to(device)
     loc, conf = model(x)
     dets = postprocess(loc, conf, model.anchors(img_size).to(device), model.box_coder, nms_cfg)
     out = []
     for d, hw in zip(dets, orig):
-        out.append({"boxes": scale_boxes(d["boxes"].cpu().numpy(), hw), "scores": d["scores"].cpu().numpy(),
+        out.append({"boxes": scale_boxes(d["boxes"].cpu().numpy(), hw, resize_mode, size),
+                    "scores": d["scores"].cpu().numpy(),
                     "labels": d["labels"].cpu().numpy()})
     return out
 
 
 @torch.no_grad()
 def evaluate(model, dataset, device, *, img_size: int, mean, std, nms_cfg, batch_size: int = 16, workers: int = 0,
-             max_images: int | None = None, per_class: bool = False, desc: str = "eval") -> dict:
+             max_images: int | None = None, per_class: bool = False, desc: str = "eval",
+             resize_mode: str | None = None) -> dict:
     """COCO metrics (mAP, AP50, AP75, APs, APm, APl in points) of ``model`` on an eval-mode dataset,
     through the one evaluation path (``runtime.evaluation.inference_on_dataset``), plus
     ``eval_images`` and ``eval_seconds``. ``workers`` > 0: images are read ahead in a background
-    thread while the model runs."""
+    thread while the model runs. ``resize_mode``: "stretch" or "letterbox" (None: the dataset's
+    ``resize_mode``, the run's ``--resize``; "stretch" for datasets without one)."""
     model.eval()
+    resize_mode = resize_mode or getattr(dataset, "resize_mode", "stretch")
     indices, gt = eval_subset(dataset, max_images)
     evaluator = CocoEvaluator(gt, dataset.category_ids)
 
     def predictor(images: list) -> list[dict]:
-        return predict(model, images, device, img_size=img_size, mean=mean, std=std, nms_cfg=nms_cfg)
+        return predict(model, images, device, img_size=img_size, mean=mean, std=std, nms_cfg=nms_cfg,
+                       resize_mode=resize_mode)
 
     metrics = inference_on_dataset(predictor, dataset, evaluator, indices=indices, batch_size=batch_size,
                                    desc=desc, per_class=per_class, prefetch=workers > 0)

@@ -41,7 +41,7 @@ def build_datasets(cfg: TrainConfig) -> tuple[DetectionDataset, DetectionDataset
     from .data import build_dataset, default_val_spec
     d = cfg.data
     common = dict(img_size=d.img_size, mean=d.mean, std=d.std, on_bad_sample=d.on_bad_sample,
-                  zoom_out_max=d.zoom_out_max, data_root=d.data_root,
+                  zoom_out_max=d.zoom_out_max, data_root=d.data_root, resize_mode=d.resize_mode,
                   shapes_kwargs={"num_train": d.shapes_train, "num_val": d.shapes_val, "seed": d.shapes_seed})
     train_set = build_dataset(d.data, "train", train=True, augment=d.augment, **common)
     val_spec = d.val_data or default_val_spec(d.data)

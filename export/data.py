@@ -85,6 +85,7 @@ def checkpoint_dataset(cfg: dict, split: str = "val", *, allow_generate: bool = 
                          "seed": cfg.get("shapes_seed")}
         ds = build_dataset(spec, split, img_size=int(cfg["img_size"]), mean=cfg["mean"], std=cfg["std"], train=False,
                            on_bad_sample=cfg.get("on_bad_sample", "error"), data_root=cfg.get("data_root", "data"),
+                           resize_mode=cfg.get("resize_mode", "stretch"),
                            shapes_kwargs={k: v for k, v in shapes_kwargs.items() if v is not None})
         if len(ds) == 0:
             return None, f"dataset {spec!r} has no images"

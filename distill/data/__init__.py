@@ -28,7 +28,7 @@ def build_dataset(spec: str, split: str, *, img_size: int, mean: Sequence[float]
                   std: Sequence[float], train: bool, augment: bool | str = True,
                   on_bad_sample: str = "error", data_root: str = "data",
                   shapes_kwargs: dict[str, Any] | None = None,
-                  zoom_out_max: float = 4.0) -> DetectionDataset:
+                  zoom_out_max: float = 4.0, resize_mode: str = "stretch") -> DetectionDataset:
     """Build a :class:`DetectionDataset` from a spec (module docstring).
 
     ``split``: "train"/"val" for a bare ``shapes`` spec; coco/voc specs name their split
@@ -37,7 +37,8 @@ def build_dataset(spec: str, split: str, *, img_size: int, mean: Sequence[float]
     file and annotation) or "skip" (warn + count in ``dataset.bad_samples``). ``data_root`` and
     ``shapes_kwargs`` (num_train, num_val, seed, size_range) locate/parameterise the generated
     shapes dataset, which is created on first use. ``zoom_out_max``: largest RandomZoomOut side
-    factor of the "ssd" policy (SSD's recipe: 4).
+    factor of the "ssd" policy (SSD's recipe: 4). ``resize_mode``: "stretch" or "letterbox", the training
+    resize and the dataset's ``resize_mode`` that evaluation preprocesses with.
     """
     kind, args = parse_spec(spec)
     report = BadSampleReporter(on_bad_sample)
@@ -66,4 +67,4 @@ def build_dataset(spec: str, split: str, *, img_size: int, mean: Sequence[float]
         name = f"voc:{Path(args[0]).name}:{args[1]}"
     return DetectionDataset(records, names, cids, train=train, img_size=img_size, mean=mean,
                             std=std, augment=augment, on_bad_sample=on_bad_sample, name=name,
-                            bad_samples=report.counts, zoom_out_max=zoom_out_max)
+                            bad_samples=report.counts, zoom_out_max=zoom_out_max, resize_mode=resize_mode)

@@ -5,9 +5,11 @@ ORIGINAL image, clipped to it. Labels are contiguous ``1..C``; ``category_ids[L 
 dataset's own id of label ``L``.
 
 * ``train=True``:  ``(image float32 [3, S, S] normalised, {"boxes": float32 [M, 4] xyxy in [0, 1]
-  of the resized image, "labels": int64 [M] in 1..C, "ignore": bool [M], "image_id": int})``
+  of the resized (``resize_mode``: stretched or letterboxed) image, "labels": int64 [M] in 1..C,
+  "ignore": bool [M], "image_id": int})``
 * ``train=False``: ``(image uint8 [H, W, 3] RGB original size, {"image_id": int,
-  "orig_size": (H, W)})``; the evaluator preprocesses with runtime.preprocess itself.
+  "orig_size": (H, W)})``; the evaluator preprocesses with runtime.preprocess itself, with the
+  dataset's ``resize_mode`` unless told otherwise.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from torchvision import tv_tensors
 
 from distill.data.transforms import AUGMENT_POLICIES, build_train_transform
 from runtime.annotations import ImageRecord, clip_box_xyxy, records_coco_gt  # noqa: F401 (re-exported)
+from runtime.errors import check_choice
+from runtime.metadata import RESIZE_MODES
 from runtime.preprocess import load_image
 
 ON_BAD_SAMPLE = ("error", "skip")
@@ -63,7 +67,8 @@ class DetectionDataset(torch.utils.data.Dataset):
                  category_ids: Sequence[int], *, train: bool, img_size: int,
                  mean: Sequence[float], std: Sequence[float], augment: bool | str = True,
                  on_bad_sample: str = "error", name: str = "dataset",
-                 bad_samples: dict[str, int] | None = None, zoom_out_max: float = 4.0):
+                 bad_samples: dict[str, int] | None = None, zoom_out_max: float = 4.0,
+                 resize_mode: str = "stretch"):
         if len(class_names) != len(category_ids):
             raise ValueError(f"{len(class_names)} class names but {len(category_ids)} category ids")
         self.records = list(records)
@@ -78,21 +83,25 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.augment_policy = policy
         self.augment = policy != "none"
         self.img_size = int(img_size)
+        # "stretch" | "letterbox": the training resize and the geometry the evaluator preprocesses with
+        check_choice("resize_mode", resize_mode, RESIZE_MODES)
+        self.resize_mode = resize_mode
         self.mean, self.std = tuple(mean), tuple(std)
         self.name = name
         self._reporter = BadSampleReporter(on_bad_sample)
         self._reporter.counts.update(bad_samples or {})
         self._bad_indices: set = set()
         if self.train:
-            self._tf_plain = build_train_transform(img_size, mean, std, augment=False)
+            rm = {"resize_mode": resize_mode}
+            self._tf_plain = build_train_transform(img_size, mean, std, augment=False, **rm)
             if zoom_out_max < 1.0:
                 raise ValueError(f"zoom_out_max must be >= 1 (1 disables zoom-out), got {zoom_out_max}")
             zoom = (1.0, float(zoom_out_max) if policy == "ssd" else 1.0)
             self._tf_aug = build_train_transform(img_size, mean, std, augment=True, zoom_out_side=zoom,
-                                                 iou_crop=policy == "ssd")
+                                                 iou_crop=policy == "ssd", **rm)
             # images without boxes skip RandomIoUCrop; the other policies never crop anyway
             self._tf_aug_nocrop = self._tf_aug if policy != "ssd" else build_train_transform(
-                img_size, mean, std, augment=True, iou_crop=False, zoom_out_side=zoom)
+                img_size, mean, std, augment=True, iou_crop=False, zoom_out_side=zoom, **rm)
 
     # ---------------------------------------------------------------- bookkeeping
     @property
@@ -191,6 +200,8 @@ def describe(dataset: DetectionDataset) -> str:
     n_ign = sum(int(r.ignore.sum()) for r in dataset.records)
     n_empty = sum(len(r.boxes) == 0 for r in dataset.records)
     mode = f"train (augmentation: {dataset.augment_policy})" if dataset.train else "eval"
+    if dataset.resize_mode != "stretch":
+        mode += f", {dataset.resize_mode} resize"
     s = (f"{dataset.name}: {len(dataset)} images ({n_empty} without boxes), {n_boxes} boxes "
          f"({n_ign} crowd/difficult), {dataset.num_classes} classes, {mode}")
     if dataset.bad_samples:

@@ -11,6 +11,11 @@ dataset mean, RandomIoUCrop, RandomHorizontalFlip, Resize to S x S, ClampBoundin
 SanitizeBoundingBoxes, ToDtype(float32, scale), Normalize. RandomIoUCrop only makes sense with
 boxes (with none it never crops and burns its trials), so images without boxes get the same
 pipeline minus that step.
+
+The final resize follows the run's ``resize_mode`` (``--resize``), the geometry the deployed model's
+preprocessing declares in its sidecar: "stretch" warps to S x S, "letterbox" (:class:`Letterbox`) scales the
+image to fit with its aspect ratio kept and centres it on a grey square, exactly where
+``runtime.preprocess.letterbox_geometry`` puts it; boxes follow through the tv_tensors kernels.
 """
 
 from __future__ import annotations
@@ -20,6 +25,11 @@ from typing import Any, Sequence
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2 as T
+from torchvision.transforms.v2 import functional as F
+
+from runtime.errors import check_choice
+from runtime.metadata import RESIZE_MODES
+from runtime.preprocess import LETTERBOX_FILL, letterbox_geometry
 
 
 #: Training augmentation policies: "ssd" the full recipe above (SSD's; slow to learn from on short
@@ -37,6 +47,26 @@ def labels_and_ignore(inputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return target["labels"], target["ignore"]
 
 
+class Letterbox(T.Transform):
+    """Resize to fit ``size x size`` with the aspect ratio kept, centred on a grey canvas: the geometry of
+    :func:`runtime.preprocess.letterbox_geometry`, so a box lands where the deployed preprocessing puts it."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = (int(size), int(size))
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        nh, nw, top, left = letterbox_geometry(T.query_size(flat_inputs), self.size)
+        return {"fit": [nh, nw], "padding": [left, top, self.size[1] - nw - left, self.size[0] - nh - top]}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        out = self._call_kernel(F.resize, inpt, params["fit"], antialias=True)
+        # The bars are 114 grey (runtime.preprocess.LETTERBOX_FILL), not the mean colour: the deployed
+        # preprocessing pads with 114, and training on other bars would teach a border the model never sees.
+        fill = LETTERBOX_FILL if isinstance(inpt, tv_tensors.Image) else 0
+        return self._call_kernel(F.pad, out, padding=params["padding"], fill=fill)
+
+
 def _check_mean_std(mean: Sequence[float], std: Sequence[float]) -> tuple[list, list]:
     mean, std = [float(v) for v in mean], [float(v) for v in std]
     if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
@@ -47,15 +77,17 @@ def _check_mean_std(mean: Sequence[float], std: Sequence[float]) -> tuple[list, 
 
 def build_train_transform(img_size: int, mean: Sequence[float], std: Sequence[float], *,
                           augment: bool = True, iou_crop: bool = True,
-                          zoom_out_side: tuple[float, float] = (1.0, 4.0)) -> T.Compose:
+                          zoom_out_side: tuple[float, float] = (1.0, 4.0), resize_mode: str = "stretch") -> T.Compose:
     """The training pipeline for ``(image, target)`` (see the module docstring).
 
     ``augment=False``: only Resize + sanitize + ToDtype + Normalize (deterministic).
     ``iou_crop=False``: the augmenting pipeline without RandomIoUCrop (images without boxes).
     ``mean``/``std``: RGB in [0, 1] units; the zoom-out canvas is filled with ``mean``.
+    ``resize_mode``: the final resize to S x S, "stretch" or "letterbox" (:class:`Letterbox`).
     """
     if int(img_size) < 1:
         raise ValueError(f"img_size must be a positive int, got {img_size!r}")
+    check_choice("resize_mode", resize_mode, RESIZE_MODES)
     mean, std = _check_mean_std(mean, std)
     size = (int(img_size), int(img_size))
     steps: list = []
@@ -69,7 +101,7 @@ def build_train_transform(img_size: int, mean: Sequence[float], std: Sequence[fl
             steps.append(T.RandomIoUCrop())
         steps.append(T.RandomHorizontalFlip(p=0.5))
     steps += [
-        T.Resize(size, antialias=True),
+        Letterbox(size[0]) if resize_mode == "letterbox" else T.Resize(size, antialias=True),
         T.ClampBoundingBoxes(),
         T.SanitizeBoundingBoxes(labels_getter=labels_and_ignore),
         T.ToDtype(torch.float32, scale=True),  # images only; boxes/labels untouched
