@@ -11,7 +11,7 @@ crash still leaves a usable one:
 2. ``checkpoint`` --checkpoint, else the demo student runs/demo/student/best.pt, else the newest
                   runs/**/best.pt, else an untrained seeded SSD-Lite
                   (parity still means something, mAP does not: the report says so);
-3. ``export``     python -m export.onnx --fp16 --int8 (CPU; calibration on the checkpoint's data or
+3. ``export``     python -m export.onnx --fp16 --int8 --trt-int8 (CPU; calibration on the checkpoint's data or
                   synthetic images), including the TensorRT 11 graphs model_trt_fp16 / _int8.onnx;
 4. ``pytorch-cuda-fp32`` / ``-fp16``: detections against PyTorch CPU FP32 on the same images
                   (runtime.parity agreement, bound by precision) and batch-1 latency;
@@ -177,7 +177,7 @@ def check_images(checkpoint: Path) -> tuple[list[Any], str, Any]:
 
 
 def export_step(row: dict[str, Any], checkpoint: Path, out: Path, images: Sequence[Any]) -> Path:
-    """export.onnx with --fp16 --int8 into out/exports (calibration: the checkpoint's data, else
+    """export.onnx with --fp16 --int8 --trt-int8 into out/exports (calibration: the checkpoint's data, else
     the parity images written to a folder)."""
     from PIL import Image
 
@@ -191,7 +191,7 @@ def export_step(row: dict[str, Any], checkpoint: Path, out: Path, images: Sequen
         calib_dir.mkdir(parents=True, exist_ok=True)
         for i, im in enumerate(images):
             Image.fromarray(im).save(calib_dir / f"{i:03d}.png")
-    res = export_onnx(checkpoint, exports, int8=True, fp16=True, calib_images=calib_dir, calib_count=64,
+    res = export_onnx(checkpoint, exports, int8=True, fp16=True, trt_int8=True, calib_images=calib_dir, calib_count=64,
                       verify_images="auto", evaluate=False, latency_iters=5, quiet=True)
     row.update(ok=res["ok"], export_report=res["report_path"], calibration=str(calib_dir or "checkpoint data"),
                graphs={g: {"ok": r["ok"], "agreement": r.get("agreement"), "notes": r["notes"]}

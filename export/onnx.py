@@ -2,7 +2,7 @@
 
     python -m export.onnx --checkpoint runs/kd/best.pt --out exports/kd
     python -m export.onnx --checkpoint runs/kd/best.pt --out exports/kd --int8 --calib-images DIR
-    python -m export.onnx --checkpoint runs/kd/best.pt --out exports/kd --fp16 --int8   # + TensorRT 11 graphs
+    python -m export.onnx --checkpoint runs/kd/best.pt --out exports/kd --fp16 --trt-int8   # + TensorRT 11 graphs
     python -m export.onnx          # the newest runs/**/best.pt -> exports/<run name>
 
 Files written to ``out`` (dynamic batch, fixed H x W from the checkpoint's ``img_size``), each with
@@ -14,7 +14,7 @@ there ``onnx_sha256`` is null, a file cannot hold its own hash):
                      detection_boxes [B,K,4], detection_scores [B,K], detection_classes [B,K] int32
     model_nms.onnx   the same four outputs from standard ONNX ops (ONNX Runtime on CPU)
     model_int8.onnx  (--int8) ONNX Runtime static INT8 (QDQ, per-channel) of model_raw.onnx
-    model_trt_int8.onnx (--int8) model_trt.onnx with TensorRT explicit quantization (symmetric Q/DQ,
+    model_trt_int8.onnx (--trt-int8) model_trt.onnx with TensorRT explicit quantization (symmetric Q/DQ,
                      per-channel weights, float plugin tail): TensorRT 11's INT8 (export.qdq_trt)
     model_trt_fp16.onnx (--fp16) model_trt.onnx in mixed precision, plugin inputs FP32: TensorRT 11's
                      FP16 (export.fp16)
@@ -368,7 +368,7 @@ def _variants_and_rows(art: ExportArtifacts, inputs: ExportInputs, src: ExportSo
 
 
 def export_onnx(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, int8: bool = False,
-                fp16: bool = False,
+                fp16: bool = False, trt_int8: bool = False,
                 calib_images: str | os.PathLike[str] | None = None, calib_count: int = 128,
                 calib_method: str = "minmax", plugin_version: str = "auto", plugin_domain: str = PLUGIN_DOMAIN,
                 opset: int = 17, simplify_graphs: bool = True, verify_images: str = "auto",
@@ -377,8 +377,9 @@ def export_onnx(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[s
     """Export one checkpoint to ``out_dir`` and verify it; returns {"ok", "out_dir", "files",
     "report", "report_path"} (``files``: graph -> {"onnx", "sidecar"} paths as str).
 
-    ``int8`` also writes the Q/DQ plugin graph ``model_trt_int8.onnx`` from the same calibration
-    images; ``fp16`` writes ``model_trt_fp16.onnx`` (:mod:`export.variants`).
+    ``int8`` writes ONNX Runtime's INT8 graph ``model_int8.onnx``; ``trt_int8`` the Q/DQ plugin graph
+    ``model_trt_int8.onnx`` from the same calibration images (what TensorRT >= 11 builds for INT8; export.trt
+    --int8 writes it on demand); ``fp16`` writes ``model_trt_fp16.onnx`` (:mod:`export.variants`).
 
     ``verify_images``: "auto" (validation images of the checkpoint if on disk, else synthetic),
     "synthetic", or a folder of images. ``evaluate``: COCO mAP of FP32 (and INT8) ORT graphs on
@@ -393,11 +394,11 @@ def export_onnx(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[s
     from runtime.preprocess import Preprocessor
     t_start = time.perf_counter()
     log = _silent if quiet else _print
-    _check_options(int8=int8, calib_images=calib_images, evaluate=evaluate, calib_count=calib_count, opset=opset,
+    _check_options(int8=int8 or trt_int8, calib_images=calib_images, evaluate=evaluate, calib_count=calib_count, opset=opset,
                    plugin_domain=plugin_domain)
     with _torch_threads(threads):
         src = ExportSource.load(checkpoint)
-        inputs = resolve_inputs(src.config, int8=int8, calib_images=calib_images, calib_count=calib_count,
+        inputs = resolve_inputs(src.config, int8=int8 or trt_int8, calib_images=calib_images, calib_count=calib_count,
                                 verify_images=verify_images, evaluate=evaluate)
         art = export_graphs(src, out_dir, opset=opset, plugin_version=plugin_version, plugin_domain=plugin_domain,
                             simplify_graphs=simplify_graphs, log=log)
@@ -408,7 +409,7 @@ def export_onnx(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[s
                                                       calibration_source=inputs.calib_source, method=calib_method,
                                                       progress=not quiet, notes=art.notes["int8"])
             log(f"  wrote {art.graphs['int8'].onnx}")
-        rows, variant_infos = _variants_and_rows(art, inputs, src, fp16=fp16, int8=int8, calib_method=calib_method,
+        rows, variant_infos = _variants_and_rows(art, inputs, src, fp16=fp16, int8=trt_int8, calib_method=calib_method,
                                                  threads=threads, log=log)
         report = _report(src, art, inputs, rows)
         report["trt_variants"] = variant_infos
@@ -455,9 +456,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: exports/<run name>)")
     p.add_argument("--runs", default="runs", help="where runs are searched when --checkpoint is not given")
     p.add_argument("--int8", action="store_true", help="also write model_int8.onnx (ONNX Runtime static INT8, QDQ, "
-                                                       "per-channel weights) and model_trt_int8.onnx (TensorRT "
-                                                       "explicit quantization of the plugin graph, what TensorRT 11 "
-                                                       "builds for --int8) and report INT8 vs FP32 latency/mAP")
+                                                       "per-channel weights) and report INT8 vs FP32 latency/mAP")
+    p.add_argument("--trt-int8", action="store_true", help="also write model_trt_int8.onnx: TensorRT explicit "
+                                                           "quantization of the plugin graph (symmetric Q/DQ), what "
+                                                           "TensorRT 11 builds for export.trt --int8; mAP-gated")
     p.add_argument("--fp16", action="store_true", help="also write model_trt_fp16.onnx: the plugin graph in mixed "
                                                        "precision (FP32 plugin inputs), what TensorRT 11 builds "
                                                        "for --fp16; verified against model_trt.onnx on CPU")
@@ -496,7 +498,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         ckpt = Path(args.checkpoint) if args.checkpoint else xdata.find_latest_checkpoint(args.runs)
         out = Path(args.out) if args.out else xdata.default_export_dir(ckpt, args.runs)
-        res = export_onnx(ckpt, out, int8=args.int8, fp16=args.fp16, calib_images=args.calib_images,
+        res = export_onnx(ckpt, out, int8=args.int8, fp16=args.fp16, trt_int8=args.trt_int8,
+                          calib_images=args.calib_images,
                           calib_count=args.calib_count, calib_method=args.calib_method, plugin_version=args.plugin_version,
                           plugin_domain=args.plugin_domain, opset=args.opset,
                           simplify_graphs=not args.no_simplify, verify_images=args.verify_images,

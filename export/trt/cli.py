@@ -10,7 +10,7 @@ Precision is chosen explicitly: ``--fp16``, ``--int8`` or ``--best`` (FP16 + INT
 * TensorRT >= 11 (strongly typed; ``--typing strongly-typed`` on 10.12+): the ONNX states the
   precision. ``--fp16`` parses ``model_trt_fp16.onnx`` (mixed precision, export.fp16), ``--int8``
   ``model_trt_int8.onnx`` (Q/DQ, export.qdq_trt, calibrated on the same images as below); both are
-  written beside ``model_trt.onnx`` when missing or stale (as ``python -m export.onnx --fp16 --int8``
+  written beside ``model_trt.onnx`` when missing or stale (as ``python -m export.onnx --fp16 --trt-int8``
   writes them). ``--best`` does not exist there. The parsed network must hold FP16 tensors / Q/DQ
   layers, or the build fails.
 * TensorRT 8.6 - 10.x (builder flags; Jetson): ``model_trt.onnx`` with ``BuilderFlag.FP16`` /

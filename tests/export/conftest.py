@@ -33,7 +33,7 @@ def exported(tiny_ckpt, calib_dir, tmp_path_factory):
     TensorRT 11 variants trt_fp16 / trt_int8."""
     from export.onnx import export_onnx
     out = tmp_path_factory.mktemp("exports") / "tiny"
-    res = export_onnx(tiny_ckpt, out, int8=True, fp16=True, calib_images=calib_dir, calib_count=8,
+    res = export_onnx(tiny_ckpt, out, int8=True, fp16=True, trt_int8=True, calib_images=calib_dir, calib_count=8,
                       verify_images="synthetic", evaluate=False, latency_iters=3, threads=1, quiet=True)
     return res
 

@@ -65,7 +65,7 @@ def test_int8_map_within_one_point(tiny_ckpt, tmp_path):
     ck.pop("path")
     ck["config"] = cfg
     save_checkpoint(tmp_path / "best.pt", ck)
-    res = export_onnx(tmp_path / "best.pt", tmp_path / "out", int8=True, fp16=True, calib_count=32, evaluate=True,
+    res = export_onnx(tmp_path / "best.pt", tmp_path / "out", int8=True, fp16=True, trt_int8=True, calib_count=32, evaluate=True,
                       eval_images=60, latency_iters=3, threads=1, quiet=True)
     mp = res["report"]["map"]
     assert {"raw", "int8", "trt_int8", "trt_fp16"} <= set(mp)
