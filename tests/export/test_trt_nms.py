@@ -140,9 +140,9 @@ def test_nms_builtin_parses_the_onnx_nms_graph(folder, fake_env, major):
     assert trt.record["plans"][-1]["plugin_layers"] == 1 and trt.record["plans"][-1]["nms_layers"] == 0
 
 
-def test_nms_builtin_from_the_nms_graph_itself(folder, fake_env, capsys):
+def test_nms_builtin_from_the_nms_graph_itself(folder, fake_env, capsys, calib_dir):
     trt = fake_env(10, plugins=())
-    s = T.resolve_settings(_args(onnx=str(folder / "model_nms.onnx"), int8=True, calib_images=None))
+    s = T.resolve_settings(_args(onnx=str(folder / "model_nms.onnx"), int8=True, calib_images=str(calib_dir)))
     assert s.engine.name == "model_int8.engine"
     T.build_engine(s, log=_quiet, verify=False)
     plan = trt.record["plans"][-1]
