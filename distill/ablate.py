@@ -195,6 +195,8 @@ def paired_stats(runs: dict[str, list[dict]], name: str, base: str = "baseline",
 def _fmt_paired(st: dict) -> str:
     if not st["n"]:
         return "n/a"
+    if st["n"] == 1:
+        return f"{st['mean']:+.2f} (n = 1)"
     p = "" if st["p"] is None else f", p = {st['p']:.3f}"
     return f"{st['mean']:+.2f} ± {st['std']:.2f} (n = {st['n']}{p})"
 
