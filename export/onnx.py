@@ -370,7 +370,8 @@ def _variants_and_rows(art: ExportArtifacts, inputs: ExportInputs, src: ExportSo
 def export_onnx(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, int8: bool = False,
                 fp16: bool = False, trt_int8: bool = False,
                 calib_images: str | os.PathLike[str] | None = None, calib_count: int = 128,
-                calib_method: str = "minmax", plugin_version: str = "auto", plugin_domain: str = PLUGIN_DOMAIN,
+                calib_method: str = "minmax", trt_calib_method: str = "percentile", plugin_version: str = "auto",
+                plugin_domain: str = PLUGIN_DOMAIN,
                 opset: int = 17, simplify_graphs: bool = True, verify_images: str = "auto",
                 evaluate: str | bool = "auto", eval_images: int | None = None, int8_max_map_drop: float = 1.0,
                 latency_iters: int = 20, threads: int = 0, quiet: bool = False) -> dict[str, Any]:
@@ -385,6 +386,8 @@ def export_onnx(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[s
     "synthetic", or a folder of images. ``evaluate``: COCO mAP of FP32 (and INT8) ORT graphs on
     the validation set: "auto" (when available), True (required) or False. ``calib_images``: a
     folder; default the checkpoint's training images (required to exist with ``int8``).
+    ``calib_method`` calibrates ``model_int8.onnx``, ``trt_calib_method`` ``model_trt_int8.onnx``
+    (percentile: symmetric int8 loses too much to min-max ranges, see :mod:`export.qdq_trt`).
     ``threads``: intra-op threads of ONNX Runtime and PyTorch during the export (0: their defaults).
     User mistakes raise ValueError (before anything is written); verification failures are
     reported (``ok`` False).
@@ -409,7 +412,8 @@ def export_onnx(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[s
                                                       calibration_source=inputs.calib_source, method=calib_method,
                                                       progress=not quiet, notes=art.notes["int8"])
             log(f"  wrote {art.graphs['int8'].onnx}")
-        rows, variant_infos = _variants_and_rows(art, inputs, src, fp16=fp16, int8=trt_int8, calib_method=calib_method,
+        rows, variant_infos = _variants_and_rows(art, inputs, src, fp16=fp16, int8=trt_int8,
+                                                 calib_method=trt_calib_method,
                                                  threads=threads, log=log)
         report = _report(src, art, inputs, rows)
         report["trt_variants"] = variant_infos
@@ -467,7 +471,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "training images, if on disk)")
     p.add_argument("--calib-count", type=int, default=128, help="calibration images used at most")
     p.add_argument("--calib-method", default="minmax", choices=["minmax", "entropy", "percentile"],
-                   help="ONNX Runtime calibration method")
+                   help="calibration method of model_int8.onnx (ONNX Runtime's uint8 graph)")
+    p.add_argument("--trt-calib-method", default="percentile", choices=["minmax", "entropy", "percentile"],
+                   help="calibration method of model_trt_int8.onnx (symmetric int8: min-max wastes its range on "
+                        "outliers, see export.qdq_trt)")
     p.add_argument("--plugin-version", default="auto",
                    help="EfficientNMS_TRT plugin_version: 'auto' ('1' without TensorRT or below 10.12, else the "
                         "highest version the installed TensorRT registers) or an explicit number")
@@ -500,7 +507,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = Path(args.out) if args.out else xdata.default_export_dir(ckpt, args.runs)
         res = export_onnx(ckpt, out, int8=args.int8, fp16=args.fp16, trt_int8=args.trt_int8,
                           calib_images=args.calib_images,
-                          calib_count=args.calib_count, calib_method=args.calib_method, plugin_version=args.plugin_version,
+                          calib_count=args.calib_count, calib_method=args.calib_method,
+                          trt_calib_method=args.trt_calib_method, plugin_version=args.plugin_version,
                           plugin_domain=args.plugin_domain, opset=args.opset,
                           simplify_graphs=not args.no_simplify, verify_images=args.verify_images,
                           evaluate={"auto": "auto", "yes": True, "no": False}[args.evaluate],

@@ -15,6 +15,14 @@ rules (TensorRT developer guide, "Explicit Quantization" / "Q/DQ layer placement
 * the plugin-input tail (``plugin_inputs/*``: deltas, clamp, softmax, slice) and the plugin stay
   in float, so EfficientNMS_TRT gets FP32 boxes, scores and anchors.
 
+Activation ranges are calibrated by ONNX Runtime's percentile calibrator (99.999 %, on |x|;
+``TRT_CALIB_METHOD``), not min-max: with symmetric int8 a non-negative ReLU6 activation has only
+the 128 codes of [0, 127], so a rare outlier that stretches a min-max range costs twice the
+resolution it costs ONNX Runtime's uint8 graph. On a trained SSD-Lite student (300 validation images) min-max lost 1.54 mAP
+points against FP32, percentile 0.79 (ONNX Runtime's uint8 graph: 0.43 / 0.38); keeping the first
+convolution and the 1x1 prediction convs in float did not help (min-max 25.70 vs 25.74,
+percentile 26.24 vs 26.49 mAP).
+
 :func:`check_trt_qdq` checks those rules on the written graph; :func:`qdq_graph_fresh` says when an
 existing Q/DQ graph still answers (same source graph, same calibration) -- the Q/DQ graph is the
 calibration cache of the strongly typed path.
@@ -34,6 +42,7 @@ from export.plugin_split import load_fp32_plugin_graph, save_variant
 QDQ_FILE = "model_trt_int8.onnx"
 TRT_QDQ_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add")
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+TRT_CALIB_METHOD = "percentile"  # activation calibration of the Q/DQ graph (see the module docstring)
 
 
 def trt_quantize_options() -> dict[str, Any]:
@@ -123,7 +132,7 @@ def qdq_graph_fresh(qdq: str | Path, source_sha256: str, calibration_source: str
 
 
 def quantize_trt_int8(trt_onnx: str | Path, images: Sequence[Any], *, calibration_source: str,
-                      out: str | Path | None = None, method: str = "minmax", notes: list[str] | None = None
+                      out: str | Path | None = None, method: str = TRT_CALIB_METHOD, notes: list[str] | None = None
                       ) -> tuple[WrittenGraph, dict[str, Any]]:
     """``model_trt.onnx`` (FP32, with its sidecar) -> ``model_trt_int8.onnx`` beside it (or ``out``):
     the Q/DQ head + the unchanged EfficientNMS_TRT tail, checked against TensorRT's rules, with a

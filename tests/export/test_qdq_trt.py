@@ -14,7 +14,7 @@ import onnx
 import pytest
 
 from export.plugin_split import io_types, split_plugin_graph
-from export.qdq_trt import check_trt_qdq, qdq_graph_fresh, quantize_trt_int8
+from export.qdq_trt import TRT_CALIB_METHOD, check_trt_qdq, qdq_graph_fresh, quantize_trt_int8
 from runtime.metadata import read_sidecar, sha256_file, write_sidecar
 from runtime.trt_reference import TrtGraphReference
 
@@ -42,6 +42,9 @@ def test_qdq_sidecar_and_verification(exported, calib_dir):
     q = meta.extra["quantization"]
     assert q["activations"] == "int8 symmetric per tensor" and q["weights"] == "int8 symmetric per output channel"
     assert q["calibration_images"] == 8 and meta.extra["calibration_source"] == f"{calib_dir} (8 images)"
+    # percentile ranges for the symmetric Q/DQ graph, whatever calibrates ONNX Runtime's uint8 graph
+    assert q["calibration"] == TRT_CALIB_METHOD == "percentile"
+    assert read_sidecar(exported["files"]["int8"]["onnx"]).extra["quantization"]["calibration"] == "minmax"
     assert meta.extra["source_sha256"] == sha256_file(exported["files"]["trt"]["onnx"])
     row = json.loads(Path(exported["report_path"]).read_text())["graphs"]["trt_int8"]
     assert row["ok"] and row["min_agreement"] is None and row["detections_match"] is None
@@ -56,6 +59,14 @@ def test_qdq_graph_is_the_same_model_as_fp32(exported, images_nchw):
     assert np.abs(s8 - s32).max() < 0.2 and np.abs(d8 - d32).max() < 0.2  # quantized, but still the same model
     num = got(images_nchw)[0]
     assert num.shape == (3, 1) and int(num.min()) > 0
+
+
+def test_qdq_calibration_method_is_its_own_option():
+    from export.onnx import build_parser
+    args = build_parser().parse_args(["--int8", "--trt-int8"])
+    assert (args.calib_method, args.trt_calib_method) == ("minmax", TRT_CALIB_METHOD)
+    args = build_parser().parse_args(["--trt-int8", "--trt-calib-method", "minmax", "--calib-method", "entropy"])
+    assert (args.calib_method, args.trt_calib_method) == ("entropy", "minmax")
 
 
 def test_asymmetric_quantization_breaks_the_rules(exported):
