@@ -132,3 +132,31 @@ def test_a_methods_step_is_what_it_is_alone(teacher_ckpt, data_root, tmp_path): 
     for k in a:
         torch.testing.assert_close(a[k]["exp_avg_sq"], b[k]["exp_avg_sq"])
     assert both.kd_opts["gan"].param_groups[0]["lr"] == pytest.approx(0.5 * both.kd_lr)
+
+
+def test_distillation_resume_mid_stage_is_exact(teacher_ckpt, data_root, tmp_path, monkeypatch):  # noqa: F811
+    """A gan+soft run stopped after epoch 1 (mid-round: the student round straddles epochs) and resumed ends with
+    the same student weights as the run that never stopped."""
+    from distill import train
+    from distill.checkpoint import load_checkpoint
+    from distill.kd.session import KDSession
+    kw = dict(kd="gan+soft", epochs=3, gan_post_epochs=1, gan_d_pretrain_iters=2, gan_d_finetune_iters=1,
+              gan_student_max_iters=3)
+    train.fit(smoke_cfg(teacher_ckpt, data_root, tmp_path / "straight", **kw))
+    real = KDSession.train_epoch
+
+    def stop_at_second_epoch(self, loader, epoch, desc="kd"):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real(self, loader, epoch, desc)
+
+    monkeypatch.setattr(KDSession, "train_epoch", stop_at_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(smoke_cfg(teacher_ckpt, data_root, tmp_path / "stopped", **kw))
+    monkeypatch.setattr(KDSession, "train_epoch", real)
+    cfg, ck = train.resume_config(str(tmp_path / "stopped"), {})
+    train.fit(cfg, resume_ckpt=ck)
+    a, b = load_checkpoint(tmp_path / "straight" / "last.pt"), load_checkpoint(tmp_path / "stopped" / "last.pt")
+    for k, v in a["model"].items():
+        torch.testing.assert_close(b["model"][k], v, msg=k)
+    torch.testing.assert_close(b["discriminators"]["patch"], a["discriminators"]["patch"])
