@@ -10,7 +10,8 @@ from distill.kd.discriminators import build_discriminators, output_side
 from distill.kd.features import Adapters, FeatureStandardizer
 from distill.models import create_model
 
-from .test_kd_train import build_session, data_root, smoke_cfg, teacher_ckpt  # noqa: F401 (fixtures)
+from .test_kd_train import (build_session, data_root, fit_stopped_at_second_epoch, smoke_cfg,  # noqa: F401
+                             teacher_ckpt)
 
 
 @pytest.mark.parametrize("sizes,patch", [([19, 10, 5, 3, 2, 1], [3, 3, 3, 3, 2, 1]),     # 300 px: the paper's text
@@ -139,21 +140,10 @@ def test_distillation_resume_mid_stage_is_exact(teacher_ckpt, data_root, tmp_pat
     the same student weights as the run that never stopped."""
     from distill import train
     from distill.checkpoint import load_checkpoint
-    from distill.kd.session import KDSession
     kw = dict(kd="gan+soft", epochs=3, gan_post_epochs=1, gan_d_pretrain_iters=2, gan_d_finetune_iters=1,
               gan_student_max_iters=3)
     train.fit(smoke_cfg(teacher_ckpt, data_root, tmp_path / "straight", **kw))
-    real = KDSession.train_epoch
-
-    def stop_at_second_epoch(self, loader, epoch, desc="kd"):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return real(self, loader, epoch, desc)
-
-    monkeypatch.setattr(KDSession, "train_epoch", stop_at_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train.fit(smoke_cfg(teacher_ckpt, data_root, tmp_path / "stopped", **kw))
-    monkeypatch.setattr(KDSession, "train_epoch", real)
+    fit_stopped_at_second_epoch(monkeypatch, smoke_cfg(teacher_ckpt, data_root, tmp_path / "stopped", **kw))
     cfg, ck = train.resume_config(str(tmp_path / "stopped"), {})
     train.fit(cfg, resume_ckpt=ck)
     a, b = load_checkpoint(tmp_path / "straight" / "last.pt"), load_checkpoint(tmp_path / "stopped" / "last.pt")

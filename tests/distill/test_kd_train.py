@@ -35,6 +35,23 @@ def smoke_cfg(teacher, data_root, out, **kw):
     return resolve(cli, PRESETS)
 
 
+def fit_stopped_at_second_epoch(monkeypatch, cfg) -> None:
+    """Run ``train.fit(cfg)`` until the distillation session starts its second epoch, as a kill would."""
+    from distill import train
+    from distill.kd.session import KDSession
+    real_epoch = KDSession.train_epoch
+
+    def stop_at_second_epoch(self, loader, epoch, desc="kd"):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real_epoch(self, loader, epoch, desc)
+
+    monkeypatch.setattr(KDSession, "train_epoch", stop_at_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(cfg)
+    monkeypatch.setattr(KDSession, "train_epoch", real_epoch)
+
+
 def build_session(cfg):
     from distill.train import build_datasets, build_kd_session
     train_set, _ = build_datasets(cfg)
@@ -93,23 +110,12 @@ def test_baseline_pipeline_draws_no_discriminator_batches(teacher_ckpt, data_roo
 
 def test_kd_run_checkpoint_and_resume_mid_stage(teacher_ckpt, data_root, tmp_path, monkeypatch):
     from distill import train
-    from distill.kd.session import KDSession
     out = tmp_path / "kd"
     # 16 images / batch 8 = 2 student iterations per epoch; D stages run on batches of their own; a round of
     # 3 student iterations straddles epochs 1 and 2.
     cfg = smoke_cfg(teacher_ckpt, data_root, out, kd="gan", epochs=3, gan_post_epochs=1, gan_d_pretrain_iters=3,
                     gan_d_finetune_iters=1, gan_student_max_iters=3)
-    real_epoch = KDSession.train_epoch
-
-    def stop_at_second_epoch(self, loader, epoch, desc="kd"):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return real_epoch(self, loader, epoch, desc)
-
-    monkeypatch.setattr(KDSession, "train_epoch", stop_at_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train.fit(cfg)
-    monkeypatch.setattr(KDSession, "train_epoch", real_epoch)
+    fit_stopped_at_second_epoch(monkeypatch, cfg)
     ck = load_checkpoint(out / "last.pt")
     sched = ck["gan_state"]["schedule"]
     assert ck["epoch"] == 0 and sched["stage"] == "student" and sched["stage_iters"] == 2
