@@ -37,6 +37,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from runtime.atomic import write_json_atomic, write_text_atomic
+from runtime.cli import command, fail
 
 from .config import resolve
 from .presets import PRESETS
@@ -74,7 +75,7 @@ BY_NAME = {m.name: m for m in METHODS}
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m distill.ablate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     p.add_argument("--teacher", required=True, help="teacher checkpoint (best.pt / last.pt or its run folder)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per method, 0..N-1 (default: 3)")
     p.add_argument("--preset", default="ablate", help="training recipe of every run (default: ablate; see distill/presets.py)")
@@ -137,13 +138,15 @@ def teacher_row(args, cfg, out_root: Path) -> dict:
 
 def run_one(cfg) -> dict:
     """Train (or resume, or skip) one run; returns its summary."""
-    from .checkpoint import load_checkpoint
+    from .checkpoint import last_checkpoints, load_latest
     from .train import fit
     out = Path(cfg.run.out)
     if (out / "summary.json").is_file():
         return json.loads((out / "summary.json").read_text())
-    if (out / "last.pt").is_file() and (out / "config.yaml").is_file():
-        return fit(cfg, resume_ckpt=load_checkpoint(out / "last.pt"))
+    if last_checkpoints(out) and (out / "config.yaml").is_file():
+        return fit(cfg, resume_ckpt=load_latest(out))
+    if (out / "config.yaml").is_file():          # stopped before its first checkpoint: nothing to continue
+        return fit(cfg, overwrite=True)
     return fit(cfg)
 
 
@@ -309,6 +312,7 @@ def collect_runs(args, names: list[str], out_root: Path) -> dict[str, list[dict]
     return {n: r for n, r in runs.items() if r}
 
 
+@command("python -m distill.ablate")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     names = [n.strip() for n in args.methods.split(",") if n.strip()]
@@ -325,8 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         teacher = teacher_row(args, cfg0, out_root)
         runs = collect_runs(args, names, out_root)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     names = [n for n in names if n in runs]
     agg = aggregate(runs)
     from .checkpoint import load_checkpoint

@@ -2,7 +2,9 @@
 
 On disk a checkpoint is one plain dict of tensors and Python values (``torch.load(..., weights_only=True)``
 reads it), built by :meth:`Checkpoint.to_dict` and written atomically by :meth:`Checkpoint.save`, so a crash
-never leaves a truncated ``last.pt`` / ``best.pt``. :meth:`Checkpoint.load` reads it back, and also reads
+never leaves a truncated ``last.pt`` / ``best.pt``; a run keeps its last N (:func:`save_last`: ``last.pt``,
+``last-prev.pt``, ...) and continues from the newest readable one (:func:`load_latest`).
+:meth:`Checkpoint.load` reads a checkpoint back, and also reads
 format 1, written before the config had sections: a flat config, and distillation's training state
 (``kd_modules``, ``discriminators``, ``gan_state``, ``kd_optimizers``) at the top level instead of in ``extra``.
 
@@ -11,7 +13,12 @@ wrappers for call sites that handle a checkpoint as a dict in the format-1 shape
 """
 from __future__ import annotations
 
+import os
 import random
+import re
+import secrets
+import shutil
+import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -42,7 +49,9 @@ class Checkpoint:
     ``nms``: :class:`runtime.metadata.NMSConfig` as a dict; ``best_map``: best validation mAP in points
     (-1: never evaluated); ``elapsed_s``: training wall time so far; ``extra``: training-only parts of other
     components (distillation's adapters, discriminators, schedule state and optimizers), keyed by them.
-    ``path`` is where the checkpoint was read from; it is not written.
+    ``partial``: set when the run stopped inside an epoch (SIGINT / SIGTERM, distill/safety.py): that epoch
+    (``epoch`` + 1), its batches done, the optimizer steps before it, the loop's and the plan's sums so far;
+    None at epoch ends. ``path`` is where the checkpoint was read from; it is not written.
     """
     model_name: str
     model_kwargs: dict[str, Any]
@@ -62,6 +71,7 @@ class Checkpoint:
     best_map: float = -1.0
     elapsed_s: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    partial: dict[str, Any] | None = None
     path: str | None = None
 
     @classmethod
@@ -111,7 +121,8 @@ class Checkpoint:
         try:
             d = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - corrupt / foreign files get one clear message
-            raise ValueError(f"cannot read checkpoint {path}: {e}") from None
+            raise ValueError(f"cannot read checkpoint {path}: not a checkpoint of this product "
+                             f"({_unreadable_reason(e)})") from None
         if not isinstance(d, dict):
             raise ValueError(f"{path} is not a checkpoint of this project (a {type(d).__name__}, not a dict)")
         ck = cls.from_dict(d, str(path))
@@ -129,7 +140,9 @@ class Checkpoint:
     def build_model(self, use_ema: bool = True) -> SSD:
         """The model with its weights (EMA weights when present and ``use_ema``), in eval mode on the CPU."""
         model = create_model(self.model_name, self.num_classes, **self.model_kwargs)
-        model.load_state_dict(self.ema if use_ema and self.ema else self.model)
+        check_finite_weights(self.ema if use_ema and self.ema else self.model, self.path or "checkpoint")
+        load_weights(model, self.ema if use_ema and self.ema else self.model, self.path or "checkpoint",
+                     f"the {self.model_name} {self.model_kwargs} with {self.num_classes} classes it names")
         return model.eval()
 
     def to_v1_dict(self) -> dict[str, Any]:
@@ -144,6 +157,32 @@ def _as_checkpoint(ckpt: Checkpoint | dict[str, Any] | str | Path) -> Checkpoint
     if isinstance(ckpt, dict):
         return Checkpoint.from_dict(ckpt, str(ckpt.get("path") or "checkpoint"))
     return Checkpoint.load(ckpt)
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str, target: str) -> None:
+    """``model.load_state_dict(state)`` (strict); ValueError ``"<source>: its weights do not fit <target> (<the
+    first mismatch>)"`` when they do not (PyTorch lists every mismatch over many lines: the first says enough)."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = " ".join(str(e).splitlines()[1:2]).strip()[:300]
+        raise ValueError(f"{source}: its weights do not fit {target} ({first})") from None
+
+
+def _unreadable_reason(e: Exception) -> str:
+    """What ``torch.load(weights_only=True)``'s error says about a file, without PyTorch's advice to load it
+    unsafely."""
+    text = " ".join(str(e).split())
+    if "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].split(" Please use")[0].split(" Check the doc")[0]
+        if "Unsupported global" in detail:
+            return f"it holds Python objects, which are never loaded: {detail.strip()}"
+        return f"its content is not what torch.save writes: {detail.strip()}"
+    if isinstance(e, EOFError) or not text:
+        return "the file is empty or ends early"
+    if "zip archive" in text:
+        return f"the file is truncated or corrupt: {text.split('. ')[0]}"
+    return f"{type(e).__name__}: {text[:200]}"
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -164,13 +203,100 @@ def model_from_checkpoint(ckpt: Checkpoint | dict[str, Any] | str | Path, use_em
 def meta_from_checkpoint(ckpt: Checkpoint | dict[str, Any]) -> ModelMeta:
     """The runtime's ModelMeta (sidecar schema) for a checkpoint: everything a deployed model needs."""
     ck = _as_checkpoint(ckpt)
-    data = ck.config["data"]
+    data = ck.config.get("data") or {}
+    if not all(k in data for k in ("img_size", "mean", "std")):
+        raise ValueError(f"{ck.path or 'checkpoint'} has no training config (config.data: img_size, mean, std): "
+                         f"its input size and normalisation are unknown; expected a checkpoint written by training")
     return ModelMeta(model_name=ck.model_name, class_names=list(ck.class_names),
                      category_ids=[int(c) for c in ck.category_ids], input_size=(data["img_size"], data["img_size"]),
                      mean=tuple(data["mean"]), std=tuple(data["std"]),
                      resize_mode=data.get("resize_mode", "stretch"),  # runs before --resize existed stretched
                      nms=NMSConfig(**ck.nms), graph="checkpoint", precision="fp32", onnx_sha256=None,
                      nms_plugin=None, versions=library_versions(), extra={"checkpoint": ck.path})
+
+
+# ----------------------------------------------------------------------------------------------- last-N chain
+def chain_names(keep: int) -> list[str]:
+    """The file names of a run's last ``keep`` checkpoints, newest first: last.pt, last-prev.pt, last-prev2.pt, ..."""
+    return ["last.pt", "last-prev.pt", *(f"last-prev{i}.pt" for i in range(2, keep))][:max(1, keep)]
+
+
+def last_checkpoints(folder: str | Path) -> list[Path]:
+    """The last-N checkpoints present in a run folder, newest first (last.pt, last-prev.pt, last-prev2.pt, ...)."""
+    folder = Path(folder)
+    numbered = sorted((int(m.group(1) or 1), p) for p in folder.glob("last-prev*.pt")
+                      if (m := re.fullmatch(r"last-prev(\d*)\.pt", p.name)) and p.is_file())
+    return ([folder / "last.pt"] if (folder / "last.pt").is_file() else []) + [p for _, p in numbered]
+
+
+def save_last(ck: Checkpoint, folder: str | Path, keep: int = 2) -> Path:
+    """Write ``ck`` as ``folder/last.pt`` and keep the ``keep`` - 1 previous ones (last-prev.pt, last-prev2.pt, ...).
+
+    The new file is written completely (temporary file, fsync) before anything is renamed, so a failing write
+    (full disk, read-only folder) changes nothing; the previous last.pt is then kept under a temporary name
+    (a hard link, or a copy where links are not supported), the new file renamed over last.pt, and the older
+    ones shifted down the chain. At every moment last.pt is a complete checkpoint.
+    """
+    folder, names = Path(folder), chain_names(keep)
+    target, staged = folder / names[0], None
+    try:
+        with atomic_path(target) as tmp:
+            torch.save(ck.to_dict(), tmp)
+            if len(names) > 1 and target.is_file():
+                staged = target.with_name(f".{Path(names[1]).stem}.{secrets.token_hex(4)}.tmp.pt")
+                try:
+                    os.link(target, staged)
+                except OSError:
+                    shutil.copyfile(target, staged)
+    except BaseException:
+        if staged is not None:
+            staged.unlink(missing_ok=True)
+        raise
+    if staged is not None:
+        for older, newer in zip(reversed(names[1:]), reversed(names[:-1])):
+            if newer != names[0] and (folder / newer).is_file():
+                os.replace(folder / newer, folder / older)
+        os.replace(staged, folder / names[1])
+    for stale in last_checkpoints(folder)[len(names):]:
+        stale.unlink(missing_ok=True)
+    return target
+
+
+def load_latest(folder: str | Path) -> Checkpoint:
+    """The newest readable checkpoint of a run folder's last-N chain. A truncated or unreadable newer one is
+    passed over with one line on stderr naming it; ValueError when none is readable."""
+    paths = last_checkpoints(folder)
+    if not paths:
+        raise ValueError(f"{folder}: no last.pt (nor last-prev*.pt) to continue from")
+    errors: list[str] = []
+    for path in paths:
+        try:
+            ck = Checkpoint.load(path)
+        except ValueError as e:
+            errors.append(str(e))
+            continue
+        if path.name != "last.pt":
+            where = (f"epoch {ck.epoch + 2} batch {ck.partial['batches']}" if ck.partial
+                     else f"end of epoch {ck.epoch + 1}")
+            why = f"is unreadable ({errors[0]})" if errors else "is missing"
+            print(f"{Path(folder) / 'last.pt'} {why}: continuing from {path.name} ({where})", file=sys.stderr)
+        return ck
+    raise ValueError(f"{folder}: no readable checkpoint ({'; '.join(errors)})")
+
+
+def set_aside_unreadable(folder: str | Path, resumed: str | Path) -> list[Path]:
+    """Rename the last-N checkpoints newer than ``resumed`` that cannot be read to NAME.unreadable (kept for a
+    look, out of the chain, so the next save does not push the good one out); returns the new paths."""
+    moved = []
+    for path in last_checkpoints(folder):
+        if path.resolve() == Path(resumed).resolve():
+            break
+        try:
+            Checkpoint.load(path)
+        except ValueError:
+            moved.append(path.with_name(path.name + ".unreadable"))
+            os.replace(path, moved[-1])
+    return moved
 
 
 def rng_state() -> dict[str, Any]:
@@ -191,3 +317,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def check_finite_weights(state: dict[str, Any], source: str = "checkpoint") -> None:
+    """ValueError naming the first tensor of ``state`` (a state dict: name -> tensor) that holds NaN or
+    Inf values, and how many: the weights of a run that diverged must not be exported or run.
+    Non-float tensors (counters, int buffers) are skipped."""
+    for name, t in state.items():
+        if not torch.is_tensor(t) or not t.is_floating_point() or bool(torch.isfinite(t).all()):
+            continue
+        nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+        what = " and ".join(f"{n} {kind}" for n, kind in ((nan, "NaN"), (inf, "Inf")) if n)
+        raise ValueError(f"{source}: tensor {name!r} has {what} values: the run diverged; use an earlier checkpoint")

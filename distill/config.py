@@ -15,6 +15,8 @@ import argparse
 import copy
 import dataclasses
 import json
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -89,6 +91,8 @@ class OptimConfig:
     amp: bool = _f(False, "mixed precision (CUDA only; ignored with a warning on CPU)")
     ema: bool = _f(False, "keep an exponential moving average of the weights and evaluate it")
     ema_decay: float = _f(0.9998, "EMA decay per step")
+    sync_bn: bool = _f(False, "under torchrun on GPUs: BatchNorm statistics over the whole global batch "
+                       "(SyncBatchNorm; not available on CPU / gloo)")
 
 
 @dataclass
@@ -185,6 +189,8 @@ class RunConfig:
     preset: str | None = _f(None, "named recipe: smoke, quick, ablate, voc, coco (see distill/presets.py)")
     config: str | None = _f(None, "YAML file with any of these keys")
     tensorboard: bool = _f(False, "also write TensorBoard event files to RUN/tensorboard (needs: pip install tensorboard)")
+    keep_last: int = _f(2, "how many of the run's latest checkpoints to keep: last.pt and the ones before it "
+                        "(last-prev.pt, last-prev2.pt, ...); --resume falls back to the newest readable one")
     select_best: bool = _f(True, "keep the epoch with the best validation mAP as best.pt (--no-select-best: the last "
                            "epoch, so a reported number is not selected on the reported images)")
 
@@ -211,6 +217,7 @@ class TrainConfig:
         nested = nest_config({k: _coerce(k, v) for k, v in flat.items()})
         cfg = cls(**{name: section(**nested.get(name, {})) for name, section in SECTIONS.items()})
         cfg.nms.validate()
+        validate_config(cfg, source)
         return cfg
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -347,9 +354,69 @@ def _to_list(value: Any) -> list:
 _CONVERT = {"bool": _to_bool, "int": _to_int, "float": float, "dict": _to_dict, "list": _to_list, "str": str}
 
 
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+# flag -> (holds for a usable value, what is expected): checked on every config, whatever its source.
+_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "epochs": (lambda v: v >= 1, "an integer >= 1"),
+    "batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "keep_last": (lambda v: v >= 1, "an integer >= 1 (last.pt and the checkpoints before it)"),
+    "eval_every": (lambda v: v >= 1, "an integer >= 1 (epochs between evaluations; the last epoch is always "
+                                     "evaluated)"),
+    "eval_images": (lambda v: v is None or v >= 1, "an integer >= 1 or null (all)"),
+    "workers": (lambda v: v >= 0, "an integer >= 0"),
+    "img_size": (lambda v: v >= 1, "an integer >= 1 (pixels)"),
+    "lr": (lambda v: _finite(v) and v > 0, "a finite number > 0"),
+    "momentum": (lambda v: _finite(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "weight_decay": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
+    "warmup_epochs": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
+    "gamma": (lambda v: _finite(v) and v > 0, "a finite number > 0"),
+    "clip_grad": (lambda v: v is None or (_finite(v) and v > 0), "a number > 0 or null (no clipping)"),
+    "ema_decay": (lambda v: _finite(v) and 0 < v < 1, "a number in (0, 1)"),
+    "neg_pos_ratio": (lambda v: _finite(v) and v > 0, "a finite number > 0"),
+    "match_iou": (lambda v: _finite(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "zoom_out_max": (lambda v: _finite(v) and v >= 1, "a number >= 1 (1 disables zoom-out)"),
+    "mean": (lambda v: len(v) == 3 and all(_finite(x) for x in v), "3 RGB numbers on the 0..1 scale"),
+    "std": (lambda v: len(v) == 3 and all(_finite(x) and x > 0 for x in v), "3 RGB numbers > 0 on the 0..1 scale"),
+    "milestones": (lambda v: all(_finite(x) and x >= 0 for x in v) and list(v) == sorted(v),
+                   "epochs >= 0 in increasing order"),
+    "kd_temperature": (lambda v: _finite(v) and v > 0, "a finite number > 0"),
+    "gan_lr": (lambda v: _finite(v) and v > 0, "a finite number > 0"),
+    "kd_lr": (lambda v: v is None or (_finite(v) and v > 0), "a number > 0 or null (--gan-lr)"),
+    "gan_d_lr": (lambda v: v is None or (_finite(v) and v > 0), "a number > 0 or null (--gan-lr)"),
+    "gan_post_lr": (lambda v: _finite(v) and v > 0, "a finite number > 0"),
+}
+
+
+def validate_config(cfg: TrainConfig, source: str = "config") -> None:
+    """ValueError naming the flag, the value and what is expected for the first value no run can use."""
+    flat = cfg.to_flat()
+    for name, (ok, expected) in _RULES.items():
+        value = flat[name]
+        try:
+            good = bool(ok(value))
+        except TypeError:
+            good = False
+        if not good:
+            raise ValueError(f"{source}: --{name.replace('_', '-')} {value!r}: expected {expected}")
+
+
+def check_run_folder(out: str | None) -> None:
+    """ValueError when ``--out`` (the run folder, created when missing) or a folder above it is a file."""
+    if not out:
+        return
+    folder = Path(out)
+    for p in (folder, *folder.parents):
+        if p.exists() and not p.is_dir():
+            where = "" if p == folder else f" ({p} is a file)"
+            raise ValueError(f"--out {folder}{where}: expected a run folder (created when missing), found a file")
+
+
 def build_parser(prog: str = "python -m distill.train", description: str | None = None) -> argparse.ArgumentParser:
     """One flag per :data:`FLAGS` row; parsed values are flat (flag names) and only those the user gave."""
-    p = argparse.ArgumentParser(prog=prog, description=description,
+    p = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     for flag in FLAGS.values():
         option = "--" + flag.name.replace("_", "-")
@@ -366,11 +433,15 @@ def build_parser(prog: str = "python -m distill.train", description: str | None 
 
 def _read_yaml(path: Path, what: str) -> dict[str, Any]:
     if not path.is_file():
-        raise ValueError(f"{what}: file not found: {path}")
+        found = "a folder" if path.is_dir() else "nothing"
+        raise ValueError(f"{what}: file not found: {path} (found {found}; expected a YAML file)")
     try:
-        d = yaml.safe_load(path.read_text()) or {}
+        d = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{what}: {path} is not UTF-8 text (byte {e.start}: {e.reason}); expected a YAML "
+                         f"file") from None
     except yaml.YAMLError as e:
-        raise ValueError(f"{what}: {path} is not valid YAML: {e}") from None
+        raise ValueError(f"{what}: {path} is not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(d, dict):
         raise ValueError(f"{what}: {path} must hold a mapping of config keys, got {type(d).__name__}")
     return d
@@ -390,6 +461,7 @@ def resolve(cli: dict[str, Any], presets: dict[str, dict]) -> TrainConfig:
         preset_d = presets[preset_name]
     cfg = TrainConfig.from_dict({**preset_d, **yaml_d, **flatten_config(cli, "command line")}, "command line")
     cfg.run.preset = preset_name
+    check_run_folder(cfg.run.out)
     return cfg
 
 

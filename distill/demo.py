@@ -2,7 +2,8 @@
 teacher (reused when a finished run with the same config exists), then distill the student from it
 with the distillation that the ablation at this schedule shows best (``STUDENT_KD``; docs/ablation.md),
 and report both. Any flag given on the command line (e.g. ``--preset smoke``, ``--device cuda``)
-applies to both runs.
+applies to both runs. The demo owns its two folders: a run of either stopped by Ctrl-C with the same config
+is continued; anything else there is replaced (the student is trained anew on every demo).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ STUDENT = {"model": "ssdlite_mobilenetv2", "model_kwargs": {}}
 # still below its baseline (docs/ablation.md). The same staged pipeline as GAN-KD (Adam, then SGD).
 STUDENT_KD = {"kd": "soft"}
 # Keys that say where and how a run was executed, not what it trained: ignored when reusing a run.
-RUN_ONLY = {"data": ("workers",), "run": ("device", "out", "resume", "config")}
+RUN_ONLY = {"data": ("workers",), "run": ("device", "out", "resume", "config", "keep_last")}
 
 
 def teacher_role() -> dict[str, Any]:
@@ -82,22 +83,40 @@ def _what_it_trains(cfg: TrainConfig, plain: bool) -> str:
     return json.dumps(d, sort_keys=True)
 
 
-def run_demo(cli: dict[str, Any], fit: Callable[[TrainConfig], dict]) -> list[dict]:
+def train_or_continue(fit: Callable[..., dict], cfg: TrainConfig) -> dict:
+    """Train a demo run into its folder (the demo's own: what is there is replaced), or continue it when an
+    interrupted run with the same config is there (Ctrl-C saves a checkpoint; a rerun of the demo continues)."""
+    from .checkpoint import last_checkpoints, load_latest
+    out = Path(cfg.run.out)
+    if not (out / "summary.json").is_file() and last_checkpoints(out) and (out / "config.yaml").is_file():
+        try:
+            saved, ck = load_yaml(out / "config.yaml"), load_latest(out)
+        except ValueError:
+            saved = ck = None
+        plain = cfg.kd.methods == "none"
+        if ck is not None and _what_it_trains(saved, plain) == _what_it_trains(cfg, plain):
+            print(f"continuing the interrupted run in {out}")
+            return fit(cfg, resume_ckpt=ck)
+    return fit(cfg, overwrite=True)
+
+
+def run_demo(cli: dict[str, Any], fit: Callable[..., dict]) -> list[dict]:
     """Teacher then distilled student under ``root = cli["out"]`` (default runs/demo); ``cli``: flat flags given
-    on the command line. ``fit(cfg) -> summary`` trains one run (distill.train.fit). Returns both summaries."""
+    on the command line. ``fit(cfg, resume_ckpt=None, overwrite=False) -> summary`` trains one run
+    (distill.train.fit). Returns both summaries."""
     root = Path(cli.pop("out", DEMO_ROOT))
     t_cfg = stage_config(cli, teacher_role(), root / "teacher")
     teacher = finished_run(root / "teacher", t_cfg)
     if teacher is None:
         print(f"[1/2] training the teacher {t_cfg.model.name} -> {t_cfg.run.out}")
-        teacher = fit(t_cfg)
+        teacher = train_or_continue(fit, t_cfg)
     else:
         print(f"[1/2] teacher: reusing the finished run in {t_cfg.run.out}")
     kd = {**STUDENT_KD, "teacher": str(root / "teacher" / "best.pt")}
     s_cfg = stage_config(cli, STUDENT, root / "student", extra=kd)
     print(f"[2/2] distilling the student {s_cfg.model.name} from the teacher with --kd {s_cfg.kd.methods} "
           f"-> {s_cfg.run.out}")
-    student = fit(s_cfg)
+    student = train_or_continue(fit, s_cfg)
     teacher = {**teacher, "run": "teacher"}
     student = {**student, "run": "student"}
     write_json_atomic(root / "summary.json", {"teacher": teacher, "student": student})

@@ -9,6 +9,7 @@ run's resize mode (stretch or letterbox) -- and scores with ``runtime.metrics.Co
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -18,6 +19,7 @@ from runtime.evaluation import eval_subset, inference_on_dataset
 from runtime.metrics import CocoEvaluator
 from runtime.preprocess import preprocess_batch, scale_boxes
 
+from . import distributed
 from .postprocess import postprocess
 
 
@@ -65,15 +67,43 @@ class DetectorStep:
         return out
 
 
+@dataclass
+class EpochProgress:
+    """Where the loop is in an epoch: ``batches`` done, per-key ``sums`` / ``counts`` of the logged numbers, and
+    ``stop(epoch, batches) -> signal number | None``, asked after every batch (distill/safety.py)."""
+    batches: int = 0
+    sums: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    stop: Callable[[int, int], int | None] | None = None
+
+    def state_dict(self) -> dict:
+        return {"batches": self.batches, "sums": dict(self.sums), "counts": dict(self.counts)}
+
+    @classmethod
+    def from_state(cls, state: dict) -> EpochProgress:
+        return cls(int(state["batches"]), dict(state["sums"]), dict(state["counts"]))
+
+
+class EpochInterrupted(Exception):
+    """The loop stopped on a signal after ``progress.batches`` batches of the epoch (a batch boundary)."""
+
+    def __init__(self, signum: int, progress: EpochProgress):
+        super().__init__(f"signal {signum} after batch {progress.batches}")
+        self.signum, self.progress = signum, progress
+
+
 def train_one_epoch(loader, step: Callable, device, epoch: int, *, model, before_batch: Callable | None = None,
-                    desc: str = "train") -> dict:
+                    desc: str = "train", progress: EpochProgress | None = None) -> dict:
     """The one training loop: for every batch, ``before_batch()`` (a distillation schedule runs its
     discriminator stages there), then ``step(images, targets) -> dict | None`` (one optimisation step that
     returns its logged numbers, None when skipped). Returns the mean of every logged number over the steps
-    that logged it."""
+    that logged it.
+
+    ``progress``: the epoch so far (a resumed epoch starts from its sums; ``loader`` then leaves out the
+    batches done) and the stop request asked after every batch: :class:`EpochInterrupted` when it answers."""
     model.train()
-    sums: dict[str, float] = {}
-    counts: dict[str, int] = {}
+    progress = progress if progress is not None else EpochProgress()
+    sums, counts = progress.sums, progress.counts
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
     for images, targets in bar:
         if before_batch is not None:
@@ -83,7 +113,12 @@ def train_one_epoch(loader, step: Callable, device, epoch: int, *, model, before
             if isinstance(v, (int, float)) and math.isfinite(v):
                 sums[k] = sums.get(k, 0.0) + float(v)
                 counts[k] = counts.get(k, 0) + 1
+        progress.batches += 1
         bar.set_postfix({k: f"{sums[k] / counts[k]:.3f}" for k in list(sums)[:8]})
+        signum = progress.stop(epoch, progress.batches) if progress.stop is not None else None
+        if signum:
+            bar.close()
+            raise EpochInterrupted(signum, progress)
     return {k: v / counts[k] for k, v in sums.items()}
 
 
@@ -113,20 +148,22 @@ def evaluate(model, dataset, device, *, img_size: int, mean, std, nms_cfg, batch
     through the one evaluation path (``runtime.evaluation.inference_on_dataset``), plus
     ``eval_images`` and ``eval_seconds``. ``workers`` > 0: images are read ahead in a background
     thread while the model runs. ``resize_mode``: "stretch" or "letterbox" (None: the dataset's
-    ``resize_mode``, the run's ``--resize``; "stretch" for datasets without one)."""
+    ``resize_mode``, the run's ``--resize``; "stretch" for datasets without one). Under torchrun every rank
+    runs its share of the images and rank 0 scores them all (every rank returns the metrics)."""
     model.eval()
     resize_mode = resize_mode or getattr(dataset, "resize_mode", "stretch")
     indices, gt = eval_subset(dataset, max_images)
-    evaluator = CocoEvaluator(gt, dataset.category_ids)
+    shard, evaluator = distributed.shard_evaluation(indices, CocoEvaluator(gt, dataset.category_ids))
 
     def predictor(images: list) -> list[dict]:
         return predict(model, images, device, img_size=img_size, mean=mean, std=std, nms_cfg=nms_cfg,
                        resize_mode=resize_mode)
 
-    metrics = inference_on_dataset(predictor, dataset, evaluator, indices=indices, batch_size=batch_size,
+    metrics = inference_on_dataset(predictor, dataset, evaluator, indices=shard, batch_size=batch_size,
                                    desc=desc, per_class=per_class, prefetch=workers > 0)
     metrics["eval_seconds"] = metrics.pop("seconds")
-    metrics["eval_images"] = metrics.pop("images")
+    metrics["eval_images"] = len(indices)
+    del metrics["images"]
     return metrics
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 from runtime.atomic import atomic_path, write_text_atomic
 
+from . import distributed
+
 VAL_KEYS = ("mAP", "AP50", "AP75", "APs", "APm", "APl")
 # Logged numbers that are accuracies or rates in [0, 1], not losses: drawn on their own axis.
 RATE_PREFIXES = ("d_acc", "began_k")
@@ -80,11 +82,14 @@ def plot_curves(rows: list[dict], out_png: Path) -> None:
 
 
 class RunLog:
-    """Appends a row to ``metrics.jsonl`` and refreshes ``metrics.csv`` / ``curves.png`` (and TensorBoard)."""
+    """Appends a row to ``metrics.jsonl`` and refreshes ``metrics.csv`` / ``curves.png`` (and TensorBoard).
+    Under torchrun only rank 0 writes; on the other ranks it does nothing."""
 
     def __init__(self, out: Path, tensorboard: bool = False, fresh: bool = True):
         self.out = Path(out)
-        if fresh:
+        self.active = distributed.is_main()
+        tensorboard = tensorboard and self.active
+        if fresh and self.active:
             (self.out / "metrics.jsonl").write_text("")
         self.tb = None
         if tensorboard:
@@ -95,8 +100,11 @@ class RunLog:
             self.tb = SummaryWriter(str(self.out / "tensorboard"))
 
     def add(self, row: dict) -> None:
-        with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+        if not self.active:
+            return
+        path = self.out / "metrics.jsonl"
+        old = path.read_text(encoding="utf-8") if path.is_file() else ""
+        write_text_atomic(path, old + json.dumps(row) + "\n")     # whole or not at all: a full disk cuts no row
         rows = read_rows(self.out / "metrics.jsonl")
         write_csv(rows, self.out / "metrics.csv")
         plot_curves(rows, self.out / "curves.png")

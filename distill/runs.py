@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, last_checkpoints, load_latest
 from .config import TrainConfig, load_yaml
 from .data import DetectionDataset
 
@@ -38,7 +38,7 @@ def seed_everything(seed: int) -> None:
 
 def build_datasets(cfg: TrainConfig) -> tuple[DetectionDataset, DetectionDataset]:
     """(training set with the configured augmentation, validation set in eval mode); their classes must agree."""
-    from .data import build_dataset, default_val_spec
+    from .data import build_dataset, check_training_sets, default_val_spec
     d = cfg.data
     common = dict(img_size=d.img_size, mean=d.mean, std=d.std, on_bad_sample=d.on_bad_sample,
                   zoom_out_max=d.zoom_out_max, data_root=d.data_root, resize_mode=d.resize_mode,
@@ -49,6 +49,7 @@ def build_datasets(cfg: TrainConfig) -> tuple[DetectionDataset, DetectionDataset
     if list(val_set.class_names) != list(train_set.class_names):
         raise ValueError(f"validation classes {val_set.class_names} differ from training classes "
                          f"{train_set.class_names}")
+    check_training_sets(train_set, val_set, cfg.optim.batch_size)
     return train_set, val_set
 
 
@@ -78,18 +79,20 @@ def build_kd_session(cfg: TrainConfig, model: nn.Module, anchors: torch.Tensor, 
 
 
 def resume_config(run: str, cli: dict[str, Any]) -> tuple[TrainConfig, Checkpoint]:
-    """The config and checkpoint of the run to continue: ``run`` is its folder (its ``last.pt``) or a ``.pt`` file
-    in it; ``cli``: the flags given with ``--resume`` (flag names), of which only device, workers and epochs may
-    change the run. Reads the ``config.yaml`` and checkpoints written before the config had sections too."""
+    """The config and checkpoint of the run to continue: ``run`` is its folder (its newest readable checkpoint:
+    last.pt, else last-prev.pt, ...) or a ``.pt`` file in it; ``cli``: the flags given with ``--resume`` (flag
+    names), of which only device, workers, epochs, sync_bn and keep_last may change the run. Reads the
+    ``config.yaml`` and checkpoints written before the config had sections too."""
     path = Path(run)
     folder = path.parent if path.suffix == ".pt" else path
     ck_path = path if path.suffix == ".pt" else folder / "last.pt"
-    if not (folder / "config.yaml").is_file() or not ck_path.is_file():
+    if not (folder / "config.yaml").is_file() or not (ck_path.is_file() or last_checkpoints(folder)):
         raise ValueError(f"--resume {run}: expected a run folder with config.yaml and last.pt")
     cfg = load_yaml(folder / "config.yaml")
-    allowed = {"device", "workers", "resume", "epochs"}
+    allowed = {"device", "workers", "resume", "epochs", "sync_bn", "keep_last"}
     changed = sorted(k for k in cli if k not in allowed)
     if changed:
         raise ValueError(f"--resume continues the run as configured; cannot change: {', '.join(changed)}")
-    cfg = cfg.replace(**{k: cli[k] for k in ("device", "workers", "epochs") if k in cli}, out=str(folder))
-    return cfg, Checkpoint.load(ck_path)
+    cfg = cfg.replace(**{k: cli[k] for k in ("device", "workers", "epochs", "sync_bn", "keep_last") if k in cli},
+                      out=str(folder))
+    return cfg, Checkpoint.load(ck_path) if path.suffix == ".pt" else load_latest(folder)

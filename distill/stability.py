@@ -22,6 +22,8 @@ from typing import Any, Callable
 import torch
 from tqdm import tqdm
 
+from . import distributed
+
 
 class NonFiniteLossError(RuntimeError):
     pass
@@ -105,9 +107,10 @@ class TrainingGuard:
         self._good = {k: copy.deepcopy(o.state_dict()) for k, o in self._stateful().items() if o is not None}
 
     def finite(self, terms: dict[str, torch.Tensor], epoch: int, step: int, what: str) -> bool:
-        """True when the sum of ``terms`` is finite; otherwise skips (False) or rolls back (False) or raises."""
+        """True when the sum of ``terms`` is finite (on every rank under torchrun: one decision for all);
+        otherwise skips (False) or rolls back (False) or raises."""
         total = sum(terms.values())
-        if torch.isfinite(total):
+        if distributed.all_true(bool(torch.isfinite(total))):
             self.monitor.step_ok()
             return True
         if self.monitor.non_finite(epoch, step, what, terms) == "rollback":

@@ -3,33 +3,42 @@
 With no ``--model`` and no ``--config`` it runs the demo pipeline on the embedded dataset: a teacher
 (cached once trained), then a student, and prints both mAPs side by side.
 
-A run folder holds ``last.pt`` and ``best.pt`` (atomic writes), ``config.yaml`` (the resolved config),
-``metrics.jsonl`` (one line per epoch; also flattened in ``metrics.csv``; TensorBoard events with
-``--tensorboard``), ``summary.json`` (COCO metrics of the best checkpoint, params,
-GFLOPs, wall time) and ``curves.png``. ``--resume DIR`` continues a stopped run exactly.
+A run folder holds ``last.pt`` (and the ``--keep-last`` - 1 before it: ``last-prev.pt``, ...) and ``best.pt``
+(atomic writes), ``config.yaml`` (the resolved config), ``metrics.jsonl`` (one line per epoch; also flattened
+in ``metrics.csv``; TensorBoard events with ``--tensorboard``), ``summary.json`` (COCO metrics of the best
+checkpoint, params, GFLOPs, wall time) and ``curves.png``. ``--resume DIR`` continues a stopped run exactly;
+a folder that holds a run is refused without ``--resume`` or ``--overwrite``. Ctrl-C / SIGTERM save a
+checkpoint at the next batch and exit with 130 / 143 (distill/safety.py says what protects a run).
 """
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NoReturn
 
 import torch
 from torch.utils.data import DataLoader
 
 from runtime.atomic import write_json_atomic
+from runtime.cli import command, fail
 
-from . import demo
-from .checkpoint import Checkpoint, rng_state, set_rng_state
+from . import demo, distributed
+from .checkpoint import Checkpoint, load_weights, rng_state, save_last, set_aside_unreadable, set_rng_state
 from .config import TrainConfig, build_parser, resolve, save_yaml
-from .engine import DetectorStep, evaluate, lr_lambda, param_groups, train_one_epoch
+from .engine import (DetectorStep, EpochInterrupted, EpochProgress, evaluate, lr_lambda, param_groups,
+                     train_one_epoch)
 from .stability import NonFiniteLossError, StabilityMonitor, TrainingGuard
 from .losses import MultiBoxLoss, encode_targets
 from .models import Matcher, count_gflops, count_parameters, create_model, list_models, load_pretrained_backbone
 from .presets import PRESETS
 from .run_log import RunLog
+from .safety import (RunInterrupted, SkipBatches, StopSignals, exit_code, prepare_run_folder, trim_metrics,
+                     writing)
 from .runs import (build_datasets, build_kd_session, pick_device, resume_config,  # noqa: F401 (re-exported)
                    seed_everything)
 
@@ -52,8 +61,11 @@ class DetectorTraining:
     optional AMP (CUDA) and EMA, one :class:`~distill.engine.DetectorStep` per batch.
 
     It and :class:`~distill.kd.KDSession` are the two training plans ``fit`` drives through the same loop:
-    ``train_epoch``, ``eval_model``, ``checkpoint_state`` / ``load_checkpoint_state``, ``summary``, ``last_info``.
+    ``train_epoch``, ``eval_model``, ``checkpoint_state`` / ``load_checkpoint_state``, ``summary``, ``last_info``,
+    and for a run stopped inside an epoch ``progress`` (the loop's, set by ``fit``), ``epoch_state`` /
+    ``resume_epoch`` (the plan's own numbers of that epoch: none here).
     """
+    progress: EpochProgress | None = None
 
     def __init__(self, cfg: TrainConfig, model, anchors, iters_per_epoch: int, device: torch.device):
         o = cfg.optim
@@ -76,7 +88,8 @@ class DetectorTraining:
             self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(o.ema_decay), use_buffers=True)
         self.guard = TrainingGuard(StabilityMonitor(), lambda: {"model": self.model, "optimizer": self.optimizer,
                                                                 "scheduler": self.scheduler})
-        self.step = DetectorStep(model, detection_loss_fn(model, anchors, cfg), self.optimizer, self.scheduler,
+        self.step = DetectorStep(distributed.wrap_ddp(model), detection_loss_fn(model, anchors, cfg), self.optimizer,
+                                 self.scheduler,
                                  self.guard, scaler=self.scaler, clip_grad=o.clip_grad, ema=self.ema)
         self.last_info = None
 
@@ -86,7 +99,8 @@ class DetectorTraining:
 
     def train_epoch(self, loader, epoch: int, desc: str) -> dict:
         self.step.epoch = epoch
-        tr = train_one_epoch(loader, self.step, self.device, epoch, model=self.model, desc=desc)
+        tr = distributed.mean_over_ranks(train_one_epoch(loader, self.step, self.device, epoch, model=self.model,
+                                                         desc=desc, progress=self.progress))
         self.guard.commit()
         tr["lr"] = self.optimizer.param_groups[0]["lr"]
         return tr
@@ -104,6 +118,12 @@ class DetectorTraining:
         if self.ema is not None and ck.ema:
             self.ema.module.load_state_dict(ck.ema)
         self.guard.commit()
+
+    def epoch_state(self) -> dict:
+        return {}
+
+    def resume_epoch(self, state: dict) -> None:
+        pass
 
     def summary(self, tr: dict) -> str:
         return ""
@@ -140,72 +160,182 @@ def build_model(cfg: TrainConfig, num_classes: int, resume: bool):
         if init.model_name != cfg.model.name or dict(init.model_kwargs) != dict(cfg.model.kwargs):
             raise ValueError(f"--init-weights {cfg.model.init_weights}: a {init.model_name} {init.model_kwargs}, "
                              f"this run trains {cfg.model.name} {cfg.model.kwargs}")
-        model.load_state_dict(init.model)
+        load_weights(model, init.model, f"--init-weights {init.path}",
+                     f"this run's {cfg.model.name} with {num_classes} classes")
         print(f"initial weights: {init.path}")
     return model
 
 
-def epoch_loader(cfg: TrainConfig, train_set, epoch: int) -> DataLoader:
-    """Data order and augmentation depend only on (seed, epoch): a resumed run sees the same batches."""
+def epoch_loader(cfg: TrainConfig, train_set, epoch: int, skip: int = 0) -> DataLoader:
+    """Data order and augmentation depend only on (seed, epoch): a resumed run sees the same batches. Under
+    torchrun, this process's share of every global batch of ``--batch-size`` (distill/distributed.py). ``skip``:
+    leave out the first batches (those an interrupted epoch had done)."""
+    from torch.utils.data import RandomSampler
+
     from .data import collate_train
-    torch.manual_seed(cfg.run.seed * 100_003 + epoch)
+    torch.manual_seed(distributed.rank_seed(cfg.run.seed * 100_003 + epoch))
     gen = torch.Generator().manual_seed(cfg.run.seed * 100_003 + epoch)
-    return DataLoader(train_set, batch_size=cfg.optim.batch_size, shuffle=True, drop_last=True, generator=gen,
-                      num_workers=cfg.data.workers, collate_fn=collate_train, persistent_workers=False)
+    batches = distributed.RankBatchSampler(RandomSampler(train_set, generator=gen), cfg.optim.batch_size)
+    if skip:
+        batches = SkipBatches(batches, skip)
+    return DataLoader(train_set, batch_sampler=batches, generator=gen, num_workers=cfg.data.workers,
+                      collate_fn=collate_train, persistent_workers=False)
 
 
-def fit(cfg: TrainConfig, resume_ckpt: Checkpoint | dict | None = None) -> dict:
-    """Train one model as configured; returns the run summary (also written to summary.json)."""
+@dataclass
+class RunState:
+    """Where a run stands: the next ``epoch`` (0-based), optimizer ``step``s before it, the best validation mAP,
+    and, when it stopped inside that epoch, the checkpoint's ``partial`` progress and RNG state."""
+    epoch: int = 0
+    step: int = 0
+    best_map: float = -1.0
+    partial: dict | None = None
+    rng: dict | None = None
+
+
+@dataclass
+class Run:
+    """The parts of one run that its epochs share; ``writer``: this process writes the run folder (rank 0)."""
+    cfg: TrainConfig
+    out: Path
+    model: torch.nn.Module
+    plan: Any
+    train_set: Any
+    t_start: float
+    writer: bool
+
+    def checkpoint(self, epoch: int, step: int, best_map: float, **fields: Any) -> Checkpoint:
+        return Checkpoint.create(self.cfg, self.model, self.train_set.class_names, self.train_set.category_ids,
+                                 epoch=epoch, step=step, rng=rng_state(), best_map=best_map,
+                                 elapsed_s=time.time() - self.t_start, **self.plan.checkpoint_state(), **fields)
+
+    def save_last(self, ck: Checkpoint) -> None:
+        if self.writer:
+            with writing(self.out / "last.pt"):
+                save_last(ck, self.out, self.cfg.run.keep_last)
+
+    def stop(self, signum: int, epoch: int, state: RunState, batches: int | None = None) -> NoReturn:
+        """Save where the run is (mid-epoch: ``batches`` done of ``epoch``; None: the epoch's checkpoint is
+        written) and exit with 128 + ``signum``, one line saying how to continue."""
+        where = f"after epoch {epoch + 1}"
+        if batches is not None:
+            partial = {"epoch": epoch, "batches": batches, "step": state.step,
+                       "loop": self.plan.progress.state_dict(), "plan": self.plan.epoch_state()}
+            self.save_last(self.checkpoint(epoch - 1, state.step + batches, state.best_map, partial=partial))
+            where = f"at epoch {epoch + 1} batch {batches}"
+        if self.writer:
+            print(f"interrupted {where}: saved {self.out / 'last.pt'}; continue with --resume {self.out}",
+                  file=sys.stderr, flush=True)
+        raise RunInterrupted(exit_code(signum))
+
+
+def resume_run(run: Run, ck: Checkpoint) -> RunState:
+    """Load ``ck`` into the run's model and plan; the run continues where it stopped, inside an epoch too."""
+    run.model.load_state_dict(ck.model)
+    run.plan.load_checkpoint_state(ck)
+    set_rng_state(ck.rng)
+    state = RunState(ck.epoch + 1, ck.step, ck.best_map)
+    where = f"epoch {state.epoch + 1}/{run.cfg.optim.epochs}"
+    if ck.partial:
+        state.partial, state.rng, state.step = ck.partial, ck.rng, int(ck.partial["step"])
+        run.plan.resume_epoch(ck.partial["plan"])
+        where += f", batch {ck.partial['batches'] + 1}"
+    if run.writer:
+        with writing(run.out):
+            if ck.path:
+                set_aside_unreadable(run.out, ck.path)
+            trim_metrics(run.out, ck.epoch + 1)
+    print(f"resumed {run.out} at {where}")
+    return state
+
+
+def run_epoch(run: Run, epoch: int, state: RunState, signals: StopSignals) -> tuple[dict, int]:
+    """One epoch of the plan, or the rest of the interrupted one; (its logged means, its number of batches)."""
+    partial = state.partial if state.partial and state.partial["epoch"] == epoch else None
+    skip = int(partial["batches"]) if partial else 0
+    loader = epoch_loader(run.cfg, run.train_set, epoch, skip=skip)
+    run.plan.progress = EpochProgress.from_state(partial["loop"]) if partial else EpochProgress()
+    run.plan.progress.stop = signals.check
+    if partial:
+        set_rng_state(state.rng)             # where the epoch stopped (epoch_loader seeded the epoch's start)
+    state.partial = None
+    tr = run.plan.train_epoch(loader, epoch, desc=f"{run.cfg.model.name} epoch {epoch + 1}/{run.cfg.optim.epochs}")
+    return tr, len(loader) + skip
+
+
+def save_epoch(run: Run, epoch: int, state: RunState, row: dict, log: RunLog) -> None:
+    """The epoch's files in the order that keeps a killed run consistent: best.pt, its metrics row, last.pt (a
+    row without its last.pt is dropped on resume and the epoch computed again)."""
+    ck = run.checkpoint(epoch, state.step, state.best_map)
+    if row["val"] is not None and (row["val"]["mAP"] > state.best_map or not run.cfg.run.select_best):
+        state.best_map = ck.best_map = max(state.best_map, row["val"]["mAP"])
+        if run.writer:
+            with writing(run.out / "best.pt"):
+                ck.save(run.out / "best.pt")
+    with writing(run.out / "metrics.jsonl"):
+        log.add(row)
+    run.save_last(ck)
+
+
+def fit(cfg: TrainConfig, resume_ckpt: Checkpoint | dict | None = None, *, overwrite: bool = False) -> dict:
+    """Train one model as configured; returns the run summary (also written to summary.json).
+
+    ``resume_ckpt``: continue its run (inside an epoch too); otherwise ``cfg.run.out`` must not hold a run
+    unless ``overwrite`` (its files are removed first). SIGINT / SIGTERM save a checkpoint at the next batch
+    and exit (:class:`distill.safety.RunInterrupted`); a file that cannot be written is one ValueError line."""
     if isinstance(resume_ckpt, dict):
         resume_ckpt = Checkpoint.from_dict(resume_ckpt, "--resume checkpoint")
     t_start = time.time()
-    device = pick_device(cfg.run.device)
+    device = distributed.setup(cfg.run.device, batch_size=cfg.optim.batch_size, sync_bn=cfg.optim.sync_bn).device
     if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         # Data workers need cores too: oversubscribed OpenMP threads make CPU training many times slower.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) - cfg.data.workers))
     out = Path(cfg.run.out or f"runs/{cfg.model.name}")
-    out.mkdir(parents=True, exist_ok=True)
+    restarted = distributed.is_restart_of(out)   # torchrun --max-restarts restarted this job: continue its run
+    resume_ckpt = resume_ckpt or (distributed.elastic_checkpoint(out) if restarted else None)
+    writer = distributed.is_main()            # the one process that writes the run folder
+    if writer:
+        prepare_run_folder(out, resume=resume_ckpt is not None, overwrite=overwrite or restarted)
+        distributed.mark_run_folder(out)
     seed_everything(cfg.run.seed)
-    train_set, val_set = build_datasets(cfg)
-    model = build_model(cfg, len(train_set.class_names), resume_ckpt is not None).to(device)
+    with distributed.main_first():        # rank 0 generates or indexes the data first, the others read its cache
+        train_set, val_set = build_datasets(cfg)
+    model = distributed.prepare_model(build_model(cfg, len(train_set.class_names), resume_ckpt is not None),
+                                      cfg.optim.sync_bn).to(device)
     plan = build_plan(cfg, model, model.anchors(cfg.data.img_size).to(device), train_set, device)
-    start_epoch, step, best_map = 0, 0, -1.0
+    run = Run(cfg, out, model, plan, train_set, t_start, writer)
+    state = RunState()
     if resume_ckpt is not None:
-        model.load_state_dict(resume_ckpt.model)
-        plan.load_checkpoint_state(resume_ckpt)
-        start_epoch, step, best_map = resume_ckpt.epoch + 1, resume_ckpt.step, resume_ckpt.best_map
-        set_rng_state(resume_ckpt.rng)
-        t_start -= resume_ckpt.elapsed_s       # wall time counts the whole run, not this process
-        print(f"resumed {out} at epoch {start_epoch}/{cfg.optim.epochs}")
-    else:
-        save_yaml(cfg, out / "config.yaml")
+        state = resume_run(run, resume_ckpt)
+        run.t_start = t_start = t_start - resume_ckpt.elapsed_s   # wall time counts the whole run
+    elif writer:
+        with writing(out / "config.yaml"):
+            save_yaml(cfg, out / "config.yaml")
     log = RunLog(out, tensorboard=cfg.run.tensorboard, fresh=resume_ckpt is None)
     eval_kw = dict(img_size=cfg.data.img_size, mean=cfg.data.mean, std=cfg.data.std, nms_cfg=cfg.nms,
                    workers=min(cfg.data.workers, 2))
     row: dict = {}
-    for epoch in range(start_epoch, cfg.optim.epochs):
-        loader = epoch_loader(cfg, train_set, epoch)
-        try:
-            tr = plan.train_epoch(loader, epoch, desc=f"{cfg.model.name} epoch {epoch + 1}/{cfg.optim.epochs}")
-        except NonFiniteLossError as e:
-            raise SystemExit(f"error: {e}. The last good weights are in {out / 'last.pt'}; lower --lr or raise --warmup-epochs.")
-        step += len(loader)
-        row = {"epoch": epoch + 1, "step": step, "train": tr, "val": None, "time": time.time() - t_start}
-        if plan.last_info is not None:
-            row["kd"] = plan.last_info
-        last = epoch + 1 == cfg.optim.epochs
-        if (epoch + 1) % cfg.run.eval_every == 0 or last:
-            row["val"] = evaluate(plan.eval_model, val_set, device, max_images=cfg.run.eval_images, desc="eval",
-                                  per_class=last, **eval_kw)
-        ck = Checkpoint.create(cfg, model, train_set.class_names, train_set.category_ids, epoch=epoch, step=step,
-                               rng=rng_state(), best_map=best_map, elapsed_s=time.time() - t_start,
-                               **plan.checkpoint_state())
-        if row["val"] is not None and (row["val"]["mAP"] > best_map or not cfg.run.select_best):
-            best_map = ck.best_map = max(best_map, row["val"]["mAP"])
-            ck.save(out / "best.pt")
-        ck.save(out / "last.pt")
-        log.add(row)
-        tqdm_write(epoch_message(cfg, epoch, tr, row, plan))
+    with StopSignals() as signals:
+        for epoch in range(state.epoch, cfg.optim.epochs):
+            try:
+                tr, batches = run_epoch(run, epoch, state, signals)
+            except NonFiniteLossError as e:
+                raise SystemExit(f"error: {e}. The last good weights are in {out / 'last.pt'}; lower --lr or raise --warmup-epochs.")
+            except EpochInterrupted as e:
+                run.stop(e.signum, epoch, state, e.progress.batches)
+            state.step += batches
+            row = {"epoch": epoch + 1, "step": state.step, "train": tr, "val": None, "time": time.time() - t_start}
+            if plan.last_info is not None:
+                row["kd"] = plan.last_info
+            last = epoch + 1 == cfg.optim.epochs
+            if (epoch + 1) % cfg.run.eval_every == 0 or last:
+                distributed.sync_buffers(plan.eval_model)
+                row["val"] = evaluate(plan.eval_model, val_set, device, max_images=cfg.run.eval_images, desc="eval",
+                                      per_class=last, **eval_kw)
+            save_epoch(run, epoch, state, row, log)
+            tqdm_write(epoch_message(cfg, epoch, tr, row, plan))
+            if signals.signum:
+                run.stop(signals.signum, epoch, state)
     return finish(cfg, out, model, val_set, train_set, row, device, eval_kw, t_start)
 
 
@@ -222,7 +352,8 @@ def epoch_message(cfg: TrainConfig, epoch: int, tr: dict, row: dict, plan) -> st
 def finish(cfg: TrainConfig, out: Path, model, val_set, train_set, row: dict, device, eval_kw: dict,
            t_start: float) -> dict:
     """Final numbers: the kept checkpoint (best, or last with --no-select-best) on the whole validation set."""
-    best = Checkpoint.load(out / "best.pt")
+    distributed.barrier()                 # rank 0 has written best.pt
+    best = Checkpoint.load(out / "best.pt" if (out / "best.pt").is_file() else out / "last.pt")  # no box to score
     model.load_state_dict(best.ema or best.model)
     full_eval = cfg.run.eval_images is None or cfg.run.eval_images >= len(val_set)
     if full_eval and row.get("val") and best.epoch == cfg.optim.epochs - 1 and "per_class" in row["val"]:
@@ -236,7 +367,8 @@ def finish(cfg: TrainConfig, out: Path, model, val_set, train_set, row: dict, de
                "img_size": cfg.data.img_size, "train_images": len(train_set), "val_images": len(val_set),
                "bad_samples": {"train": dict(train_set.bad_samples), "val": dict(val_set.bad_samples)},
                "minutes": (time.time() - t_start) / 60, "device": str(device)}
-    write_json_atomic(out / "summary.json", summary)
+    if distributed.is_main():
+        write_json_atomic(out / "summary.json", summary)
     return summary
 
 
@@ -245,25 +377,34 @@ def tqdm_write(msg: str) -> None:
     tqdm.write(msg)
 
 
+@command("python -m distill.train", interrupt=False)  # Ctrl-C: the run's own handling
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser(description=__doc__)
     parser.add_argument("--list-models", action="store_true", help="print the registered models and exit")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run already in --out (its checkpoints, metrics and summary are removed "
+                             "first); without it a folder holding a run is refused: continue it with --resume")
     args = vars(parser.parse_args(argv))
+    overwrite = args.pop("overwrite", False)
     if args.pop("list_models", False):
         print("\n".join(list_models()))
         return 0
     try:
         if args.get("resume"):
+            if overwrite:
+                raise ValueError("--resume continues a run and --overwrite replaces it: give one of them")
             cfg, ck = resume_config(args["resume"], args)
             summaries = [fit(cfg, resume_ckpt=ck)]
         elif "model" not in args and "config" not in args:
             summaries = demo.run_demo(args, fit)
         else:
             args.setdefault("preset", "quick")
-            summaries = [fit(resolve(args, PRESETS))]
+            summaries = [fit(resolve(args, PRESETS), overwrite=overwrite)]
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
+    except KeyboardInterrupt:           # a second Ctrl-C in training, or one before training started
+        print("stopped at once (Ctrl-C): nothing saved since the last checkpoint", file=sys.stderr)
+        return exit_code(signal.SIGINT)
     print_table(summaries, "Results (COCO metrics in points on the validation set)")
     return 0
 

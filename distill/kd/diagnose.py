@@ -26,11 +26,12 @@ import torch
 import torch.nn.functional as F
 
 from runtime.atomic import write_json_atomic
+from runtime.cli import command
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m distill.kd.diagnose", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     p.add_argument("run", help="a --kd gan run folder (config.yaml + last.pt)")
     p.add_argument("--student", default="run", help="'run' (default), 'init' or a checkpoint path")
     p.add_argument("--batches", type=int, default=4, help="training batches averaged for the gradients (default: 4)")
@@ -119,6 +120,7 @@ def discriminator_learnability(kd, batches, held_out, iters: int) -> list[dict]:
     return rows
 
 
+@command("python -m distill.kd.diagnose")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from torch.utils.data import DataLoader

@@ -40,9 +40,10 @@ from collections import defaultdict
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 from tqdm import tqdm
 
+from .. import distributed
 from ..engine import param_groups, train_one_epoch
 from ..losses import MultiBoxLoss, encode_targets
 from ..models import Matcher
@@ -121,6 +122,7 @@ class KDSession:
         need_feats = any(m.uses_features for m in self.methods.values())
         self.adapters = Adapters(s_ch, t_ch, self.kd.adapters).to(device) if need_feats else None
         self.standardizer = FeatureStandardizer(t_ch).to(device) if need_feats else None
+        distributed.broadcast_modules(self.methods, self.adapters)      # rank 0's initial weights, as DDP does
         self.iters_per_epoch = max(1, len(train_set) // cfg.optim.batch_size) if train_set is not None else 1
         self._build_optimizers()
         self.schedule = GanSchedule(adversarial_epochs=epochs - self.kd.gan_post_epochs,
@@ -133,6 +135,7 @@ class KDSession:
         self.guard = TrainingGuard(self.monitor, self._stateful)
         self.matcher, self.mbox = Matcher(cfg.model.match_iou), MultiBoxLoss(cfg.model.neg_pos_ratio)
         self.step, self.student_iters, self.epoch = 0, 0, 0
+        self.progress, self.extra_drawn, self._resumed = None, 0, None     # an epoch's progress: epoch_state()
         self.log = EpochLog()
         self.last_info: dict = {}
         if self.standardizer is not None and self.kd.standardize and train_set is not None:
@@ -249,8 +252,8 @@ class KDSession:
         grads = {}
         for i, (name, loss) in enumerate(losses.items()):
             params = [p for g in opts[name].param_groups for p in g["params"]]
-            grads[name] = (params, torch.autograd.grad(loss, params, retain_graph=i < len(losses) - 1,
-                                                       allow_unused=True))
+            grads[name] = (params, distributed.average_gradients(torch.autograd.grad(
+                loss, params, retain_graph=i < len(losses) - 1, allow_unused=True)))
         for name, (params, gs) in grads.items():
             for p, g in zip(params, gs):
                 p.grad = g
@@ -286,6 +289,7 @@ class KDSession:
         if terms and self.guard.finite(terms, self.epoch, self.step, what):
             self.d_opt.zero_grad(set_to_none=True)
             sum(terms.values()).backward()
+            distributed.average_optimizer_gradients(self.d_opt)
             self.d_opt.step()
             info.update({k: v.item() for k, v in terms.items()})
             for m in methods:
@@ -309,6 +313,7 @@ class KDSession:
             opt = self.kd_opts["ab"]
             opt.zero_grad(set_to_none=True)
             sum(terms.values()).backward()
+            distributed.average_optimizer_gradients(opt)
             self._clip([p for g in opt.param_groups for p in g["params"]])
             opt.step()
         return {k: v.item() for k, v in terms.items()}
@@ -321,6 +326,7 @@ class KDSession:
             return None
         self.post_opt.zero_grad(set_to_none=True)
         (mb["loc"] + mb["cls"]).backward()
+        distributed.average_optimizer_gradients(self.post_opt)
         self._clip(list(self.student.parameters()))
         self.post_opt.step()
         return {"loc": mb["loc"].item(), "cls": mb["cls"].item(), "det": (mb["loc"] + mb["cls"]).item()}
@@ -335,24 +341,29 @@ class KDSession:
         return out
 
     # ----------------------------------------------------------------------------------------------- epoch
-    def _extra_batches(self, loader, epoch: int):
+    def _extra_batches(self, loader, epoch: int, skip: int = 0):
         """Endless batches for the iteration stages (D pre-learning / fine-tuning, AB init): a shuffled stream
         of their own over the training set. Drawing them leaves the global RNG untouched, so the student's
-        batches and augmentations are exactly those of the baseline run with the same seed."""
+        batches and augmentations are exactly those of the baseline run with the same seed. ``skip``: drawn
+        again but not yielded (the part a resumed epoch had used; ``extra_drawn`` counts them all)."""
         gen = torch.Generator().manual_seed(self.cfg.run.seed * 100_003 + epoch + 7_919)
         while True:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(torch.randint(2**62, (1,), generator=gen)))
-                batches = DataLoader(loader.dataset, batch_size=loader.batch_size, shuffle=True, drop_last=True,
-                                     generator=gen, num_workers=loader.num_workers, collate_fn=loader.collate_fn)
+                torch.manual_seed(distributed.rank_seed(int(torch.randint(2**62, (1,), generator=gen))))
+                ranked = distributed.RankBatchSampler(RandomSampler(loader.dataset, generator=gen),
+                                                      self.cfg.optim.batch_size)
+                batches = DataLoader(loader.dataset, batch_sampler=ranked, generator=gen,
+                                     num_workers=loader.num_workers, collate_fn=loader.collate_fn)
                 it = iter(batches)
             while True:
                 with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(int(torch.randint(2**62, (1,), generator=gen)))
+                    torch.manual_seed(distributed.rank_seed(int(torch.randint(2**62, (1,), generator=gen))))
                     batch = next(it, None)
                 if batch is None:
                     break
-                yield batch
+                self.extra_drawn += 1
+                if self.extra_drawn > skip:
+                    yield batch
 
     def run_iteration_stages(self, batches, epoch: int, log=None) -> None:
         """Run the schedule's iteration stages (ab_init, d_pretrain, d_finetune) to their end on ``batches``.
@@ -388,20 +399,24 @@ class KDSession:
     def train_epoch(self, loader, epoch: int, desc: str = "kd") -> dict:
         """One pass of student (or post-learning) steps over ``loader`` through the training loop, the
         iteration stages running on batches of their own in between. Returns the mean of every logged number."""
-        self.epoch, self.log = epoch, EpochLog()
+        self.epoch, self.log, self.extra_drawn = epoch, EpochLog(), 0
+        skip = self._continue_epoch()
         extra = None
 
         def before_batch():
             nonlocal extra
             if self.schedule.stage in ITERATION_STAGES:
-                extra = extra if extra is not None else self._extra_batches(loader, epoch)
+                extra = extra if extra is not None else self._extra_batches(loader, epoch, skip)
                 self.run_iteration_stages(extra, epoch)
 
         train_one_epoch(loader, self.train_step, self.device, epoch, model=self.student, before_batch=before_batch,
-                        desc=f"{desc} [{self.schedule.stage}]")
+                        desc=f"{desc} [{self.schedule.stage}]", progress=self.progress)
         return self._end_epoch(epoch)
 
     def _end_epoch(self, epoch: int) -> dict:
+        # Every rank's numbers: the schedule's and the collapse monitor's decisions are the same on every rank.
+        sums, counts = distributed.reduce_sums(self.log.sums, self.log.counts)
+        self.log.sums, self.log.counts = defaultdict(float, sums), defaultdict(int, counts)
         means = self.log.means()
         mean_adv = self.log.mean("adv")
         fooled = self.log.mean("d_acc_student")
@@ -439,6 +454,26 @@ class KDSession:
     @property
     def eval_model(self) -> nn.Module:
         return self.student
+
+    def epoch_state(self) -> dict:
+        """The part of an interrupted epoch that is this session's own (a mid-epoch checkpoint's ``partial``):
+        the epoch's log and how many batches its iteration stages drew. Everything else is in ``extra``."""
+        return {"sums": dict(self.log.sums), "counts": dict(self.log.counts), "stages": dict(self.log.stages),
+                "extra_drawn": self.extra_drawn}
+
+    def resume_epoch(self, state: dict) -> None:
+        """Continue the interrupted epoch of :meth:`epoch_state` at the next ``train_epoch``."""
+        self._resumed = state
+
+    def _continue_epoch(self) -> int:
+        """Restore a resumed epoch's log; the iteration-stage batches it drew (0 for a fresh epoch)."""
+        state, self._resumed = self._resumed, None
+        if state is None:
+            return 0
+        self.log.sums.update(state["sums"])
+        self.log.counts.update(state["counts"])
+        self.log.stages.update(state["stages"])
+        return int(state["extra_drawn"])
 
     def checkpoint_state(self) -> dict:
         """Checkpoint fields of this plan: the post-learning SGD is the run's "optimizer" / "scheduler"; the

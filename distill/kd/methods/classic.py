@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ... import distributed
 from ...losses import IGNORE
 from .. import losses as L
 from ..features import BeganAutoencoder
@@ -65,8 +66,8 @@ class Reconstruction(KDMethod):
         masks = L.box_masks(step.targets, [tuple(x.shape[-2:]) for x in t], t[0].device) if self.masked else None
         raw = L.reconstruction_loss(s, t, self.kind, masks)
         if self.scale is None:
-            det = float(sum(v.item() for v in step.det.values()))
-            self.scale = self.init_ratio * det / max(raw.item(), 1e-8)
+            det, raw_mean = distributed.all_reduce_mean([sum(v.item() for v in step.det.values()), raw.item()])
+            self.scale = self.init_ratio * det / max(raw_mean, 1e-8)       # the same on every rank
         return {"rec": raw * self.scale}, {"rec_raw": raw.item()}
 
     def extra_state(self) -> dict:
@@ -123,7 +124,8 @@ class Began(KDMethod):
     def discriminator_terms(self, step: DiscriminatorStep):
         rr = [L.began_recon(ae(t), t) for ae, t in zip(self.autoencoders, step.teacher_maps)]
         rf = [L.began_recon(ae(s), s) for ae, s in zip(self.autoencoders, step.student_maps)]
-        self._last = ([r.item() for r in rr], [f.item() for f in rf])
+        values = distributed.all_reduce_mean([r.item() for r in rr] + [f.item() for f in rf])   # k_t: one for all
+        self._last = (values[:len(rr)], values[len(rr):])
         return {"d_began": sum(L.began_d_loss(r, f, k) for r, f, k in zip(rr, rf, self.k))}, {}
 
     def after_discriminator_step(self, info: dict[str, float]) -> None:
