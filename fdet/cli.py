@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from runtime.cli import command
 from runtime.errors import did_you_mean
 
 __all__ = ["COMMANDS", "main"]
@@ -71,6 +72,7 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+@command("fdet", interrupt=False)  # each sub-command handles Ctrl-C itself
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``fdet ARGS``; the exit status of the sub-command (2 for an unknown one)."""
     args = list(sys.argv[1:] if argv is None else argv)

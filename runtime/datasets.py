@@ -232,18 +232,23 @@ def coco_folder(ann: str | Path, img_dir: str | Path, name: str | None = None) -
     ``category_ids[L - 1]``); annotations get ``iscrowd`` 0 and ``area`` w*h when they lack them."""
     ann_p = Path(ann)
     d = read_coco_json(ann_p)
-    cats = sorted(d["categories"], key=lambda c: int(c["id"]))
-    anns = []
-    for a in d.get("annotations", []):
-        a = dict(a)
-        a.setdefault("iscrowd", 0)
-        a.setdefault("area", float(a["bbox"][2]) * float(a["bbox"][3]))
-        anns.append(a)
-    images = list(d["images"])
-    return EvalDataset(name or f"coco:{ann_p.name}", [Path(img_dir) / im["file_name"] for im in images],
-                       [int(im["id"]) for im in images],
-                       {"images": images, "annotations": anns, "categories": cats},
-                       [str(c.get("name", c["id"])) for c in cats], [int(c["id"]) for c in cats])
+    try:
+        cats = sorted(d["categories"], key=lambda c: int(c["id"]))
+        anns = []
+        for a in d.get("annotations", []):
+            a = dict(a)
+            a.setdefault("iscrowd", 0)
+            a.setdefault("area", float(a["bbox"][2]) * float(a["bbox"][3]))
+            anns.append(a)
+        images = list(d["images"])
+        paths, ids = [Path(img_dir) / im["file_name"] for im in images], [int(im["id"]) for im in images]
+        names, cids = [str(c.get("name", c["id"])) for c in cats], [int(c["id"]) for c in cats]
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        raise ValueError(f"{ann_p}: malformed COCO entry ({type(e).__name__}: {e}); expected images {{id, "
+                         f"file_name}}, annotations {{image_id, category_id, bbox: [x, y, w, h]}}, categories "
+                         f"{{id, name}}") from None
+    return EvalDataset(name or f"coco:{ann_p.name}", paths, ids,
+                       {"images": images, "annotations": anns, "categories": cats}, names, cids)
 
 
 def records_dataset(name: str, records: Sequence[ImageRecord], class_names: Sequence[str],
@@ -268,8 +273,12 @@ def open_eval_dataset(spec: str, split: str = "val", *, data_root: str | Path = 
         sp = args[0] or split
         root = shapes_root(data_root, shapes_kwargs)
         ann, img_dir = split_paths(root, sp)
-        return coco_folder(ann, img_dir, name=f"shapes:{sp} ({root.name})")
-    if kind == "coco":
-        return coco_folder(*args)
-    records, names, cids = load_voc(args[0], args[1], _raise)
-    return records_dataset(f"voc:{Path(args[0]).name}:{args[1]}", records, names, cids)
+        ds = coco_folder(ann, img_dir, name=f"shapes:{sp} ({root.name})")
+    elif kind == "coco":
+        ann, ds = Path(args[0]), coco_folder(*args)
+    else:
+        records, names, cids = load_voc(args[0], args[1], _raise)
+        ds = records_dataset(f"voc:{Path(args[0]).name}:{args[1]}", records, names, cids)
+    if len(ds) == 0:  # a VOC split file without ids is refused by load_voc
+        raise ValueError(f"dataset {ds.name} has no image: {ann} lists none; expected at least one")
+    return ds

@@ -43,7 +43,11 @@ def _is_image(p: Path) -> bool:
 
 def _from_list(path: Path) -> list[Path]:
     files = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"list file {path}: not UTF-8 text (byte {e.start}); expected one image path a line") from None
+    for n, line in enumerate(lines, 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue

@@ -45,6 +45,16 @@ def split_file(root: Path, split: str) -> Path:
     return root / "ImageSets" / "Main" / f"{split}.txt"
 
 
+def read_lines(path: Path, what: str) -> list[str]:
+    """The non-empty lines of a UTF-8 text file, stripped; ValueError naming ``path`` when it is not UTF-8 text."""
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at position {e.start}); expected "
+                         f"{what}") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
 def _int_text(node: ET.Element | None, tag: str) -> int | None:
     text = node.findtext(tag) if node is not None else None
     try:
@@ -131,7 +141,7 @@ def _class_names(root: Path, parsed: list[tuple]) -> list[str]:
     """``ROOT/labels.txt``, else the VOC classes when they cover every name, else all names seen."""
     labels_txt = root / "labels.txt"
     if labels_txt.is_file():
-        class_names = [ln.strip() for ln in labels_txt.read_text().splitlines() if ln.strip()]
+        class_names = read_lines(labels_txt, "one class name per line")
         if len(set(class_names)) != len(class_names) or not class_names:
             raise ValueError(f"{labels_txt}: expected one unique class name per line")
         return class_names
@@ -179,7 +189,9 @@ def load_voc(root: str | Path, split: str, report: Reporter
     if not sf.is_file():
         raise ValueError(f"VOC split file not found: {sf}; expected ROOT/ImageSets/Main/{split}.txt "
                          f"under ROOT={root}")
-    ids = [line.split()[0] for line in sf.read_text().splitlines() if line.strip()]
+    ids = [line.split()[0] for line in read_lines(sf, "one image id per line")]
+    if not ids:
+        raise ValueError(f"VOC split {split!r} is empty: {sf} lists no image id; expected one image id per line")
     parsed = [p for index, sid in enumerate(ids) if (p := _parse_image(root, sf, index, sid, report)) is not None]
     class_names = _class_names(root, parsed)
     records = [_record(root, item, class_names, report) for item in parsed]

@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from distill.data.collate import collate_eval, collate_train
-from distill.data.dataset import BadSampleReporter, DetectionDataset, ImageRecord, describe
+from distill.data.dataset import BadSampleReporter, DetectionDataset, ImageRecord, check_training_sets, describe
 from runtime.datasets import SPEC_FORMS, default_val_spec, parse_spec
+from runtime.voc import split_file
 
 __all__ = [
     "build_dataset", "default_val_spec", "parse_spec", "describe", "DetectionDataset",
-    "ImageRecord", "collate_train", "collate_eval", "SPEC_FORMS",
+    "ImageRecord", "collate_train", "collate_eval", "SPEC_FORMS", "check_training_sets",
 ]
 
 def build_dataset(spec: str, split: str, *, img_size: int, mean: Sequence[float],
@@ -54,17 +55,19 @@ def build_dataset(spec: str, split: str, *, img_size: int, mean: Sequence[float]
         from distill.data.coco import load_coco
 
         records, names, cids = load_coco(ann, img_dir, report)
-        name = f"shapes:{sp} ({root.name})"
+        name, source = f"shapes:{sp} ({root.name})", ann
     elif kind == "coco":
         from distill.data.coco import load_coco
 
         records, names, cids = load_coco(args[0], args[1], report)
-        name = f"coco:{Path(args[0]).name}"
+        name, source = f"coco:{Path(args[0]).name}", Path(args[0])
     else:
         from distill.data.voc import load_voc
 
         records, names, cids = load_voc(args[0], args[1], report)
-        name = f"voc:{Path(args[0]).name}:{args[1]}"
-    return DetectionDataset(records, names, cids, train=train, img_size=img_size, mean=mean,
-                            std=std, augment=augment, on_bad_sample=on_bad_sample, name=name,
-                            bad_samples=report.counts, zoom_out_max=zoom_out_max, resize_mode=resize_mode)
+        name, source = f"voc:{Path(args[0]).name}:{args[1]}", split_file(Path(args[0]), args[1])
+    dataset = DetectionDataset(records, names, cids, train=train, img_size=img_size, mean=mean,
+                               std=std, augment=augment, on_bad_sample=on_bad_sample, name=name,
+                               bad_samples=report.counts, zoom_out_max=zoom_out_max, resize_mode=resize_mode)
+    dataset.source = source
+    return dataset

@@ -29,6 +29,8 @@ from runtime.preprocess import load_image
 
 ON_BAD_SAMPLE = ("error", "skip")
 _MAX_WARNINGS_PER_REASON = 10
+# RandomIoUCrop draws crop sides of 0.3..1 x the image's: below 4 px a side a crop can be 0 px wide.
+MIN_CROP_SIDE = 4
 
 
 class BadSampleReporter:
@@ -88,9 +90,12 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.resize_mode = resize_mode
         self.mean, self.std = tuple(mean), tuple(std)
         self.name = name
+        self.source: Any = name  # the file that lists the images (the annotation json, the VOC split file)
         self._reporter = BadSampleReporter(on_bad_sample)
         self._reporter.counts.update(bad_samples or {})
         self._bad_indices: set = set()
+        self._first_bad: str = ""
+        self._tiny_warned = False
         if self.train:
             rm = {"resize_mode": resize_mode}
             self._tf_plain = build_train_transform(img_size, mean, std, augment=False, **rm)
@@ -132,6 +137,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         except ValueError as e:
             if index not in self._bad_indices:
                 self._bad_indices.add(index)
+                self._first_bad = self._first_bad or f"image id {rec.image_id}: {e}"
                 self._reporter("unreadable_image", f"{self.name}: image id {rec.image_id}: {e}")
             return None
         return img
@@ -149,15 +155,15 @@ class DetectionDataset(torch.utils.data.Dataset):
             if img is not None:
                 return self._train_item(self.records[j], img) if self.train else \
                     self._eval_item(self.records[j], img)
-        raise RuntimeError(f"{self.name}: none of the {n} images is readable "
-                           f"(bad_samples={self.bad_samples})")
+        raise RuntimeError(f"{self.name}: none of the {n} images is readable (bad_samples={self.bad_samples}); "
+                           f"the first: {self._first_bad}")
 
     def _eval_item(self, rec: ImageRecord, img: np.ndarray):
         return img, {"image_id": rec.image_id, "orig_size": (int(img.shape[0]), int(img.shape[1]))}
 
     def _train_item(self, rec: ImageRecord, img: np.ndarray):
         h, w = img.shape[:2]
-        image = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))))
+        image = tv_tensors.Image(torch.from_numpy(np.array(img.transpose(2, 0, 1), order="C")))  # a writable copy
         target = {
             "boxes": tv_tensors.BoundingBoxes(torch.tensor(rec.boxes, dtype=torch.float32).reshape(-1, 4),
                                               format="XYXY", canvas_size=(h, w)),
@@ -167,7 +173,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         if not self.augment:
             tf = self._tf_plain
         else:
-            tf = self._tf_aug if len(rec.boxes) else self._tf_aug_nocrop
+            tf = self._tf_aug if len(rec.boxes) and self._croppable(rec, h, w) else self._tf_aug_nocrop
         image, target = tf(image, target)
         s = float(self.img_size)
         boxes = (target["boxes"].as_subclass(torch.Tensor) / s).clamp_(0.0, 1.0).to(torch.float32)
@@ -177,6 +183,16 @@ class DetectionDataset(torch.utils.data.Dataset):
             "ignore": target["ignore"],
             "image_id": rec.image_id,
         }
+
+    def _croppable(self, rec: ImageRecord, h: int, w: int) -> bool:
+        """Whether the IoU crop can cut this image (sides >= MIN_CROP_SIDE); the first one that cannot is named."""
+        if min(h, w) >= MIN_CROP_SIDE:
+            return True
+        if not self._tiny_warned and self.augment_policy == "ssd":
+            self._tiny_warned = True
+            warnings.warn(f"{self.name}: image id {rec.image_id} ({rec.path}) is {w}x{h} px; images under "
+                          f"{MIN_CROP_SIDE} px a side are trained without the IoU crop", stacklevel=3)
+        return False
 
     # ---------------------------------------------------------------- evaluation
     def coco_gt(self) -> dict[str, Any]:
@@ -192,6 +208,27 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     def __repr__(self) -> str:
         return f"DetectionDataset({describe(self)})"
+
+
+def check_training_sets(train_set: DetectionDataset, val_set: DetectionDataset, batch_size: int) -> None:
+    """Before a run starts: ValueError when the training set fills no batch (the last partial batch of an epoch is
+    dropped); a warning for a set without any box (nothing to learn, or an undefined validation mAP)."""
+    for ds in (train_set, val_set):
+        if len(ds) == 0:
+            skipped = f" (all skipped: {ds.bad_samples})" if ds.bad_samples else ""
+            raise ValueError(f"dataset {ds.name} has no image: {ds.source} lists none{skipped}; expected at least one")
+    n = len(train_set)
+    if n < batch_size:
+        raise ValueError(f"{train_set.name}: {n} training images < --batch-size {batch_size}: an epoch would have "
+                         f"no full batch (a partial last batch is dropped); use --batch-size {n} or less, or more "
+                         f"images")
+    if not any(len(r.boxes) for r in train_set.records):
+        warnings.warn(f"{train_set.name}: the training set has no boxes at all: the detector learns background "
+                      f"only", stacklevel=2)
+    if not any(len(r.boxes) for r in val_set.records):
+        warnings.warn(f"{val_set.name}: the validation set has no boxes at all: COCO mAP is undefined there (reported "
+                      f"as NaN), so no epoch is kept as best.pt; the run's summary scores last.pt",
+                      stacklevel=2)
 
 
 def describe(dataset: DetectionDataset) -> str:

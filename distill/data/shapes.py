@@ -45,12 +45,15 @@ import os
 import shutil
 import time
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
+
+from runtime.cli import command
 
 # The on-disk layout (folder name, default parameters, split files) is shared with the evaluation
 # readers, which find this dataset without torch. Bump SHAPES_VERSION there whenever the drawing
@@ -393,6 +396,36 @@ def write_split(out_dir: Path, split: str, num: int, params: dict[str, Any],
     }
 
 
+def cache_problem(root: Path, params: dict[str, Any]) -> str | None:
+    """What is wrong with a generated dataset folder (None: it looks complete): each split's annotation json
+    must parse, list as many images as ``params`` asks for, and every image file must be there and not empty."""
+    if not root.is_dir():
+        return f"{root} is not a folder"
+    for split, num in (("train", params["num_train"]), ("val", params["num_val"])):
+        ann, img_dir = split_paths(root, split)
+        try:
+            images = json.loads(ann.read_text(encoding="utf-8"))["images"]
+            files = [img_dir / im["file_name"] for im in images]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            return f"{ann} is unreadable: {type(e).__name__}: {' '.join(str(e).split())[:120]}"
+        if len(files) != num:
+            return f"{ann} lists {len(files)} images, expected {num}"
+        bad = next((f for f in files if not f.is_file() or f.stat().st_size == 0), None)
+        if bad is not None:
+            return f"image file {bad} is missing or empty"
+    return None
+
+
+def _set_aside(root: Path) -> None:
+    """Rename a damaged dataset folder out of the way (then remove it), so it is generated again in its place."""
+    aside = root.parent / f".{root.name}.damaged-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        os.rename(root, aside)
+    except FileNotFoundError:  # another process set it aside first
+        return
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 def ensure_shapes_dataset(data_root: str | os.PathLike = "data", *, progress: bool = True,
                           **kwargs: Any) -> Path:
     """Return the folder of the shapes dataset for these parameters, generating it once.
@@ -400,17 +433,20 @@ def ensure_shapes_dataset(data_root: str | os.PathLike = "data", *, progress: bo
     ``kwargs``: num_train (1500), num_val (300), seed (0), size_range ((160, 256): image width and
     height each uniform in [min, max]). Generation writes to a temporary sibling folder that is
     renamed into place when complete; concurrent generators (e.g. several ranks) are safe, the
-    first rename wins.
+    first rename wins. A damaged cached folder (:func:`cache_problem`) is generated again, with a warning; a
+    folder of that name without the ``annotations`` folder is not one this generator wrote: RuntimeError.
     """
     params = resolve_params(**kwargs)
     root = Path(data_root) / dataset_name(params)
     if root.exists():
-        for split in SPLITS:
-            ann, _ = split_paths(root, split)
-            if not ann.is_file():
-                raise RuntimeError(f"{root} exists but has no {ann.name}: it is not a complete shapes "
-                                   f"dataset (not written by this generator?); delete it to regenerate")
-        return root
+        why = cache_problem(root, params)
+        if why is None:
+            return root
+        if not (root / "annotations").is_dir():  # nothing this generator writes: not ours to delete
+            raise RuntimeError(f"{root} exists but has no annotations folder: it is not a shapes dataset written "
+                               f"by this generator; delete it to regenerate")
+        warnings.warn(f"the cached shapes dataset {root} is damaged ({why}): it is generated again", stacklevel=2)
+        _set_aside(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
@@ -456,8 +492,10 @@ def preview_grid(root: Path, split: str = "train", n: int = 16, cols: int = 4,
     return grid
 
 
+@command("python -m distill.data.shapes")
 def main(argv: Sequence[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m distill.data.shapes", description=__doc__.split("\n")[0],
+                                 allow_abbrev=False)
     ap.add_argument("--out", default="data", help="data root; the dataset goes to OUT/shapes-v*-<hash>")
     ap.add_argument("--num-train", type=int, default=DEFAULT_PARAMS["num_train"])
     ap.add_argument("--num-val", type=int, default=DEFAULT_PARAMS["num_val"])
