@@ -4,8 +4,10 @@ and the INT8 graph's accuracy gate (:func:`evaluate_graphs`, :func:`check_int8_m
 * :func:`torch_raw` / :func:`torch_detections`: the PyTorch references (``distill.postprocess``).
 * :func:`compare_raw`: max abs diff and allclose of the raw outputs.
 * :func:`match_nms_outputs`: NMS outputs equal detection for detection
-  (:func:`runtime.matching.match_exact`), with the plugin reference's tie order as the fallback
-  when exactly tied scores make PyTorch's order unspecified.
+  (:func:`runtime.matching.match_exact`, tie-aware at the top-K cut: the rows tied there are
+  compared as a set and a note says how many detections were compared one to one), with the
+  plugin reference's tie order as the fallback when exactly tied scores make PyTorch's order
+  unspecified.
 * :func:`evaluate_graphs`: COCO mAP of ONNX graphs through the one evaluation path
   (``runtime.evaluation.inference_on_dataset`` with runtime's detectors and ``CocoEvaluator``).
 """
@@ -159,6 +161,8 @@ def _check_nms(row: dict[str, Any], bs: int, got: NmsOutputs, ref: NmsOutputs,
     _merge(row, bs, m, ok=m["match"], diff=max(m["max_box_diff"], m["max_score_diff"]), match=m["match"])
     if m.get("tie_fallback") and TIE_NOTE not in row["notes"]:
         row["notes"].append(TIE_NOTE)
+    if m.get("tied_at_cut"):
+        row["notes"].append(f"batch {bs}: {m['summary']}")
 
 
 def _check_int8(row: dict[str, Any], bs: int, got: Sequence[np.ndarray], ref: Sequence[np.ndarray]) -> None:

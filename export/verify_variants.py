@@ -23,7 +23,8 @@ from export.verify import VERIFY_BATCHES
 
 def nms_agreement(ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray], meta: Any) -> dict[str, Any]:
     """runtime.parity agreement of two sets of the four NMS outputs (by name) of one batch,
-    boxes taken in the network input's pixels (``meta.input_size``)."""
+    boxes taken in the network input's pixels (``meta.input_size``); tie-aware at the top-K cut
+    (``meta.nms.max_detections``)."""
     from runtime.detector import detections_from_nms
     from runtime.outputs import NMS_OUTPUTS
     from runtime.parity import agreement
@@ -31,7 +32,7 @@ def nms_agreement(ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray], 
     hw = np.tile(np.array([[h, w]]), (np.asarray(ref[NMS_OUTPUTS[0]]).shape[0], 1))
     ref_dets, got_dets = (detections_from_nms(*(o[k] for k in NMS_OUTPUTS), hw, meta.num_classes, meta.resize_mode)
                           for o in (ref, got))
-    return agreement(ref_dets, got_dets)
+    return agreement(ref_dets, got_dets, max_detections=int(meta.nms.max_detections))
 
 
 def _plugin_inputs_check(ref: list[np.ndarray], got: list[np.ndarray]) -> dict[str, Any]:

@@ -41,3 +41,13 @@ def check_choice(what: str, value: Any, choices: Iterable[Any]) -> None:
     choices = list(choices)
     if value not in choices:
         raise ValueError(f"{what} must be one of {choices}, got {value!r}.{did_you_mean(str(value), map(str, choices))}")
+
+
+def import_optional(module: str, backend: str, install: str) -> Any:
+    """``importlib.import_module(module)``, or a one-line :class:`BackendUnavailable` naming the backend and
+    how to install it (``install``: the pip command)."""
+    import importlib
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise BackendUnavailable(f"{backend} backend unavailable: cannot import {module} ({e}); {install}") from None

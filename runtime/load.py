@@ -24,6 +24,7 @@ from typing import Any
 
 from runtime.detector import Detector
 from runtime.errors import check_choice
+from runtime.integrity import check_file_hash
 
 __all__ = ["BackendEntry", "backend_for", "load_detector", "providers", "register_backend", "registered_backends"]
 
@@ -92,6 +93,7 @@ def load_detector(
     device: str = "cpu",
     provider: str | None = None,
     fp16: bool = False,
+    accept_modified: bool = False,
     **kwargs: Any,
 ) -> Detector:
     """Open a model file with the backend its kind calls for.
@@ -105,6 +107,12 @@ def load_detector(
       plugin; ``provider="reference"`` runs the CPU reference (ORT up to the plugin inputs +
       numpy EfficientNMS), ``provider="tensorrt"`` the ORT TensorRT execution provider.
     * ``.engine`` / ``.plan`` / ``.trt``: TensorRT (needs the ``tensorrt`` package and a CUDA device).
+    * ``.xml`` (an IR of ``python -m export.openvino``), or ``.onnx`` with ``provider="openvino"``:
+      OpenVINO's CPU plugin (needs the ``openvino`` package; ``threads=``, ``hint="throughput"``).
+
+    An ``.onnx`` is first compared with the sha256 its sidecar records
+    (:func:`runtime.integrity.check_file_hash`): a file changed after export raises ValueError,
+    unless ``accept_modified`` (then a warning).
 
     Extra keyword arguments go to the backend (e.g. ``threads=`` for ONNX Runtime,
     ``cuda_graph=True`` for TensorRT). Raises ValueError for bad arguments and
@@ -122,12 +130,15 @@ def load_detector(
     if provider is not None and provider not in entry.providers:
         raise ValueError(f"provider={provider!r} does not apply to {entry.what} ({p.name}); it takes "
                          f"provider= {list(entry.providers)} or None")
+    check_file_hash(p, accept_modified=accept_modified)
     return entry.open(p, device=device, provider=provider, fp16=fp16, **kwargs)
 
 
 register_backend(BackendEntry("pytorch", "a PyTorch checkpoint", "runtime.backends.torch_backend",
                               (".pt", ".pth"), providers=("cpu", "cuda"), folders=True))
 register_backend(BackendEntry("onnxruntime", "an ONNX graph", "runtime.backends.ort_backend",
-                              (".onnx",), providers=("cpu", "cuda", "tensorrt", "reference")))
+                              (".onnx",), providers=("cpu", "cuda", "tensorrt", "reference", "openvino")))
 register_backend(BackendEntry("tensorrt", "a TensorRT engine", "runtime.backends.trt_backend",
                               (".engine", ".plan", ".trt"), providers=("tensorrt",)))
+register_backend(BackendEntry("openvino", "an OpenVINO IR", "runtime.backends.openvino_backend",
+                              (".xml",), providers=("openvino",)))

@@ -7,6 +7,13 @@
   class and nearly the same box (IoU >= 0.95)? (parity across backends and precisions, where
   scores and boxes may move a little and the order of detections is not fixed)
 
+Both are tie-aware at the top-K cut: when the K rows are full and the lowest score group is tied
+(an under-trained net gives many anchors exactly the same score, and the order among equal scores
+is left unspecified by PyTorch's sort and NMS), which of the tied candidates fill the last rows is
+arbitrary. The detections strictly above that group are compared one to one, the group as a set
+(:func:`match_exact`) or not at all (:func:`match_by_iou`), and the result says how many were
+compared (:func:`compared_summary`).
+
 Pure numpy.
 """
 from __future__ import annotations
@@ -30,19 +37,43 @@ def _fail(out: dict[str, Any], why: str) -> dict[str, Any]:
     return out
 
 
-def _tied_tail(g_scores: np.ndarray, r_scores: np.ndarray, k: int, tie_tol: float, i: int,
-               out: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """When the K output rows are full, rows tied with the K-th score may be any of the tied
-    (anchor, class) pairs: they are compared by count only. Returns (got rows already used,
-    reference rows skipped)."""
-    n = len(g_scores)
-    if n != k or not n:
-        return np.zeros(n, bool), np.zeros(len(r_scores), bool)
-    cut = float(r_scores[n - 1])
-    g_tail = np.abs(g_scores - cut) <= tie_tol
-    r_tail = np.abs(r_scores - cut) <= tie_tol
+def _straddles(n_ref_tail: int, n_got_tail: int, raw_scores: np.ndarray | None, cut: float, tie_tol: float) -> bool:
+    """Whether the lowest score group of a full top-K (``n_*_tail`` rows within ``tie_tol`` of the
+    cut score) is tied across the cut: with the raw scores ([N, C+1], this image), more candidates
+    than rows hold that score. Without them the candidates past the K-th row are not visible, and
+    the group is assumed to straddle the cut."""
+    if raw_scores is not None:
+        return int(np.sum(np.abs(raw_scores[:, 1:] - cut) <= tie_tol)) > max(n_ref_tail, n_got_tail)
+    return True
+
+
+def _cut_group(i: int, got: NmsOutputs, ref: NmsOutputs, raw: tuple[np.ndarray, np.ndarray] | None, n: int,
+               box_tol: float, tie_tol: float, out: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of image ``i`` tied at the top-K cut, compared as a set: when the K output rows are
+    full and the lowest score group straddles the cut, which of the tied (anchor, class) pairs fill
+    the last rows is the sort's choice. Both sides must have as many rows at that score; with
+    ``raw``, each of ``got``'s must be one of the tied candidates (its class, a tied anchor's box).
+    Returns (got rows used up, reference rows left out of the one-to-one comparison)."""
+    gs, rs = got[2][i, :n], ref[2][i, :n]
+    none = np.zeros(n, bool), np.zeros(n, bool)
+    if n != got[1].shape[1] or not n:
+        return none
+    cut = float(rs[n - 1])
+    g_tail, r_tail = np.abs(gs - cut) <= tie_tol, np.abs(rs - cut) <= tie_tol
+    raw_scores = raw[1][i] if raw is not None else None
+    if not _straddles(int(r_tail.sum()), int(g_tail.sum()), raw_scores, cut, tie_tol):
+        return none
+    out["tied_at_cut"] += int(r_tail.sum())
+    out["cut_scores"].append(cut)
     if g_tail.sum() != r_tail.sum():
-        _fail(out, f"image {i}: {int(g_tail.sum())} vs {int(r_tail.sum())} rows tied with the last score")
+        _fail(out, f"image {i}: {int(g_tail.sum())} vs {int(r_tail.sum())} rows tied with the last score {cut:.6g}")
+    elif raw is not None:
+        for j in np.flatnonzero(g_tail):
+            cls = int(got[3][i, j])
+            tied = np.abs(raw[1][i, :, cls + 1] - cut) <= tie_tol
+            if not np.any(np.max(np.abs(raw[0][i][tied] - got[1][i, j]), axis=1) <= box_tol):
+                _fail(out, f"image {i}: row {j} (class {cls}, score {cut:.6g}) at the top-K cut is none of the "
+                           f"tied candidates")
     return g_tail.copy(), r_tail
 
 
@@ -68,6 +99,7 @@ def _match_image(i: int, got: NmsOutputs, ref: NmsOutputs, raw: tuple[np.ndarray
     gn, gb, gs, gc = got
     rn, rb, rs, rc = ref
     n, m = int(gn[i, 0]), int(rn[i, 0])
+    out["detections"] += m
     if n != m:
         _fail(out, f"image {i}: {n} detections vs {m}")
         return
@@ -75,8 +107,9 @@ def _match_image(i: int, got: NmsOutputs, ref: NmsOutputs, raw: tuple[np.ndarray
         _fail(out, f"image {i}: scores not in descending order")
     if np.any(gb[i, n:] != 0) or np.any(gs[i, n:] != 0) or np.any(gc[i, n:] != 0):
         _fail(out, f"image {i}: padding rows are not zero")
-    used, r_tail = _tied_tail(gs[i, :n], rs[i, :m], gb.shape[1], tie_tol, i, out)
+    used, r_tail = _cut_group(i, got, ref, raw, n, box_tol, tie_tol, out)
     for j in np.flatnonzero(~r_tail):
+        out["compared"] += 1
         cls, score = int(rc[i, j]), float(rs[i, j])
         cand = np.flatnonzero(~used & (gc[i, :n] == cls) & (np.abs(gs[i, :n] - rs[i, j]) <= score_tol))
         if cand.size == 0:
@@ -91,6 +124,18 @@ def _match_image(i: int, got: NmsOutputs, ref: NmsOutputs, raw: tuple[np.ndarray
         out["max_score_diff"] = max(out["max_score_diff"], float(abs(gs[i, best] - rs[i, j])))
         if d.min() > box_tol:
             _fail(out, f"image {i}: box of class {cls} (score {score:.6f}) differs by {d.min():.2e}")
+
+
+def compared_summary(compared: int, total: int, tied: int, cut_scores: list[float], how: str = "compared as a set"
+                     ) -> str:
+    """``"compared 87 of 100 detections: 13 tied at score 0.0321 at the top-K cut, compared as a set"``
+    (several images: the range of their cut scores); without ties ``"compared 100 of 100 detections"``."""
+    text = f"compared {compared} of {total} detections"
+    if not tied:
+        return text
+    lo, hi = min(cut_scores), max(cut_scores)
+    at = f"score {lo:.4g}" if f"{lo:.4g}" == f"{hi:.4g}" else f"scores {lo:.4g}..{hi:.4g}"
+    return f"{text}: {tied} tied at {at} at the top-K cut, {how}"
 
 
 def match_exact(got: NmsOutputs, ref: NmsOutputs, box_tol: float = EXACT_BOX_TOL,
@@ -108,44 +153,80 @@ def match_exact(got: NmsOutputs, ref: NmsOutputs, box_tol: float = EXACT_BOX_TOL
     untrained net do that), which of them survives NMS depends on the sort's tie order, which no
     implementation fixes (the plugin's GPU sort neither). Given ``raw`` = the reference's
     (boxes [B,N,4], scores [B,N,C+1]), a box of any anchor tied (within ``tie_tol``) with the
-    reference detection is accepted too; such pairs are counted in ``tie_swaps``. Likewise, when
-    the K output rows are full, rows whose score ties the last (K-th) score may belong to any of
-    the tied (anchor, class) pairs: those are compared by count only.
-    Returns {"match", "max_box_diff", "max_score_diff", "tie_swaps", "num_got", "num_ref", "why"}.
+    reference detection is accepted too; such pairs are counted in ``tie_swaps``.
+
+    Tie-aware at the top-K cut: when the K output rows are full and the lowest score group
+    straddles the cut (with ``raw``: more candidates hold that score than rows; without: always
+    assumed), the rows of that group may be any of the tied (anchor, class) pairs. Only the rows
+    strictly above it are compared one to one (as sets among equal scores); the group itself is
+    compared as a set: as many rows at that score on both sides and, with ``raw``, each of
+    ``got``'s rows one of the tied candidates.
+
+    Returns {"match", "max_box_diff", "max_score_diff", "tie_swaps", "num_got", "num_ref", "why",
+    "compared" (reference rows compared one to one), "detections" (reference rows in all),
+    "tied_at_cut" (reference rows of tied groups at the cut), "cut_scores" (their scores, one per
+    image with such a group), "summary" (:func:`compared_summary`: "compared 87 of 100 detections:
+    13 tied at score 0.0321 at the top-K cut, compared as a set")}.
     """
     g = tuple(np.asarray(a) for a in got)
     r = tuple(np.asarray(a) for a in ref)
     out: dict[str, Any] = {"match": True, "max_box_diff": 0.0, "max_score_diff": 0.0, "tie_swaps": 0,
-                           "num_got": g[0].reshape(-1).tolist(), "num_ref": r[0].reshape(-1).tolist(), "why": ""}
+                           "num_got": g[0].reshape(-1).tolist(), "num_ref": r[0].reshape(-1).tolist(), "why": "",
+                           "compared": 0, "detections": 0, "tied_at_cut": 0, "cut_scores": [], "summary": ""}
     if g[1].shape != r[1].shape or g[0].shape != r[0].shape:
         return _fail(out, f"shapes differ: {g[1].shape} vs {r[1].shape}")
     if g[0].dtype != np.int32 or g[3].dtype != np.int32:
         return _fail(out, f"num_detections / detection_classes must be int32, got {g[0].dtype} / {g[3].dtype}")
     for i in range(g[0].shape[0]):
         _match_image(i, g, r, raw, box_tol, score_tol, tie_tol, out)
+    out["summary"] = compared_summary(out["compared"], out["detections"], out["tied_at_cut"], out["cut_scores"])
     return out
 
 
+LEFT_OUT = -2  # match_by_iou: a reference detection tied at the top-K cut, not compared one to one
+
+
+def tied_at_cut(ref_scores: np.ndarray, max_detections: int | None, cand_scores: np.ndarray | None = None,
+                tie_tol: float = EXACT_TIE_TOL) -> np.ndarray:
+    """bool [K_ref]: the reference detections of one image in the lowest score group of a full
+    top-K (``max_detections`` rows) when that group is tied -- two rows or more hold that score
+    (within ``tie_tol``) on the reference or the candidate side -- so the group may straddle the
+    cut and which tied candidates fill the last rows is the sort's choice. All False otherwise."""
+    rs = np.asarray(ref_scores, np.float64).reshape(-1)
+    out = np.zeros(len(rs), bool)
+    if not max_detections or len(rs) < int(max_detections) or not len(rs):
+        return out
+    cut = float(rs.min())
+    tail = np.abs(rs - cut) <= tie_tol
+    n_cand = 0 if cand_scores is None else int(np.sum(np.abs(np.asarray(cand_scores, np.float64) - cut) <= tie_tol))
+    return tail if max(int(tail.sum()), n_cand) >= 2 else out
+
+
 def match_by_iou(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray],
-                 iou_threshold: float = MATCH_IOU) -> np.ndarray:
+                 iou_threshold: float = MATCH_IOU, max_detections: int | None = None) -> np.ndarray:
     """Greedy one-to-one matching of one image's detections by IoU.
 
     ``ref`` / ``cand``: ``boxes`` [K, 4] xyxy (same frame for both, e.g. original pixels),
     ``scores`` [K], ``labels`` [K] int. Reference detections in descending score order each take
     the unmatched candidate detection of the same label with the highest IoU, if that IoU >=
     ``iou_threshold``. Returns int64 [K_ref]: the matched candidate index, or -1.
+
+    Tie-aware with ``max_detections`` (K of the NMS): when the reference's K rows are full and
+    its lowest score group is tied (:func:`tied_at_cut`), those rows are not compared one to one
+    and get :data:`LEFT_OUT` (-2); every candidate row stays available to the rows above them.
     """
     rb = np.asarray(ref["boxes"], np.float32).reshape(-1, 4)
     cb = np.asarray(cand["boxes"], np.float32).reshape(-1, 4)
     rl = np.asarray(ref["labels"]).reshape(-1)
     cl = np.asarray(cand["labels"]).reshape(-1)
     out = np.full(len(rb), -1, dtype=np.int64)
+    out[tied_at_cut(ref["scores"], max_detections, cand["scores"])] = LEFT_OUT
     if len(rb) == 0 or len(cb) == 0:
         return out
     taken = np.zeros(len(cb), dtype=bool)
     for i in np.argsort(-np.asarray(ref["scores"], np.float32).reshape(-1), kind="stable"):
         ok = np.flatnonzero((cl == rl[i]) & ~taken)
-        if ok.size == 0:
+        if ok.size == 0 or out[i] == LEFT_OUT:
             continue
         ious = iou_one_to_many(rb[i], cb[ok])
         j = int(np.argmax(ious))

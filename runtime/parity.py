@@ -15,7 +15,9 @@ Default tolerances by the precision the candidate was built in (its sidecar's ``
     int8        1.0         -            (INT8 moves boxes: only the mAP is held to a bound)
 
 ``python -m runtime.parity --reference runs/kd/best.pt --exports exports/kd`` checks every graph
-and engine of an export folder; exit status 1 when a candidate fails, 2 on unusable arguments.
+and engine of an export folder; exit status 1 when a candidate fails or a model file is broken
+(an ``ERROR`` row: empty, truncated, changed since export), 2 on unusable arguments. A backend or
+device this host lacks is ``unavailable``, not a failure.
 """
 
 from __future__ import annotations
@@ -32,11 +34,12 @@ from typing import Any
 import numpy as np
 
 from runtime.atomic import write_json_atomic
-from runtime.cli import fail, report_file
+from runtime.cli import command, fail, report_file
+from runtime.integrity import add_accept_modified
 from runtime.errors import BackendUnavailable
 from runtime.evaluate import check_classes, data_for, open_dataset
 from runtime.evaluation import eval_subset, inference_on_dataset
-from runtime.matching import MATCH_IOU, match_by_iou
+from runtime.matching import LEFT_OUT, MATCH_IOU, compared_summary, match_by_iou
 from runtime.metrics import CocoEvaluator
 
 MAP_TOLERANCE = {"fp32": 0.2, "fp16": 0.3, "int8": 1.0, "best": 1.0}
@@ -66,35 +69,46 @@ class EvalResult:
     image_ids: list[int]
     detections: list[dict[str, np.ndarray]]
     metrics: dict[str, Any]
+    max_detections: int | None = None  # K of the NMS (the top-K cut), from the sidecar
 
 
 # --------------------------------------------------------------------------------------------
 # Detection-level agreement.
 # --------------------------------------------------------------------------------------------
 def agreement(ref_dets: Sequence[dict[str, np.ndarray]], cand_dets: Sequence[dict[str, np.ndarray]],
-              iou_threshold: float = MATCH_IOU) -> dict[str, Any]:
+              iou_threshold: float = MATCH_IOU, max_detections: int | None = None) -> dict[str, Any]:
     """Agreement over a list of images (same order in both lists).
 
-    ``agreement``: matched / reference detections (1.0 when the reference has none and the
-    candidate has none either, 0.0 when only the candidate has some); ``max_score_diff`` over
-    matched pairs (0 if none).
+    ``agreement``: matched / compared reference detections (1.0 when the reference has none and
+    the candidate has none either, 0.0 when only the candidate has some); ``max_score_diff`` over
+    matched pairs (0 if none). With ``max_detections`` (K of the NMS) the reference detections
+    tied at a full top-K cut are left out (:func:`runtime.matching.match_by_iou`): ``compared`` of
+    ``reference_detections`` were compared, ``tied_at_cut`` left out, ``summary`` says so.
     """
     if len(ref_dets) != len(cand_dets):
         raise ValueError(f"reference has {len(ref_dets)} images, candidate {len(cand_dets)}")
-    n_ref = n_cand = matched = 0
-    max_diff = 0.0
+    n_ref = n_cand = matched = tied = 0
+    max_diff, cut_scores = 0.0, []
     for r, c in zip(ref_dets, cand_dets):
-        m = match_by_iou(r, c, iou_threshold)
+        m = match_by_iou(r, c, iou_threshold, max_detections)
         n_ref += len(m)
         n_cand += len(np.asarray(c["scores"]).reshape(-1))
+        left = m == LEFT_OUT
+        if left.any():
+            tied += int(left.sum())
+            cut_scores.append(float(np.asarray(r["scores"], np.float64).reshape(-1)[left].min()))
         hit = m >= 0
         matched += int(hit.sum())
         if hit.any():
             d = np.abs(np.asarray(r["scores"], np.float64)[hit] - np.asarray(c["scores"], np.float64)[m[hit]])
             max_diff = max(max_diff, float(d.max()))
-    frac = matched / n_ref if n_ref else (1.0 if n_cand == 0 else 0.0)
+    compared = n_ref - tied
+    frac = matched / compared if compared else (1.0 if n_cand == 0 or tied else 0.0)
     return {"reference_detections": n_ref, "candidate_detections": n_cand, "matched": matched,
-            "agreement": frac, "max_score_diff": max_diff, "match_iou": iou_threshold}
+            "agreement": frac, "max_score_diff": max_diff, "match_iou": iou_threshold, "compared": compared,
+            "tied_at_cut": tied,
+            "summary": compared_summary(compared, n_ref, tied, cut_scores, "left out (any of them may fill the "
+                                                                           "last rows)")}
 
 
 # --------------------------------------------------------------------------------------------
@@ -112,7 +126,8 @@ def compare_results(reference: EvalResult, candidate: EvalResult,
     tol = (tolerances or Tolerances()).for_precision(candidate.precision)
     if list(reference.image_ids) != list(candidate.image_ids):
         raise ValueError(f"{candidate.name} ran on other images than the reference {reference.name}")
-    agree = agreement(reference.detections, candidate.detections, tol["match_iou"])
+    ks = [k for k in (reference.max_detections, candidate.max_detections) if k]
+    agree = agreement(reference.detections, candidate.detections, tol["match_iou"], min(ks) if ks else None)
     d_map = _delta(candidate.metrics.get("mAP"), reference.metrics.get("mAP"))
     ref_pc = reference.metrics.get("per_class") or {}
     cand_pc = candidate.metrics.get("per_class") or {}
@@ -159,7 +174,8 @@ def run_eval(det: Any, dataset: Any, indices: Sequence[int], gt: dict[str, Any],
     rec = _Recorder(CocoEvaluator(gt, det.meta.category_ids, det.meta.class_names))
     metrics = inference_on_dataset(det, dataset, rec, indices=indices, batch_size=batch_size, progress=progress,
                                    desc=det.name)
-    return EvalResult(det.name, det.meta.precision, rec.image_ids, rec.detections, metrics)
+    return EvalResult(det.name, det.meta.precision, rec.image_ids, rec.detections, metrics,
+                      max_detections=int(det.meta.nms.max_detections))
 
 
 def check_parity(reference: Any, candidates: Sequence[Any], dataset: Any, *, max_images: int | None = None,
@@ -171,8 +187,14 @@ def check_parity(reference: Any, candidates: Sequence[Any], dataset: Any, *, max
     """
     indices, gt = eval_subset(dataset, max_images)
     ref = run_eval(reference, dataset, indices, gt, batch_size=batch_size, progress=progress)
-    rows = [compare_results(ref, run_eval(c, dataset, indices, gt, batch_size=batch_size, progress=progress),
-                            tolerances) for c in candidates]
+    rows = []
+    for c in candidates:
+        try:
+            result = run_eval(c, dataset, indices, gt, batch_size=batch_size, progress=progress)
+        except Exception as e:  # noqa: BLE001 - a model that loads but cannot run is an error row, not a crash
+            rows.append(error_row(c.name, f"cannot run: {type(e).__name__}: {_first_line(e)}"))
+            continue
+        rows.append(compare_results(ref, result, tolerances))
     return {"reference": {"name": ref.name, "mAP": ref.metrics["mAP"], "per_class": ref.metrics.get("per_class"),
                           "images": len(indices)},
             "candidates": rows, "ok": all(r["ok"] for r in rows)}
@@ -184,9 +206,11 @@ def format_rows(report: dict[str, Any]) -> str:
              f"{'candidate':<28} {'prec':<5} {'mAP':>6} {'ΔmAP':>7} {'agree':>6} {'maxΔs':>7}  verdict"]
     for r in report["candidates"]:
         if "delta_map" not in r:
-            lines.append(f"{r['name']:<28} {'':<5} {'':>6} {'':>7} {'':>6} {'':>7}  {r['status']}: {r['reason']}")
+            status = "ERROR" if r["status"] == "error" else r["status"]
+            lines.append(f"{r['name']:<28} {'':<5} {'':>6} {'':>7} {'':>6} {'':>7}  {status}: {r['reason']}")
             continue
         verdict = "ok" if r["ok"] else "FAIL: " + "; ".join(r["reasons"])
+        verdict += f" ({r['summary']})" if r.get("tied_at_cut") else ""
         lines.append(f"{r['name']:<28} {r['precision']:<5} {r['mAP']:6.2f} {r['delta_map']:+7.3f} "
                      f"{r['agreement']:6.3f} {r['max_score_diff']:7.4f}  {verdict}")
     return "\n".join(lines)
@@ -198,10 +222,34 @@ def format_rows(report: dict[str, Any]) -> str:
 MODEL_SUFFIXES = (".onnx", ".engine", ".plan")
 
 
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def error_row(name: str, reason: str) -> dict[str, Any]:
+    """The row of a model file that is broken (empty, truncated, not what its sidecar describes):
+    an error, never ``unavailable`` (that is for a backend or device this host lacks)."""
+    return {"name": name, "status": "error", "reason": reason, "ok": False}
+
+
+def _unreadable_onnx(path: Path) -> str:
+    """Why ``path`` cannot be an ONNX file at all (empty, or not a protobuf), or ""."""
+    from runtime.onnx_props import read_metadata_props
+
+    try:
+        if path.stat().st_size == 0:
+            return f"{path.name} is empty (0 bytes): not an ONNX file"
+        read_metadata_props(path)
+    except (OSError, ValueError) as e:
+        return f"{path.name} is not a readable ONNX file: {_first_line(e)}"
+    return ""
+
+
 def export_files(folder: Path) -> tuple[list[Path], list[dict[str, Any]]]:
     """The graphs and engines of an export folder, in a stable order, and the model files skipped,
     each with why (``{"name", "status": "skipped", "reason", "ok": True}``). An ``.onnx`` whose
-    sidecar is missing is still checked when it carries the copy in its ``metadata_props``."""
+    sidecar is missing is still checked when it carries the copy in its ``metadata_props``; one
+    that is not an ONNX file at all (empty, random bytes) is an :func:`error_row`."""
     from runtime.metadata import read_onnx_mirror, sidecar_path
 
     files, skipped = [], []
@@ -213,6 +261,10 @@ def export_files(folder: Path) -> tuple[list[Path], list[dict[str, Any]]]:
             continue
         why = "an engine is run only with its sidecar (python -m export.trt writes it)"
         if p.suffix == ".onnx":
+            broken = _unreadable_onnx(p)
+            if broken:
+                skipped.append(error_row(p.name, broken))
+                continue
             try:
                 read_onnx_mirror(p)
                 files.append(p)
@@ -224,9 +276,11 @@ def export_files(folder: Path) -> tuple[list[Path], list[dict[str, Any]]]:
     return files, skipped
 
 
-def load_candidates(files: Sequence[Path], device: str) -> tuple[list[Any], list[dict[str, Any]]]:
+def load_candidates(files: Sequence[Path], device: str, accept_modified: bool = False
+                    ) -> tuple[list[Any], list[dict[str, Any]]]:
     """Detectors of ``files`` (the TensorRT plugin graph through its CPU reference), and a row for
-    each file this host cannot run (``unavailable``, ok) or that is broken (``failed``)."""
+    each file this host cannot run (``unavailable``, ok: BackendUnavailable only) or that is broken
+    (:func:`error_row`: corrupt, changed since export unless ``accept_modified``, unloadable)."""
     from runtime.load import load_detector
     from runtime.metadata import read_model_meta
 
@@ -236,16 +290,19 @@ def load_candidates(files: Sequence[Path], device: str) -> tuple[list[Any], list
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # load_detector warns about a missing sidecar itself
                 graph = read_model_meta(f).graph if f.suffix == ".onnx" else None
-            candidates.append(load_detector(f, device=device, provider="reference" if graph == "trt" else None))
+            candidates.append(load_detector(f, device=device, provider="reference" if graph == "trt" else None,
+                                            accept_modified=accept_modified))
         except BackendUnavailable as e:  # this host cannot run it: not a parity failure
             rows.append({"name": f.name, "status": "unavailable", "reason": str(e), "ok": True})
-        except (ValueError, RuntimeError) as e:  # a broken artefact
-            rows.append({"name": f.name, "status": "failed", "reason": str(e), "ok": False})
+        except (ValueError, RuntimeError) as e:  # a broken artefact, said in one line
+            rows.append(error_row(f.name, _first_line(e)))
+        except Exception as e:  # noqa: BLE001 - e.g. a protobuf DecodeError: a broken artefact too
+            rows.append(error_row(f.name, f"cannot load: {type(e).__name__}: {_first_line(e)}"))
     return candidates, rows
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m runtime.parity", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m runtime.parity", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--reference", required=True, help="PyTorch checkpoint (.pt or run folder)")
     p.add_argument("--exports", default=None, help="export folder: every .onnx / .engine in it (files that cannot "
                                                    "be checked are named with the reason)")
@@ -256,9 +313,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="images per model call")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--out", default=None, help="folder (created) for parity.json; a path ending in .json is that file")
+    add_accept_modified(p)
     return p
 
 
+@command("python -m runtime.parity")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from runtime.load import load_detector
@@ -274,12 +333,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             files += found
         if not files:
             raise ValueError("no candidates: pass --exports DIR and/or --candidates FILE ..."
-                             + "".join(f"; skipped {s['name']}: {s['reason']}" for s in skipped))
+                             + "".join(f"; {s['status']} {s['name']}: {s['reason']}" for s in skipped))
         data = data_for(ref, args.data, args.data_root)
         dataset = open_dataset(data, ref.meta)
     except (ValueError, RuntimeError) as e:
         return fail(e)
-    candidates, rows = load_candidates(files, args.device)
+    candidates, rows = load_candidates(files, args.device, accept_modified=args.accept_modified)
     report = check_parity(ref, candidates, dataset, max_images=args.max_images, batch_size=args.batch_size,
                           progress=True)
     report["candidates"] += rows + skipped

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import json
 import shutil
 import tempfile
@@ -89,7 +90,7 @@ def perturbed_raw(scale: float = 0.5) -> Path:
     import onnx
     from onnx import numpy_helper
 
-    from runtime.metadata import read_sidecar, write_sidecar
+    from runtime.metadata import read_sidecar, sha256_file, write_sidecar
 
     src = tiny_exports() / "model_raw.onnx"
     model = onnx.load(str(src))
@@ -102,7 +103,7 @@ def perturbed_raw(scale: float = 0.5) -> Path:
     out = _root() / f"perturbed{scale}" / "model_raw.onnx"
     out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(out))
-    write_sidecar(out, read_sidecar(src))
+    write_sidecar(out, dataclasses.replace(read_sidecar(src), onnx_sha256=sha256_file(out)))  # a consistent export
     return out
 
 

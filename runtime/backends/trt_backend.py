@@ -30,6 +30,7 @@ import numpy as np
 
 from runtime.detector import Detector
 from runtime.errors import BackendUnavailable
+from runtime.integrity import check_io_shapes
 from runtime.metadata import ModelMeta, read_sidecar
 from runtime.outputs import INPUT_NAME, output_kind
 
@@ -107,6 +108,7 @@ def plan_io(specs: Sequence[TensorSpec], meta: ModelMeta, where: str = "engine")
     if inp.shape[2:] != (h, w) and not (inp.profile and inp.profile[2][2:] == (h, w)):
         raise ValueError(f"{where}: input is {list(inp.shape)} but the sidecar says input_size {h}x{w}")
     kind = output_kind([s.name for s in outputs])
+    check_io_shapes(where, meta, inp.shape, {s.name: s.shape for s in outputs})
     if inp.shape[0] > 0:
         return IOPlan(inp, outputs, kind, fixed_batch=inp.shape[0], max_batch=inp.shape[0], min_batch=inp.shape[0])
     if inp.profile is None:
