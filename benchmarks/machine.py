@@ -1,4 +1,4 @@
-"""Facts about the machine a benchmark ran on: CPU, GPU, driver, CUDA, TensorRT, ORT, Jetson.
+"""Facts about the machine a benchmark ran on: CPU, GPU, driver, CUDA, TensorRT, ORT, OpenVINO, Jetson.
 
 Read without importing torch or tensorrt where possible (``importlib.metadata``, ``/proc``,
 ``nvidia-smi``); torch is asked for the CUDA device only when it is already imported.
@@ -6,6 +6,7 @@ Read without importing torch or tensorrt where possible (``importlib.metadata``,
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 import shutil
@@ -52,6 +53,14 @@ def _nvidia_smi() -> dict[str, str] | None:
     return info
 
 
+def _dist_version(name: str) -> str | None:
+    """An installed distribution's version (read from its metadata, never imported), or None."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def machine_facts() -> dict[str, Any]:
     """CPU model and cores, GPU name, driver, CUDA, TensorRT / ORT / torch versions, Jetson or not."""
     versions = library_versions()
@@ -69,6 +78,7 @@ def machine_facts() -> dict[str, Any]:
         "torchvision": versions.get("torchvision"),
         "numpy": versions.get("numpy"),
         "jetson": TEGRA_RELEASE.is_file(),
+        "openvino": _dist_version("openvino"),
     }
     if facts["jetson"]:
         try:

@@ -5,6 +5,9 @@ accuracy, so it has no mAP. End-to-end is torchvision as it is used: decode, the
 ``model([float CHW tensors in 0..1])`` (its own resize + normalise, backbone, head, decode, NMS,
 boxes back to original pixels). Model-only is backbone + head on a normalised [B, 3, H, W] batch,
 the counterpart of our graphs' ``infer``.
+
+The OpenVINO peer rows (:func:`openvino_peer`): our own NMS graph in OpenVINO with its defaults and a
+latency or throughput hint, as a CPU user would run it.
 """
 
 from __future__ import annotations
@@ -67,3 +70,19 @@ class PeerDetector(Detector):
                                   "scores": r["scores"].cpu().numpy().astype(np.float32),
                                   "labels": r["labels"].cpu().numpy().astype(np.int64)} for r in res]
         return out[0] if single else out
+
+
+OPENVINO_PEER = "peer-openvino"
+
+
+def openvino_peer(path: Any, hint: str = "latency", threads: int | None = None, streams: int | None = None) -> Any:
+    """The same model in OpenVINO, as a CPU user would run it: its ONNX-NMS graph compiled with only a
+    performance hint (``hint`` "latency" or "throughput"; ``threads`` / ``streams`` when the
+    benchmark pins them) and every other setting OpenVINO's default, inference precision included
+    (bf16 on CPUs with AVX512-BF16 / AMX). Our pre- and postprocessing around it, as any user of the
+    model needs them. Named ``peer-openvino-<hint>``."""
+    from runtime.backends.openvino_backend import OVDetector
+
+    det = OVDetector(path, threads=threads, hint=hint, streams=streams, precision=None)
+    det.name = f"{OPENVINO_PEER}-{hint}"
+    return det

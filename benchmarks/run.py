@@ -5,6 +5,7 @@
     python benchmarks/run.py --checkpoint runs/kd/best.pt --exports exports/kd --out reports/kd
     python benchmarks/run.py          # the newest runs/**/best.pt, exports/<run>, reports/<run>
     python benchmarks/run.py --quick  # few iterations, batch sizes 1 and 2, 4 images (tests, CI)
+    python benchmarks/run.py --threads 1,2,all --streams all   # thread sweep, throughput mode
 
 (``pip install -e .`` makes the ``benchmarks`` package importable from anywhere; in a checkout
 that is not installed, ``python -m benchmarks.run`` from the repository root does the same.)
@@ -12,11 +13,17 @@ that is not installed, ``python -m benchmarks.run`` from the repository root doe
 Per backend (:func:`plan_backends` below, one row each, ``unavailable`` with the reason when this
 machine or the export folder lacks it): batch-1 latency model-only and end-to-end (decode +
 preprocess + model + NMS), throughput per batch size, mAP on the validation images, parity
-against ``pytorch-cpu``; plus the torchvision SSDlite320 peer, timed in the same run.
+against ``pytorch-cpu``; plus the torchvision SSDlite320 peer, timed in the same run. OpenVINO runs
+the same ONNX files (``openvino-cpu-*``), and as a CPU user would run our model (``peer-openvino-*``:
+OpenVINO's defaults, latency and throughput hints). Each CPU row also gets its stage times, its
+distance from the machine's limit (GEMM peak x the graph's FLOPs), throughput mode (``--streams``)
+and a thread sweep (``--threads 1,2,all``): :mod:`benchmarks.sweep`.
 
 Writes ``report.json`` (``machine``, ``backends``), ``report.md`` and ``fps.png`` to ``--out``.
-Exit status: 0 all good; 1 a backend failed, a parity check failed or an mAP is below
-``--min-map``; 2 unusable arguments (no checkpoint, bad paths).
+Exit status: 0 all good; 1 a backend failed, a model file is broken (an ``error`` row: empty,
+truncated, changed since export -- ``unavailable`` is only for a backend or device this machine
+lacks), a parity check failed or an mAP is below ``--min-map``; 2 unusable arguments (no
+checkpoint, bad paths).
 """
 
 from __future__ import annotations
@@ -34,9 +41,13 @@ from typing import Any
 from benchmarks.machine import machine_facts
 from benchmarks.peer import PEER_NAME
 from benchmarks.report import REFERENCE, add_ratios, write_fps_plot, write_markdown
-from benchmarks.timing import TimingConfig, busy_signs, measure
+from benchmarks.streams import parse_streams
+from benchmarks.sweep import SweepPlan, measure_extras, parse_threads
+from benchmarks.timing import TimingConfig, busy_signs, measure, measure_stages
 from runtime.atomic import write_json_atomic
+from runtime.cli import command, fail
 from runtime.errors import BackendUnavailable
+from runtime.integrity import add_accept_modified
 from runtime.metadata import read_sidecar
 
 DEFAULT_BATCH_SIZES = (1, 8, 32)
@@ -61,6 +72,13 @@ class Backend:
     file: str | None = None
     sync: Callable[[], None] | None = None
     timed_only: bool = False  # the peer: speed only, no mAP / parity
+    # CPU rows: reopen with other settings (threads=; OpenVINO also hint= and streams=) for the
+    # thread sweep and throughput mode (benchmarks.sweep); streams: measured with --streams;
+    # streams_auto: measured at the stream count OpenVINO's throughput hint picks, always.
+    make: Callable[..., Any] | None = None
+    openvino: bool = False
+    streams: bool = False
+    streams_auto: bool = False
 
 
 def _onnx_row(name: str, exports: Path | None, filename: str, how: str, **load_kw: Any) -> Backend:
@@ -71,7 +89,45 @@ def _onnx_row(name: str, exports: Path | None, filename: str, how: str, **load_k
     path = exports / filename
     if not path.is_file():
         return Backend(name, reason=f"no {filename} in {exports} ({how})")
-    return Backend(name, build=lambda: load_detector(path, **load_kw), file=str(path))
+    cpu = str(load_kw.get("device", "cpu")) == "cpu"
+    return Backend(name, build=lambda: load_detector(path, **load_kw), file=str(path),
+                   make=(lambda **kw: load_detector(path, **{**load_kw, **kw})) if cpu else None,
+                   streams=cpu and "provider" not in load_kw)
+
+
+def _openvino_rows(rows: Sequence[Backend], threads: int | None, peer: bool) -> list[Backend]:
+    """OpenVINO on the very files of the ONNX Runtime CPU rows (FP32 inference, as exported), and
+    the OpenVINO peer rows: the NMS graph with OpenVINO's defaults, latency and throughput hints."""
+    from benchmarks.peer import OPENVINO_PEER, openvino_peer
+    from runtime.backends.openvino_backend import import_openvino
+    from runtime.load import load_detector
+
+    try:
+        import_openvino()
+        missing = ""
+    except BackendUnavailable as e:
+        missing = str(e)
+    base = {"threads": threads} if threads else {}
+    out = []
+    for r in rows:
+        if not r.name.startswith("onnxruntime-cpu-"):
+            continue
+        name = "openvino-cpu-" + r.name[len("onnxruntime-cpu-"):]
+        if missing or r.build is None or r.file is None:
+            out.append(Backend(name, reason=missing or r.reason))
+            continue
+        make = (lambda path=r.file, **kw: load_detector(path, **{"provider": "openvino", **base, **kw}))
+        out.append(Backend(name, build=make, file=r.file, make=make, openvino=True, streams=True))
+    nms = next((r for r in out if r.name == "openvino-cpu-nms"), None)
+    for hint in ("latency", "throughput") if peer else ():
+        name = f"{OPENVINO_PEER}-{hint}"
+        if nms is None or nms.build is None:
+            out.append(Backend(name, reason=nms.reason if nms else "no ONNX Runtime NMS row"))
+            continue
+        make = (lambda path=nms.file, hint=hint, **kw: openvino_peer(path, **{"hint": hint, **base, **kw}))
+        out.append(Backend(name, build=make, file=nms.file, make=make, openvino=True, timed_only=True,
+                           streams_auto=hint == "throughput"))
+    return out
 
 
 def _engines(exports: Path | None) -> dict[str, Path]:
@@ -106,13 +162,15 @@ def _cpu_rows(checkpoint: Path, exports: Path | None, ort_eps: list[str], ort_mi
     onnx = [("onnxruntime-cpu-raw", "model_raw.onnx", ONNX_HOW, {}),
             ("onnxruntime-cpu-nms", "model_nms.onnx", ONNX_HOW, {}),
             ("onnxruntime-cpu-int8", "model_int8.onnx", f"{ONNX_HOW} --int8", {}),
+            ("onnxruntime-cpu-int8-nms", "model_int8_nms.onnx", f"{ONNX_HOW} --int8", {}),
             ("trt-reference-cpu", "model_trt.onnx", ONNX_HOW, {"provider": "reference"})]
     if not ort_eps:
         return rows + [Backend(name, reason=ort_missing) for name, *_ in onnx]
     return rows + [_onnx_row(name, exports, f, how, **kw, **cpu_kw) for name, f, how, kw in onnx]
 
 
-def _gpu_rows(checkpoint: Path, exports: Path | None, ort_eps: list[str]) -> list[Backend]:
+def _gpu_rows(checkpoint: Path, exports: Path | None, ort_eps: list[str], accept_modified: bool = False
+              ) -> list[Backend]:
     import torch
 
     from runtime.load import load_detector
@@ -129,7 +187,8 @@ def _gpu_rows(checkpoint: Path, exports: Path | None, ort_eps: list[str]) -> lis
             installed = ", ".join(ort_eps) or "none"
             rows.append(Backend(name, reason=f"onnxruntime here has no {ep} (installed: {installed})"))
         else:
-            rows.append(_onnx_row(name, exports, "model_nms.onnx", ONNX_HOW, provider=provider, device="cuda"))
+            rows.append(_onnx_row(name, exports, "model_nms.onnx", ONNX_HOW, provider=provider, device="cuda",
+                                  accept_modified=accept_modified))
     return rows
 
 
@@ -157,13 +216,16 @@ def _tensorrt_rows(exports: Path | None) -> list[Backend]:
 
 
 def plan_backends(checkpoint: Path, exports: Path | None, meta: Any, *, peer: bool = True,
-                  threads: int | None = None) -> list[Backend]:
+                  threads: int | None = None, accept_modified: bool = False) -> list[Backend]:
     """Every backend the report has a row for, in report order. ``threads``: CPU threads of the
-    PyTorch and ONNX Runtime CPU rows (default: every usable core)."""
+    PyTorch and ONNX Runtime CPU rows (default: every usable core). ``accept_modified``: run ONNX
+    graphs that do not match the sha256 their sidecar records (``runtime.load.load_detector``)."""
     ort_eps, ort_missing = _ort_providers()
     cpu_kw = {"threads": threads} if threads else {}
+    cpu_kw.update({"accept_modified": True} if accept_modified else {})
     rows = _cpu_rows(checkpoint, exports, ort_eps, ort_missing, cpu_kw)
-    rows += _gpu_rows(checkpoint, exports, ort_eps)
+    rows += _openvino_rows(rows, threads, peer)
+    rows += _gpu_rows(checkpoint, exports, ort_eps, accept_modified)
     rows += _tensorrt_rows(exports)
     if peer:
         rows.append(Backend(PEER_NAME, build=lambda: _peer(meta, "cpu", threads), timed_only=True))
@@ -210,6 +272,8 @@ def measure_speed(det: Any, files: Sequence[str], batch_sizes: Sequence[int], cf
             out["latency_ms"] = {"e2e": e2e, "model": model}
         out["throughput_ips"][str(bs)] = bs * 1000.0 / e2e["mean"]
         out["throughput_model_ips"][str(bs)] = bs * 1000.0 / model["mean"]
+    if getattr(det, "kind", None) in ("raw", "nms"):  # our pipeline: time each stage too
+        out["stages_ms"] = measure_stages(det, files, cfg, sync)
     return out
 
 
@@ -236,15 +300,16 @@ def _one_line(e: BaseException) -> str:
 
 def _build(row: Backend, entry: dict[str, Any], log: Callable[[str], None]) -> Any | None:
     """The row's detector, or None with the entry saying why: ``unavailable`` when this machine
-    cannot run it (BackendUnavailable), ``failed`` for any other error (a broken artefact)."""
+    cannot run it (BackendUnavailable, and only then), ``error`` for anything else: a broken model
+    file (empty, truncated, changed since export) or one its backend refuses."""
     try:
         return row.build()
     except BackendUnavailable as e:
         entry["reason"] = (str(e).strip().splitlines() or [type(e).__name__])[0]
         log(f"{row.name:<28} unavailable: {entry['reason']}")
     except Exception as e:  # noqa: BLE001 - a broken artefact is a failure to report, not a crash
-        entry.update(status="failed", reason=f"load: {_one_line(e)}")
-        log(f"{row.name:<28} FAILED to load: {entry['reason']}")
+        entry.update(status="error", reason=f"load: {_one_line(e)}")
+        log(f"{row.name:<28} ERROR: {entry['reason']}")
     return None
 
 
@@ -275,6 +340,8 @@ def run_backend(row: Backend, files: Sequence[str], batch_sizes: Sequence[int], 
     if det is None:
         return entry
     entry["precision"] = det.meta.precision
+    if getattr(det, "precision_run", "f32") != "f32":  # OpenVINO lowering the precision by itself
+        entry["precision"] += f" ({det.precision_run} inference)"
     t0 = time.perf_counter()
     try:
         entry.update(measure_speed(det, files, batch_sizes, cfg, row.sync))
@@ -282,7 +349,7 @@ def run_backend(row: Backend, files: Sequence[str], batch_sizes: Sequence[int], 
         if not row.timed_only:
             _score(entry, det, row, dataset, indices, gt, reference, max(batch_sizes))
         else:
-            entry["reason"] = "random weights: timed only, no mAP"
+            entry["reason"] = "timed only, no mAP" if row.openvino else "random weights: timed only, no mAP"
         entry["status"] = "ok"
     except Exception as e:  # noqa: BLE001
         entry.update(status="failed", reason=_one_line(e))
@@ -320,7 +387,7 @@ def image_files(dataset: Any, indices: Sequence[int], tmp: Path) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python benchmarks/run.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     p.add_argument("--checkpoint", default=None, help="PyTorch checkpoint (default: newest runs/**/best.pt)")
     p.add_argument("--exports", default=None, help="export folder (default: exports/<run name>)")
     p.add_argument("--out", default=None, help="report folder (default: reports/<run name>)")
@@ -333,10 +400,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-time", type=float, default=None, help="seconds per measurement (at least)")
     p.add_argument("--min-iters", type=int, default=None, help="timed calls per measurement (at least)")
     p.add_argument("--min-map", type=float, default=None, help="fail when a backend's mAP is below this")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads of PyTorch and ONNX Runtime (default: every usable core)")
+    p.add_argument("--threads", default=None,
+                   help="CPU threads of PyTorch, ONNX Runtime and OpenVINO (default: every usable core); a list "
+                        "such as 1,2,all also times every CPU row at each count (interleaved rounds, the first "
+                        "count for the full rows)")
+    p.add_argument("--streams", default=None,
+                   help="throughput mode: images/s at batch 1 with 1..N parallel streams (N, or 'all' = cores)")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds of the --threads sweep (default 3, "
+                                                           "quick 1); the median of the rounds is reported")
     p.add_argument("--only", default=None, help="comma-separated backend names to run (others: skipped)")
     p.add_argument("--no-peer", action="store_true", help="leave out the torchvision peer row")
+    add_accept_modified(p)
     p.add_argument("--quick", action="store_true", help="few iterations, batch sizes 1,2, 4 images")
     return p
 
@@ -409,8 +483,10 @@ def make_plan(args: argparse.Namespace) -> Plan:
 
 
 def run_rows(plan: Plan, rows: Sequence[Backend], bench_images: int, quick: bool,
-             log: Callable[[str], None]) -> list[dict[str, Any]]:
-    """Every row, in order, against the reference row's detections (parity)."""
+             log: Callable[[str], None],
+             after: Callable[[list[str], list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
+    """Every row, in order, against the reference row's detections (parity); then ``after(files,
+    entries)`` while the image files are still there."""
     entries: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench_") as tmp:
         n_files = min(len(plan.dataset), max(bench_images, max(plan.batch_sizes) if quick else 1))
@@ -422,6 +498,8 @@ def run_rows(plan: Plan, rows: Sequence[Backend], bench_images: int, quick: bool
             if row.name == REFERENCE and entry["status"] == "ok":
                 reference = entry["_result"]
             entries.append(entry)
+        if after is not None:
+            after(files, entries)
     for e in entries:
         e.pop("_result", None)
     add_ratios(entries, PEER_NAME)
@@ -432,8 +510,8 @@ def failures_of(entries: Sequence[dict[str, Any]], min_map: float | None) -> lis
     """One line per failed backend, failed parity check or mAP below ``min_map``."""
     failures = []
     for e in entries:
-        if e["status"] == "failed":
-            failures.append(f"{e['name']} failed: {e['reason']}")
+        if e["status"] in ("failed", "error"):
+            failures.append(f"{e['name']} {e['status']}: {e['reason']}")
         if e.get("parity") is not None and not e["parity"]["ok"]:
             failures.append(f"{e['name']} parity: {'; '.join(e['parity']['reasons'])}")
         if min_map is not None and e["status"] == "ok" and e.get("mAP") is not None and e["mAP"] < min_map:
@@ -442,7 +520,7 @@ def failures_of(entries: Sequence[dict[str, Any]], min_map: float | None) -> lis
 
 
 def write_report(plan: Plan, args: argparse.Namespace, machine: dict[str, Any], entries: list[dict[str, Any]],
-                 failures: list[str]) -> list[Path]:
+                 failures: list[str], extras: dict[str, Any] | None = None) -> list[Path]:
     """report.json, report.md and fps.png in the report folder; returns their paths."""
     meta, cfg = plan.meta, plan.timing
     report = {
@@ -452,9 +530,10 @@ def write_report(plan: Plan, args: argparse.Namespace, machine: dict[str, Any], 
         "data": plan.data_spec, "map_images": len(plan.indices),
         "config": {"batch_sizes": plan.batch_sizes, "warmup": cfg.warmup, "min_time": cfg.min_time,
                    "min_iters": cfg.min_iters, "quick": bool(args.quick), "min_map": args.min_map,
-                   "threads": args.threads or machine["cpu_cores_usable"]},
+                   "threads": args.threads or machine["cpu_cores_usable"], **(extras or {}).get("config", {})},
         "backends": entries, "ok": not failures, "failures": failures,
         "busy": [e["name"] for e in entries if e.get("busy")],
+        **{k: v for k, v in (extras or {}).items() if k != "config"},
     }
     plan.out.mkdir(parents=True, exist_ok=True)
     paths = [plan.out / "report.json", plan.out / "report.md", plan.out / "fps.png"]
@@ -464,25 +543,43 @@ def write_report(plan: Plan, args: argparse.Namespace, machine: dict[str, Any], 
     return paths
 
 
+def _sweep_plan(args: argparse.Namespace, timing: TimingConfig) -> SweepPlan:
+    """--threads (a count or a list: the first count is the main pass's, set back on ``args.threads``),
+    --streams and --rounds -> what :func:`benchmarks.sweep.measure_extras` measures."""
+    from runtime.backends import cpu_cores
+
+    counts = parse_threads(args.threads, cpu_cores())
+    args.threads = counts[0] if counts else None
+    if args.rounds is not None and args.rounds < 1:
+        raise ValueError(f"--rounds must be >= 1, got {args.rounds}")
+    rounds = args.rounds if args.rounds is not None else (1 if args.quick else 3)
+    return SweepPlan(args.threads or cpu_cores(), counts, parse_streams(args.streams, cpu_cores()), rounds, timing)
+
+
+@command("python benchmarks/run.py")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     log = lambda s: print(s, flush=True)  # noqa: E731
     try:
         plan = make_plan(args)
+        sweep = _sweep_plan(args, plan.timing)
     except (ValueError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     machine = machine_facts()
     log(f"benchmark {plan.checkpoint} | exports {plan.exports or '-'} | data {plan.data_spec} "
         f"({len(plan.indices)} images) | {machine['cpu']} x{machine['cpu_cores_usable']} | "
         f"GPU {machine['gpu'] or 'none'}")
-    rows = plan_backends(plan.checkpoint, plan.exports, plan.meta, peer=not args.no_peer, threads=args.threads)
+    rows = plan_backends(plan.checkpoint, plan.exports, plan.meta, peer=not args.no_peer, threads=args.threads,
+                         accept_modified=args.accept_modified)
     if args.only:
         keep = {s.strip() for s in args.only.split(",")} | {REFERENCE}
         rows = [r if r.name in keep else Backend(r.name, reason="skipped (--only)") for r in rows]
-    entries = run_rows(plan, rows, args.bench_images, args.quick, log)
+    extras: dict[str, Any] = {}
+    entries = run_rows(plan, rows, args.bench_images, args.quick, log,
+                       after=lambda files, got: extras.update(measure_extras(rows, got, files, sweep, plan.exports, log)))
+    extras["config"] = {"threads_sweep": sweep.sweep, "streams": sweep.streams, "rounds": sweep.rounds}
     failures = failures_of(entries, args.min_map)
-    paths = write_report(plan, args, machine, entries, failures)
+    paths = write_report(plan, args, machine, entries, failures, extras)
     log(f"wrote {', '.join(str(p) for p in paths)}")
     for f in failures:
         log(f"FAIL {f}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -74,3 +74,71 @@ def measure(fn: Callable[[], Any], cfg: TimingConfig, sync: Callable[[], None] |
         if t1 - start >= cfg.min_time and len(samples) >= cfg.min_iters:
             break
     return stats_ms(samples)
+
+
+STAGES = ("decode", "resize", "normalize", "model", "postprocess")
+
+
+def measure_stages(det: Any, files: Sequence[str], cfg: TimingConfig, sync: Callable[[], None] | None = None,
+                   clock: Callable[[], float] = time.perf_counter) -> dict[str, Any]:
+    """Batch-1 time of each stage of a detector's end-to-end call, and of the call itself, interleaved.
+
+    Each timed round runs one image through the stages one by one — ``decode``
+    (:func:`runtime.preprocess.decode_image`: JPEG draft decode when much larger than the input),
+    ``resize`` (to the input size), ``normalize`` (the detector's own ``preprocess`` of the resized
+    image: normalisation and layout), ``model`` (``run_batch``), ``postprocess`` (NMS of raw outputs,
+    boxes back to the original image) — then the same image through ``det([file])``, so both see
+    the same machine. Returns ``{stage: mean ms, "sum": their sum, "e2e": mean ms of the whole call,
+    "sum_vs_e2e": sum / e2e, "p50": {stage or "e2e": median ms}, "n": rounds}``; ``sum_vs_e2e`` near
+    1 says the stages account for the time. Means, not medians, are added: the mean of a sum is the
+    sum of the means, whereas on a busy machine the stages' medians add up to less than the median
+    call (each call is likely to be interrupted in one stage or another). ``"best"``: the fastest
+    staged round against the fastest whole call, ``{"sum", "e2e", "sum_vs_e2e"}``. ``clock``: wall
+    time (default); ``time.thread_time`` counts this thread's CPU time only, which other processes
+    cannot disturb (for a backend that computes on the calling thread, e.g. ONNX Runtime at 1 thread).
+    """
+    from runtime.preprocess import decode_image, resize
+
+    size, mode = tuple(det.meta.input_size), det.meta.resize_mode
+    samples: dict[str, list[float]] = {k: [] for k in STAGES + ("e2e",)}
+
+    def one_round(i: int, record: bool) -> None:
+        f = files[i % len(files)]
+        t = [clock()]
+        rgb, hw = decode_image(f, size)
+        t.append(clock())
+        if rgb.shape[:2] != size:
+            rgb = resize(rgb, size, mode)
+        t.append(clock())
+        x, _ = det.preprocess([rgb])
+        t.append(clock())
+        out = det.run_batch(x)
+        if sync is not None:
+            sync()
+        t.append(clock())
+        det.postprocess(out, np.asarray([hw], dtype=np.int64))
+        t.append(clock())
+        det([f])
+        if sync is not None:
+            sync()
+        t.append(clock())
+        if record:
+            for k, name in enumerate(STAGES + ("e2e",)):
+                samples[name].append(t[k + 1] - t[k])
+
+    for i in range(cfg.warmup):
+        one_round(i, False)
+    start, i = time.perf_counter(), 0
+    while i < cfg.max_iters and (i < cfg.min_iters or time.perf_counter() - start < cfg.min_time):
+        one_round(i, True)
+        i += 1
+    stats = {k: stats_ms(v) for k, v in samples.items()}
+    out: dict[str, Any] = {k: st["mean"] for k, st in stats.items()}
+    out["sum"] = sum(out[k] for k in STAGES)
+    out["sum_vs_e2e"] = out["sum"] / out["e2e"] if out["e2e"] > 0 else None
+    out["p50"] = {k: st["p50"] for k, st in stats.items()}
+    sums = np.sum([samples[k] for k in STAGES], axis=0)
+    best_sum, best_e2e = 1e3 * float(np.min(sums)), 1e3 * float(np.min(samples["e2e"]))
+    out["best"] = {"sum": best_sum, "e2e": best_e2e, "sum_vs_e2e": best_sum / best_e2e if best_e2e > 0 else None}
+    out["n"] = i
+    return out

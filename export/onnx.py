@@ -13,7 +13,11 @@ there ``onnx_sha256`` is null, a file cannot hold its own hash):
     model_trt.onnx   ... -> EfficientNMS_TRT (fused decoder) -> num_detections [B,1] int32,
                      detection_boxes [B,K,4], detection_scores [B,K], detection_classes [B,K] int32
     model_nms.onnx   the same four outputs from standard ONNX ops (ONNX Runtime on CPU)
-    model_int8.onnx  (--int8) ONNX Runtime static INT8 (QDQ, per-channel) of model_raw.onnx
+    model_int8.onnx  (--int8) ONNX Runtime static INT8 (QDQ, per-channel) of model_raw.onnx; layers left in
+                     FP32 where the INT8 mAP gate needs it (export.mixed_precision, named in the sidecar)
+    model_int8_nms.onnx (--int8) model_int8.onnx + the ONNX-NMS tail of model_nms.onnx (float decode / NMS)
+    model_nms_u8.onnx, model_int8_nms_u8.onnx (--uint8-input) the NMS graphs taking uint8 [B,H,W,3] RGB
+                     pixels, normalised inside (sidecar input_format "uint8_nhwc"; export.uint8_input)
     model_trt_int8.onnx (--trt-int8) model_trt.onnx with TensorRT explicit quantization (symmetric Q/DQ,
                      per-channel weights, float plugin tail): TensorRT 11's INT8 (export.qdq_trt)
     model_trt_fp16.onnx (--fp16) model_trt.onnx in mixed precision, plugin inputs FP32: TensorRT 11's
@@ -54,6 +58,7 @@ from export.artifacts import GRAPH_FILES, WrittenGraph, check_and_infer, check_s
 from export.graphs import PLUGIN_DOMAIN
 from export.report import format_report, write_report
 from export.verify import RAW_ATOL, RAW_RTOL, VERIFY_BATCHES
+from runtime.cli import command, fail
 
 Log = Callable[[str], None]
 
@@ -327,18 +332,19 @@ def _torch_threads(threads: int) -> Iterator[None]:
 
 # --------------------------------------------------------------------------- all steps + the report
 def _map_report(art: ExportArtifacts, inputs: ExportInputs, rows: dict[str, dict[str, Any]], *,
-                eval_images: int | None, max_drop: float, threads: int, progress: bool) -> dict[str, Any]:
+                eval_images: int | None, max_drop: float, threads: int, progress: bool,
+                known: dict[str, Any] | None = None) -> dict[str, Any]:
     """COCO mAP of the FP32 (and INT8) ONNX graphs; an INT8 graph that loses more than
-    ``max_drop`` points fails its row."""
+    ``max_drop`` points fails its row. ``known``: metrics already measured (graph -> metrics)."""
     from export.verify import check_int8_map, evaluate_graphs
     if inputs.val_dataset is None:
         return {"skipped": inputs.val_why}
     from runtime.parity import MAP_TOLERANCE
-    graphs = {g: art.graphs[g].onnx for g in ("raw", "int8", "trt_fp16", "trt_int8") if g in art.graphs}
-    maps: dict[str, Any] = {"dataset": inputs.val_why}
-    maps.update(evaluate_graphs(graphs, inputs.val_dataset, max_images=eval_images, threads=threads,
-                                progress=progress))
-    allowed = {"int8": max_drop, "trt_int8": max_drop, "trt_fp16": MAP_TOLERANCE["fp16"]}
+    graphs = {g: art.graphs[g].onnx for g in ("raw", "int8", "int8_nms", "trt_fp16", "trt_int8") if g in art.graphs}
+    maps: dict[str, Any] = {"dataset": inputs.val_why, **(known or {})}
+    maps.update(evaluate_graphs({g: p for g, p in graphs.items() if g not in maps}, inputs.val_dataset,
+                                max_images=eval_images, threads=threads, progress=progress))
+    allowed = {"int8": max_drop, "int8_nms": max_drop, "trt_int8": max_drop, "trt_fp16": MAP_TOLERANCE["fp16"]}
     for g in graphs.keys() - {"raw"}:
         why = check_int8_map(maps, allowed[g], graph=g)
         if why:
@@ -360,8 +366,13 @@ def _variants_and_rows(art: ExportArtifacts, inputs: ExportInputs, src: ExportSo
                                     calib_images=inputs.calib_images, calib_source=inputs.calib_source,
                                     calib_method=calib_method, threads=threads, notes=art.notes, log=log)
     art.graphs.update(written)
-    plain = {g: p for g, p in art.paths().items() if g not in VARIANT_FILES}
+    from export.uint8_input import uint8_rows
+    from export.verify_int8 import int8_rows
+    plain = {g: p for g, p in art.paths().items() if g in GRAPH_FILES and g not in VARIANT_FILES}
     rows = verify_exports(plain, src.model, src.anchors, inputs.verify_images, threads=threads, notes=art.notes)
+    rows.update(int8_rows(art.paths(), src.model, src.anchors, inputs.verify_images, threads=threads,
+                          notes=art.notes))
+    rows.update(uint8_rows(art.paths(), inputs.verify_images, threads=threads, notes=art.notes))
     rows.update(verify_variants(art.graphs["trt"].onnx, {g: art.paths()[g] for g in written}, inputs.verify_images,
                                 threads=threads, notes=art.notes))
     return rows, infos
@@ -374,13 +385,19 @@ def export_onnx(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[s
                 plugin_domain: str = PLUGIN_DOMAIN,
                 opset: int = 17, simplify_graphs: bool = True, verify_images: str = "auto",
                 evaluate: str | bool = "auto", eval_images: int | None = None, int8_max_map_drop: float = 1.0,
-                latency_iters: int = 20, threads: int = 0, quiet: bool = False) -> dict[str, Any]:
+                latency_iters: int = 20, threads: int = 0, quiet: bool = False, int8_per_channel: bool = True,
+                int8_max_fp32_layers: int = 8, uint8_input: bool = False) -> dict[str, Any]:
     """Export one checkpoint to ``out_dir`` and verify it; returns {"ok", "out_dir", "files",
     "report", "report_path"} (``files``: graph -> {"onnx", "sidecar"} paths as str).
 
     ``int8`` writes ONNX Runtime's INT8 graph ``model_int8.onnx``; ``trt_int8`` the Q/DQ plugin graph
     ``model_trt_int8.onnx`` from the same calibration images (what TensorRT >= 11 builds for INT8; export.trt
     --int8 writes it on demand); ``fp16`` writes ``model_trt_fp16.onnx`` (:mod:`export.variants`).
+    With ``int8`` also ``model_int8_nms.onnx`` (the INT8 body with the ONNX-NMS tail); when the
+    validation set is there, up to ``int8_max_fp32_layers`` layers stay FP32 if the INT8 mAP drop
+    exceeds ``int8_max_map_drop`` (:mod:`export.mixed_precision`). ``int8_per_channel``: per-channel
+    weight scales (default; per tensor otherwise). ``uint8_input`` adds ``model_nms_u8.onnx`` (and
+    ``model_int8_nms_u8.onnx``): uint8 [B, H, W, 3] RGB input, normalised inside (:mod:`export.uint8_input`).
 
     ``verify_images``: "auto" (validation images of the checkpoint if on disk, else synthetic),
     "synthetic", or a folder of images. ``evaluate``: COCO mAP of FP32 (and INT8) ORT graphs on
@@ -392,26 +409,28 @@ def export_onnx(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[s
     User mistakes raise ValueError (before anything is written); verification failures are
     reported (``ok`` False).
     """
-    from export.quantize import quantize_int8
+    from export.mixed_precision import GateSettings
     from export.verify import int8_speedup
     from runtime.preprocess import Preprocessor
     t_start = time.perf_counter()
     log = _silent if quiet else _print
     _check_options(int8=int8 or trt_int8, calib_images=calib_images, evaluate=evaluate, calib_count=calib_count, opset=opset,
                    plugin_domain=plugin_domain)
+    if isinstance(int8_max_fp32_layers, bool) or not isinstance(int8_max_fp32_layers, int) or int8_max_fp32_layers < 0:
+        raise ValueError(f"--int8-max-fp32-layers must be an int >= 0, got {int8_max_fp32_layers!r}")
     with _torch_threads(threads):
         src = ExportSource.load(checkpoint)
         inputs = resolve_inputs(src.config, int8=int8 or trt_int8, calib_images=calib_images, calib_count=calib_count,
                                 verify_images=verify_images, evaluate=evaluate)
         art = export_graphs(src, out_dir, opset=opset, plugin_version=plugin_version, plugin_domain=plugin_domain,
                             simplify_graphs=simplify_graphs, log=log)
-        quant = None
+        quant, known = None, None
         if int8:
-            log(f"  calibrating INT8 on {inputs.calib_source} ...")
-            art.graphs["int8"], quant = quantize_int8(art.graphs["raw"].onnx, inputs.calib_images,
-                                                      calibration_source=inputs.calib_source, method=calib_method,
-                                                      progress=not quiet, notes=art.notes["int8"])
-            log(f"  wrote {art.graphs['int8'].onnx}")
+            gate = GateSettings(int8_max_map_drop, int8_max_fp32_layers, eval_images, threads)
+            quant, known = _int8_step(art, inputs, gate, method=calib_method, per_channel=int8_per_channel,
+                                      search=evaluate is not False, quiet=quiet, log=log)
+        if uint8_input:
+            _uint8_step(art, log)
         rows, variant_infos = _variants_and_rows(art, inputs, src, fp16=fp16, int8=trt_int8,
                                                  calib_method=trt_calib_method,
                                                  threads=threads, log=log)
@@ -424,7 +443,7 @@ def export_onnx(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[s
             report["quantization"] = {**quant, "calibration_source": inputs.calib_source}
         if evaluate is not False:
             report["map"] = _map_report(art, inputs, rows, eval_images=eval_images, max_drop=int8_max_map_drop,
-                                        threads=threads, progress=not quiet)
+                                        threads=threads, progress=not quiet, known=known)
     report["ok"] = all(r["ok"] for r in rows.values())
     report["seconds"] = round(time.perf_counter() - t_start, 2)
     report_path = write_report(art.out_dir / "export_report.json", report)
@@ -433,6 +452,40 @@ def export_onnx(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[s
         print(f"report: {report_path}")
     return {"ok": report["ok"], "out_dir": str(art.out_dir), "report": report, "report_path": str(report_path),
             "files": {g: {"onnx": str(w.onnx), "sidecar": str(w.sidecar)} for g, w in art.graphs.items()}}
+
+
+def _int8_step(art: ExportArtifacts, inputs: ExportInputs, gate: Any, *, method: str, per_channel: bool,
+               search: bool, quiet: bool, log: Log) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """``model_int8.onnx`` (gated mixed precision when ``search`` and the validation set is there)
+    and ``model_int8_nms.onnx``. Returns (the quantization record, metrics already measured or None)."""
+    from export.mixed_precision import quantize_with_gate
+    from export.quantize import quantize_int8, write_int8_nms
+    raw, notes = art.graphs["raw"].onnx, art.notes.setdefault("int8", [])
+    log(f"  calibrating INT8 ({method}, {'per-channel' if per_channel else 'per-tensor'} weights) on "
+        f"{inputs.calib_source} ...")
+    known = None
+    if search and inputs.val_dataset is not None:
+        art.graphs["int8"], quant, known = quantize_with_gate(
+            raw, inputs.calib_images, inputs.val_dataset, gate, calibration_source=str(inputs.calib_source),
+            method=method, per_channel=per_channel, notes=notes, log=log)
+    else:
+        art.graphs["int8"], quant = quantize_int8(raw, inputs.calib_images, calibration_source=str(inputs.calib_source),
+                                                  method=method, per_channel=per_channel, progress=not quiet,
+                                                  notes=notes)
+        quant["mixed_precision"] = {"skipped": "no mAP evaluation (--eval no or no validation data)"}
+    log(f"  wrote {art.graphs['int8'].onnx}")
+    art.graphs["int8_nms"] = write_int8_nms(art.graphs["int8"].onnx)
+    log(f"  wrote {art.graphs['int8_nms'].onnx} (INT8 body, float decode + ONNX NonMaxSuppression)")
+    return quant, known
+
+
+def _uint8_step(art: ExportArtifacts, log: Log) -> None:
+    """The uint8-input twins of the NMS graphs (``model_nms_u8.onnx``, ``model_int8_nms_u8.onnx``)."""
+    from export.uint8_input import UINT8_SUFFIX, write_uint8_input
+    for g in ("nms", "int8_nms"):
+        if g in art.graphs:
+            art.graphs[g + UINT8_SUFFIX] = write_uint8_input(art.graphs[g].onnx)
+            log(f"  wrote {art.graphs[g + UINT8_SUFFIX].onnx} (uint8 [B,H,W,3] RGB input, normalised in the graph)")
 
 
 def _report(src: ExportSource, art: ExportArtifacts, inputs: ExportInputs, rows: dict[str, dict[str, Any]]
@@ -449,7 +502,7 @@ def _report(src: ExportSource, art: ExportArtifacts, inputs: ExportInputs, rows:
 # --------------------------------------------------------------------------- command line
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m export.onnx", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="python -m export.onnx", formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
         description="Export a checkpoint to ONNX: model_raw.onnx, model_trt.onnx (EfficientNMS_TRT), "
                     "model_nms.onnx (ONNX NonMaxSuppression) and, with --int8, model_int8.onnx; each with a "
                     "sidecar JSON, each verified against PyTorch (table + export_report.json). "
@@ -470,8 +523,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-images", metavar="DIR", help="calibration images for --int8 (default: the checkpoint's "
                                                          "training images, if on disk)")
     p.add_argument("--calib-count", type=int, default=128, help="calibration images used at most")
-    p.add_argument("--calib-method", default="minmax", choices=["minmax", "entropy", "percentile"],
-                   help="calibration method of model_int8.onnx (ONNX Runtime's uint8 graph)")
+    p.add_argument("--calib-method", "--int8-calib", dest="calib_method", default="minmax",
+                   choices=["minmax", "entropy", "percentile"],
+                   help="calibration method of model_int8.onnx / model_int8_nms.onnx (ONNX Runtime's "
+                        "CalibrationMethod)")
+    p.add_argument("--int8-per-tensor", action="store_true",
+                   help="one weight scale per tensor instead of per output channel (per-channel is the default: "
+                        "the channels of a BatchNorm-folded depthwise conv span ranges ~18x apart; per tensor cost "
+                        "the SSD-Lite student 1.8 mAP, per channel 0.4, at the same speed)")
+    p.add_argument("--int8-max-fp32-layers", type=int, default=8, metavar="N",
+                   help="when INT8 loses more than --int8-max-map-drop, leave up to N of the most sensitive layers "
+                        "in FP32 (greedy, named in the sidecar; needs the validation set; 0: never)")
+    p.add_argument("--uint8-input", action="store_true",
+                   help="also write model_nms_u8.onnx (and model_int8_nms_u8.onnx): uint8 [B,H,W,3] RGB input, "
+                        "cast / normalise / NCHW inside the graph; the runtime feeds the resized pixels")
     p.add_argument("--trt-calib-method", default="percentile", choices=["minmax", "entropy", "percentile"],
                    help="calibration method of model_trt_int8.onnx (symmetric int8: min-max wastes its range on "
                         "outliers, see export.qdq_trt)")
@@ -498,6 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@command("python -m export.onnx")
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit status: 0 all verified, 1 a graph failed verification, 2 a usage error."""
     args = build_parser().parse_args(argv)
@@ -513,10 +579,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                           simplify_graphs=not args.no_simplify, verify_images=args.verify_images,
                           evaluate={"auto": "auto", "yes": True, "no": False}[args.evaluate],
                           eval_images=args.eval_images, int8_max_map_drop=args.int8_max_map_drop,
-                          latency_iters=args.latency_iters, threads=args.threads, quiet=args.quiet)
+                          latency_iters=args.latency_iters, threads=args.threads, quiet=args.quiet,
+                          int8_per_channel=not args.int8_per_tensor, int8_max_fp32_layers=args.int8_max_fp32_layers,
+                          uint8_input=args.uint8_input)
     except ValueError as e:
-        print(f"export.onnx: error: {e}", file=sys.stderr)
-        return 2
+        return fail(e, "export.onnx: error")
     if args.quiet:
         print(f"export.onnx: {'ok' if res['ok'] else 'FAILED'} -> {res['report_path']}")
     return 0 if res["ok"] else 1

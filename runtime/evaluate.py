@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from runtime.atomic import write_json_atomic
-from runtime.cli import report_file
+from runtime.cli import command, fail, report_file
+from runtime.integrity import add_accept_modified
 from runtime.datasets import EvalDataset, default_val_spec, open_eval_dataset
 from runtime.evaluation import eval_subset, inference_on_dataset
 from runtime.metadata import ModelMeta
@@ -186,7 +187,7 @@ def format_table(metrics: dict[str, Any], title: str = "") -> str:
 # --------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m runtime.evaluate", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     p.add_argument("--model", required=True, help="checkpoint (.pt / run folder), .onnx graph or .engine")
     p.add_argument("--data", default=None, help="shapes | coco:ANN.json:IMG_DIR | voc:ROOT:SPLIT "
                                                 "(default: the model's own validation data)")
@@ -201,16 +202,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="folder (created) for metrics.json; a path ending in .json is that "
                                                "file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_accept_modified(p)
     return p
 
 
+@command("python -m runtime.evaluate")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from runtime.load import load_detector
 
     try:
         out = report_file(args.out, "metrics.json") if args.out else None
-        det = load_detector(args.model, device=args.device, provider=args.provider, fp16=args.fp16)
+        det = load_detector(args.model, device=args.device, provider=args.provider, fp16=args.fp16,
+                            accept_modified=args.accept_modified)
         try:
             data = data_for(det, args.data, args.data_root)
             dataset = open_dataset(data, det.meta)
@@ -219,8 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             det.close()
     except (ValueError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     report = {"model": str(args.model), "backend": det.name, "data": data.spec, **metrics}
     print(format_table(metrics, f"{det.name} on {data.spec}: {metrics['images']} images, "
                                 f"{metrics['num_detections']} detections, {metrics['seconds']:.1f} s"))

@@ -44,6 +44,12 @@ RESIZE_MODES = ("stretch", "letterbox")
 GRAPHS = ("raw", "nms", "trt", "int8", "engine", "checkpoint")
 PRECISIONS = ("fp32", "fp16", "int8", "best")
 META_KEY = "fdet_meta"  # the sidecar's copy in an ONNX file's metadata_props
+# What the graph input ``images`` takes: "float_nchw" float32 [B, 3, H, W] already normalised by the
+# host; "uint8_nhwc" uint8 [B, H, W, 3] RGB pixels after the resize, the graph itself casts,
+# normalises with mean / std and transposes to NCHW.
+INPUT_FORMATS = ("float_nchw", "uint8_nhwc")
+# Sidecar keys added after format version 1 was frozen: optional when reading (older sidecars lack them).
+OPTIONAL_KEYS = ("input_format",)
 
 def _check_threshold(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -132,6 +138,7 @@ class ModelMeta:
     nms_plugin: dict[str, str] | None = None
     versions: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    input_format: str = "float_nchw"
 
     def __post_init__(self) -> None:
         # Normalise JSON lists back to the declared tuple/list types.
@@ -184,6 +191,7 @@ class ModelMeta:
         check_choice("resize_mode", self.resize_mode, RESIZE_MODES)
         check_choice("graph", self.graph, GRAPHS)
         check_choice("precision", self.precision, PRECISIONS)
+        check_choice("input_format", self.input_format, INPUT_FORMATS)
         if not isinstance(self.nms, NMSConfig):
             raise ValueError(f"nms must be an NMSConfig, got {type(self.nms).__name__}")
         self.nms.validate()
@@ -219,8 +227,16 @@ class ModelMeta:
                 f"expected one of {list(SUPPORTED_FORMAT_VERSIONS)}"
             )
         names = {f.name for f in dataclasses.fields(cls)}
-        _check_keys("sidecar", d, required=names, allowed=names)
+        _check_keys("sidecar", d, required=names - set(OPTIONAL_KEYS), allowed=names)
         return cls(**d)
+
+
+def graph_label(meta: ModelMeta) -> str:
+    """The graph part of a detector's name: ``raw``, ``nms``, ``int8`` ... and ``int8-nms`` for the INT8 model
+    with NMS fused (graph "nms", precision "int8"), so it is not taken for the FP32 NMS graph."""
+    if meta.precision == "int8" and meta.graph != "int8":
+        return f"int8-{meta.graph}"
+    return meta.graph
 
 
 def sidecar_path(model_path: str | os.PathLike[str]) -> Path:

@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 
 from runtime.atomic import write_json_atomic
-from runtime.cli import fail, out_folder
+from runtime.cli import command, fail, out_folder
+from runtime.integrity import add_accept_modified
 from runtime.errors import BackendUnavailable
 from runtime.preprocess import load_image
 from runtime.results import Results
@@ -179,7 +180,7 @@ def predict(det: Any, source: str | Source, out: str | Path, *, conf: float | No
         run = predict_images(det, src.images, folder if save else None, conf=conf, batch_size=batch_size,
                              progress=progress, plot_kwargs=plot_kwargs)
     if not run.images:
-        raise ValueError(f"no readable image in --source {source}: " + "; ".join(s["reason"] for s in run.skipped[:3]))
+        raise ValueError(f"no readable image in --source {src.text}: " + "; ".join(s["reason"] for s in run.skipped[:3]))
     write_json_atomic(folder / PREDICTIONS, run.coco)
     summary = _summary(det, src, folder, run, conf, time.perf_counter() - t0)
     write_json_atomic(folder / SUMMARY, summary)
@@ -217,7 +218,7 @@ def summary_line(s: dict[str, Any]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m runtime.predict", description=__doc__.split("\n\n")[0],
                                 epilog="examples:\n" + "\n\n".join(__doc__.split("\n\n")[2:5]),
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     p.add_argument("--model", required=True, help="checkpoint (.pt / run folder), .onnx graph or .engine")
     p.add_argument("--source", required=True,
                    help="an image, a folder of images, a glob ('photos/**/*.jpg'), a list file (.txt) or a video")
@@ -226,8 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"draw and record detections with score >= CONF (default: {DEFAULT_CONF})")
     p.add_argument("--batch-size", type=int, default=8, help="images per model call (default: 8)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (checkpoints; ONNX Runtime's CUDA provider)")
-    p.add_argument("--provider", default=None, choices=["cpu", "cuda", "tensorrt", "reference"],
-                   help="ONNX Runtime execution provider; 'reference' runs the TensorRT plugin graph on CPU")
+    p.add_argument("--provider", default=None, choices=["cpu", "cuda", "tensorrt", "reference", "openvino"],
+                   help="ONNX Runtime execution provider; 'reference' runs the TensorRT plugin graph on CPU; "
+                        "'openvino' runs the .onnx on OpenVINO")
+    add_accept_modified(p)
     p.add_argument("--line-width", type=int, default=None,
                    help="box outline in pixels (default: grows with the picture)")
     p.add_argument("--no-labels", action="store_true", help="draw boxes only, no class names or scores")
@@ -236,13 +239,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@command("python -m runtime.predict")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from runtime.load import load_detector
 
     try:
         source = expand_source(args.source)
-        det = load_detector(args.model, device=args.device, provider=args.provider)
+        det = load_detector(args.model, device=args.device, provider=args.provider,
+                            accept_modified=args.accept_modified)
     except (ValueError, RuntimeError) as e:
         return fail(e)
     try:

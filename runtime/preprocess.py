@@ -3,6 +3,7 @@
 Pipeline (DESIGN.md, sidecar fields in brackets)::
 
     load_image   any source -> uint8 HWC RGB, EXIF orientation applied       [color]
+                 (decode_image: a JPEG much larger than the input is decoded at 1/2..1/8 scale)
     resize       PIL bilinear to (H, W): the whole image warped ("stretch"), or  [input_size, resize_mode]
                  scaled to fit with its aspect ratio kept and centred on a grey
                  canvas ("letterbox", :func:`letterbox_geometry`)
@@ -25,7 +26,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from runtime.errors import check_choice
-from runtime.metadata import RESIZE_MODES
+from runtime.metadata import INPUT_FORMATS, RESIZE_MODES
 
 # Grey level of the letterbox padding (the bars around a fitted image).
 LETTERBOX_FILL = 114
@@ -88,18 +89,51 @@ def load_image(src: Any) -> np.ndarray:
     if isinstance(src, Image.Image):
         return _pil_to_rgb(src, name="<PIL.Image>")
     if isinstance(src, (str, os.PathLike)):
-        path = Path(src)
-        if not path.is_file():
-            raise ValueError(f"image file not found: {path}")
-        try:
-            with Image.open(path) as img:
-                img.load()
-                return _pil_to_rgb(img, name=str(path))
-        except (UnidentifiedImageError, OSError, SyntaxError) as e:
-            raise ValueError(f"cannot read image file {path}: {e}") from e
+        return _read_file(Path(src), None)[0]
     raise ValueError(
         f"image source must be a path, a PIL.Image or a uint8 numpy array, got {type(src).__name__}"
     )
+
+
+# A JPEG file at least this many times larger than the network input (on both sides) is decoded at
+# a reduced scale that keeps at least DRAFT_GAP x the input (Pillow's thumbnail uses the same gap).
+DRAFT_GAP = 2.0
+# EXIF orientations that swap width and height.
+_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
+
+
+def _read_file(path: Path, draft_side: int | None) -> tuple[np.ndarray, tuple[int, int]]:
+    """A file -> (uint8 [h', w', 3] RGB, original (h, w) after EXIF orientation). With ``draft_side``
+    a JPEG is decoded by DCT scaling at 1/2, 1/4 or 1/8 while both sides stay >= ``draft_side``."""
+    if not path.is_file():
+        raise ValueError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as img:
+            w0, h0 = img.size
+            swap = draft_side is not None and img.getexif().get(0x0112) in _SWAPPING_ORIENTATIONS
+            if draft_side is not None:
+                img.draft(None, (draft_side, draft_side))  # a no-op for every format but JPEG
+            img.load()
+            rgb = _pil_to_rgb(img, name=str(path))
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ValueError(f"cannot read image file {path}: {e}") from e
+    return rgb, ((w0, h0) if swap else (h0, w0)) if draft_side is not None else rgb.shape[:2]
+
+
+def decode_image(src: Any, size_hw: Sequence[int] | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`load_image` for a network input of ``size_hw`` (H, W): (uint8 [h', w', 3] RGB, the
+    original (h, w) after EXIF orientation).
+
+    A JPEG file much larger than the input is decoded at a reduced scale (Pillow's ``Image.draft``:
+    1/2, 1/4 or 1/8 by DCT scaling, both sides kept >= ``DRAFT_GAP * max(H, W)``), so no full-size
+    array is ever made; ``(h', w')`` is then smaller than ``(h, w)``, the size boxes map back to.
+    Other sources (and ``size_hw=None``): exactly :func:`load_image`, ``(h', w') == (h, w)``.
+    """
+    if size_hw is None or not isinstance(src, (str, os.PathLike)):
+        rgb = load_image(src)
+        return rgb, (int(rgb.shape[0]), int(rgb.shape[1]))
+    h, w = _check_size_hw(size_hw)
+    return _read_file(Path(src), int(np.ceil(DRAFT_GAP * max(h, w))))
 
 
 def _check_size_hw(size_hw: Sequence[int]) -> tuple[int, int]:
@@ -237,6 +271,10 @@ class Preprocessor:
     without float arithmetic per pixel. With ``reuse_buffer=True`` (what a detector uses) the
     network input is written into one preallocated buffer and the returned batch is a view of it:
     the next call overwrites it, so use one preprocessor per thread.
+
+    ``input_format`` (the sidecar's): "float_nchw" as above; "uint8_nhwc" for a graph that
+    normalises inside (``export --uint8-input``): the batch is then the resized pixels themselves,
+    uint8 [B, H, W, 3] RGB, with no float copy made on the host.
     """
 
     def __init__(
@@ -246,8 +284,11 @@ class Preprocessor:
         std: Sequence[float],
         resize_mode: str = "stretch",
         reuse_buffer: bool = False,
+        input_format: str = "float_nchw",
     ) -> None:
         _check_resize_mode(resize_mode)
+        check_choice("input_format", input_format, INPUT_FORMATS)
+        self.input_format = input_format
         self.input_size = _check_size_hw(input_size)
         self.mean = tuple(float(v) for v in mean)
         self.std = tuple(float(v) for v in std)
@@ -260,27 +301,32 @@ class Preprocessor:
     @classmethod
     def from_meta(cls, meta: Any, reuse_buffer: bool = False) -> Preprocessor:
         """Build from a :class:`runtime.metadata.ModelMeta`."""
-        return cls(meta.input_size, meta.mean, meta.std, meta.resize_mode, reuse_buffer=reuse_buffer)
+        return cls(meta.input_size, meta.mean, meta.std, meta.resize_mode, reuse_buffer=reuse_buffer,
+                   input_format=getattr(meta, "input_format", "float_nchw"))
 
     def _batch_buffer(self, n: int) -> np.ndarray:
         h, w = self.input_size
+        shape, dtype = ((n, h, w, 3), np.uint8) if self.input_format == "uint8_nhwc" else ((n, 3, h, w), np.float32)
         if not self.reuse_buffer:
-            return np.empty((n, 3, h, w), dtype=np.float32)
+            return np.empty(shape, dtype=dtype)
         if self._buf is None or self._buf.shape[0] < n:
-            self._buf = np.empty((n, 3, h, w), dtype=np.float32)
+            self._buf = np.empty(shape, dtype=dtype)
         return self._buf[:n]
 
     def __call__(self, images: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
-        """Images (paths, PIL images, uint8 arrays; any sizes) -> (float32 [B, 3, H, W], int64 [B, 2])."""
+        """Images (paths, PIL images, uint8 arrays; any sizes) -> (float32 [B, 3, H, W], int64 [B, 2]);
+        with ``input_format="uint8_nhwc"`` the batch is uint8 [B, H, W, 3]."""
         if isinstance(images, (str, os.PathLike, np.ndarray, Image.Image)) or len(images) == 0:
             raise ValueError(f"images must be a non-empty list of images, got {type(images).__name__}")
         batch = self._batch_buffer(len(images))
         orig = np.empty((len(images), 2), dtype=np.int64)
         for i, src in enumerate(images):
-            rgb = load_image(src)
-            orig[i] = rgb.shape[:2]
+            rgb, orig[i] = decode_image(src, self.input_size)
             if rgb.shape[:2] != self.input_size:
                 rgb = resize(rgb, self.input_size, self.resize_mode)
+            if self.input_format == "uint8_nhwc":
+                batch[i] = rgb
+                continue
             for c in range(3):
                 np.take(self.lut[c], rgb[:, :, c], out=batch[i, c])
         return batch, orig

@@ -5,6 +5,7 @@
 * ``ort_backend``            ONNX Runtime (CPU; CUDA and TensorRT execution providers)
 * ``trt_reference_backend``  CPU reference of the TensorRT plugin graph (no GPU needed)
 * ``trt_backend``            native TensorRT engine (cuda-python or pycuda buffers, CUDA graphs)
+* ``openvino_backend``       OpenVINO CPU plugin: the same ONNX graphs, or an IR of ``export.openvino``
 
 Each backend module defines ``open_model(path, *, device, provider, fp16, **kwargs) -> Detector``.
 """

@@ -13,8 +13,9 @@ import numpy as np
 
 from runtime.backends import cpu_cores
 from runtime.detector import Detector
-from runtime.errors import BackendUnavailable, check_choice
-from runtime.metadata import ModelMeta, read_model_meta
+from runtime.errors import BackendUnavailable, check_choice, import_optional
+from runtime.integrity import check_io_shapes
+from runtime.metadata import ModelMeta, graph_label, read_model_meta
 from runtime.outputs import INPUT_NAME, output_kind
 
 _EP = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
@@ -22,12 +23,7 @@ _EP = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt
 
 def import_ort() -> Any:
     """The ``onnxruntime`` module, or a one-line :class:`BackendUnavailable` saying how to install it."""
-    try:
-        import onnxruntime as ort
-    except ImportError as e:
-        raise BackendUnavailable(f"ONNX Runtime backend unavailable: cannot import onnxruntime ({e}); "
-                                 f"pip install onnxruntime (or onnxruntime-gpu)") from None
-    return ort
+    return import_optional("onnxruntime", "ONNX Runtime", "pip install onnxruntime (or onnxruntime-gpu)")
 
 
 def session_options(ort: Any, threads: int | None = None) -> Any:
@@ -64,6 +60,22 @@ def providers_for(ort: Any, provider: str | None, device: str) -> list[Any]:
     return chain + ["CPUExecutionProvider"]
 
 
+# The graph input each sidecar input_format declares: ORT type, dtype, shape in words, (H, W) axes.
+_INPUT_CONTRACT = {"float_nchw": ("tensor(float)", np.float32, "float32 [B, 3, H, W]", (2, 3)),
+                   "uint8_nhwc": ("tensor(uint8)", np.uint8, "uint8 [B, H, W, 3]", (1, 2))}
+
+
+def _input_contract(name: str, meta: ModelMeta, ort_type: str, shape: list[Any]) -> tuple[Any, tuple[int, int]]:
+    """(numpy dtype the graph input takes, its (H, W) axes) for the sidecar's ``input_format``;
+    ValueError when the graph's input does not have that type and rank."""
+    want_type, dtype, words, hw_axes = _INPUT_CONTRACT[meta.input_format]
+    channels = shape[3 if meta.input_format == "uint8_nhwc" else 1] if len(shape) == 4 else None
+    if ort_type != want_type or len(shape) != 4 or (isinstance(channels, int) and channels != 3):
+        raise ValueError(f"{name}: the sidecar's input_format {meta.input_format!r} needs a {words} input, "
+                         f"the graph takes {ort_type} {shape}")
+    return dtype, hw_axes
+
+
 class ORTDetector(Detector):
     """An exported ``.onnx`` graph (with its sidecar) on ONNX Runtime.
 
@@ -90,24 +102,26 @@ class ORTDetector(Detector):
             raise ValueError(f"{path.name}: expected one input named {INPUT_NAME!r}, got "
                              f"{[i.name for i in inputs]}")
         shape = inputs[0].shape
-        if len(shape) != 4:
-            raise ValueError(f"{path.name}: input must be [B, 3, H, W], got {shape}")
+        self.input_dtype, hw_axes = _input_contract(path.name, meta, inputs[0].type, shape)
         h, w = meta.input_size
-        if isinstance(shape[2], int) and isinstance(shape[3], int) and (shape[2], shape[3]) != (h, w):
-            raise ValueError(f"{path.name}: graph input is {shape[2]}x{shape[3]} but the sidecar says "
+        gh, gw = (shape[a] for a in hw_axes)
+        if isinstance(gh, int) and isinstance(gw, int) and (gh, gw) != (h, w):
+            raise ValueError(f"{path.name}: graph input is {gh}x{gw} but the sidecar says "
                              f"input_size {h}x{w}")
         if isinstance(shape[0], int):
             self.fixed_batch = shape[0]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.kind = output_kind(self.output_names)
+        check_io_shapes(path.name, meta, shape, {o.name: o.shape for o in self.session.get_outputs()},
+                        sidecar=f"its sidecar {path.with_suffix('.json').name}")
         used = self.session.get_providers()[0]
         short = {v: k for k, v in _EP.items()}.get(used, used)
         self.provider = short
-        self.name = f"onnxruntime-{short}-{meta.graph}"
+        self.name = f"onnxruntime-{short}-{graph_label(meta)}"
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        if batch.dtype != np.float32 or not batch.flags.c_contiguous:
-            batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if batch.dtype != self.input_dtype or not batch.flags.c_contiguous:
+            batch = np.ascontiguousarray(batch, dtype=self.input_dtype)
         values = self.session.run(self.output_names, {INPUT_NAME: batch})
         return dict(zip(self.output_names, values))
 
@@ -119,6 +133,10 @@ def open_model(path: Path, *, device: str = "cpu", provider: str | None = None, 
                **kwargs: Any) -> Detector:
     """An ``.onnx`` graph: ONNX Runtime, or for the TensorRT plugin graph (sidecar graph ``trt``) its
     CPU reference (``provider="reference"``) or ORT's TensorRT execution provider."""
+    if provider == "openvino":  # the same graph on OpenVINO's CPU plugin
+        from runtime.backends.openvino_backend import open_model as open_openvino
+
+        return open_openvino(path, device=device, fp16=fp16, **kwargs)
     meta = read_model_meta(path)
     if fp16:
         raise ValueError(

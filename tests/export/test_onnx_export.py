@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_report_ok_and_files(exported):
     assert exported["ok"], json.dumps(exported["report"]["graphs"], indent=1)[:3000]
-    graphs = {"raw", "trt", "nms", "int8", "trt_fp16", "trt_int8"}
+    graphs = {"raw", "trt", "nms", "int8", "int8_nms", "trt_fp16", "trt_int8"}  # --int8 writes model_int8_nms.onnx too
     assert set(exported["files"]) == graphs
     rep = json.loads(Path(exported["report_path"]).read_text())
     assert rep["ok"] and set(rep["graphs"]) == graphs

@@ -150,7 +150,7 @@ def test_user_errors(tmp_path):
     with pytest.raises(ValueError, match="fp16 is not an ONNX Runtime option"):
         load_detector(tiny_exports() / "model_raw.onnx", fp16=True)
     with pytest.raises(ValueError, match="provider must be one of"):
-        load_detector(tiny_exports() / "model_raw.onnx", provider="openvino")
+        load_detector(tiny_exports() / "model_raw.onnx", provider="coreml")
     with pytest.raises(RuntimeError, match="not available here"):
         load_detector(tiny_exports() / "model_raw.onnx", provider="cuda")
     with pytest.raises(ValueError, match="fp16 needs a CUDA device"):

@@ -14,13 +14,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_table_routes_by_suffix_and_folder(tmp_path):
-    assert [e.name for e in registered_backends()] == ["pytorch", "onnxruntime", "tensorrt"]
+    assert [e.name for e in registered_backends()] == ["pytorch", "onnxruntime", "tensorrt", "openvino"]
     assert backend_for(tmp_path).name == "pytorch"  # a run folder
     assert backend_for("a/best.PT").name == "pytorch"
     assert backend_for("m.onnx").name == "onnxruntime"
     assert all(backend_for(f"m{s}").name == "tensorrt" for s in (".engine", ".plan", ".trt"))
     assert backend_for("m.tflite") is None
-    assert set(providers()) == {"cpu", "cuda", "tensorrt", "reference"}
+    assert backend_for("ir/m.xml").name == "openvino"
+    assert set(providers()) == {"cpu", "cuda", "tensorrt", "reference", "openvino"}
 
 
 def test_register_backend_rejects_a_taken_suffix(monkeypatch):
