@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from distill.text.regions import GRIDS, MSP_RULE, RegionRule, region_label_grids
+from distill.text.regions import GRIDS, PAPER_RULE, RegionRule, region_label_grids
 
 WORDS = ("open", "exit", "sale", "coffee", "street", "hotel", "bank", "police", "taxi", "menu", "stop",
          "station", "market", "free", "wifi", "pizza", "book", "store", "north", "park", "city", "bus",
@@ -183,7 +183,7 @@ class TextImages(torch.utils.data.Dataset):
     """
 
     def __init__(self, count: int, seed: int = 0, size: tuple[int, int] = (128, 128),
-                 grids: tuple[int, ...] = GRIDS, rule: RegionRule = MSP_RULE) -> None:
+                 grids: tuple[int, ...] = GRIDS, rule: RegionRule = PAPER_RULE) -> None:
         if count < 1:
             raise ValueError(f"text image count must be >= 1, got {count}")
         self.count, self.seed, self.size, self.grids, self.rule = count, seed, tuple(size), tuple(grids), rule

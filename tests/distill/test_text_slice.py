@@ -57,9 +57,16 @@ def test_height_condition_just_above_and_below_half():
 
 def test_area_is_a_union_not_a_sum():
     twice = np.array([[0, 0, 2.5, 16], [0, 0, 2.5, 16]])   # 40 px^2 each, the same pixels
-    assert region_labels(twice, HW, 3)[0, 0] == 0
+    assert region_labels(twice, HW, 3, rule=MSP_RULE)[0, 0] == 0
     side = np.array([[0, 0, 2.5, 16], [2.5, 0, 5, 16]])    # 80 px^2 together
-    assert region_labels(side, HW, 3)[0, 0] == 1
+    assert region_labels(side, HW, 3, rule=MSP_RULE)[0, 0] == 1
+
+
+def test_the_paper_rule_is_the_default():
+    from distill.text.regions import PAPER_RULE
+    sliver = np.array([[0, 0, 2.5, 16]])                   # 40 px^2: above 1 %, below 5 % of the region
+    assert region_labels(sliver, HW, 3)[0, 0] == 1 and PAPER_RULE == OVERLAP_RULE
+    assert region_labels(sliver, HW, 3, rule=MSP_RULE)[0, 0] == 0
 
 
 def test_whole_line_height_versus_clipped():
