@@ -46,13 +46,17 @@ def parse_threads(text: str | int | None, cores: int) -> list[int]:
 
 
 def graph_gflops(exports: Path | None) -> float | None:
-    """GFLOPs of the exported model (its raw graph), or None without that file or the onnx package."""
+    """GFLOPs of the exported model (its raw graph), or None without that file or the onnx package, or when
+    the file cannot be parsed (its own row already reports the broken file as an error)."""
     path = exports / "model_raw.onnx" if exports else None
     if path is None or not path.is_file():
         return None
     try:
         return onnx_gflops(path)
     except ImportError:
+        return None
+    except Exception as e:  # noqa: BLE001 - protobuf's DecodeError and onnx's checker errors share no base class
+        print(f"warning: no GFLOPs for the limit columns: {path} cannot be parsed ({type(e).__name__})")
         return None
 
 

@@ -151,3 +151,12 @@ def test_stage_timings_add_up_to_the_call(tmp_path):
     assert all(st[k] > 0 for k in STAGES) and st["sum"] == pytest.approx(sum(st[k] for k in STAGES))
     # CPU time of this thread (ONNX Runtime at 1 thread computes on it): other processes cannot disturb it.
     assert st["sum_vs_e2e"] == pytest.approx(1.0, abs=0.10), {k: st[k] for k in STAGES + ("sum", "e2e")}
+
+
+def test_a_corrupt_raw_graph_leaves_the_limit_columns_empty(tmp_path, capsys):
+    """The broken file is its own row's error; the limit columns just go without GFLOPs."""
+    from benchmarks.sweep import graph_gflops
+
+    (tmp_path / "model_raw.onnx").write_bytes(b"\x08not a graph\xff\xff")
+    assert graph_gflops(tmp_path) is None
+    assert "cannot be parsed" in capsys.readouterr().out
