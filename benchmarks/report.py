@@ -6,6 +6,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from benchmarks.best_path import best_path_lines
+
 REFERENCE = "pytorch-cpu"
 
 
@@ -81,7 +83,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> Path:
                 _num(ratios.get("vs_peer"), "{:.2f}×"), reason]
         lines.append("| " + " | ".join(row) + " |")
     lines += stage_table(report["backends"]) + limit_table(report) + streams_table(report["backends"])
-    lines += sweep_table(report) + openvino_verdict(report)
+    lines += sweep_table(report) + openvino_verdict(report) + best_path_lines(report.get("best_cpu_path"))
     busy = [b for b in report["backends"] if b.get("busy")]
     if busy:
         lines += ["", "⚠ Timings disturbed (the machine looked busy; rerun on an idle machine before comparing):"]

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.best_path import best_cpu_path
 from benchmarks.machine import machine_facts
 from benchmarks.peer import PEER_NAME
 from benchmarks.report import REFERENCE, add_ratios, write_fps_plot, write_markdown
@@ -533,6 +534,7 @@ def write_report(plan: Plan, args: argparse.Namespace, machine: dict[str, Any], 
                    "threads": args.threads or machine["cpu_cores_usable"], **(extras or {}).get("config", {})},
         "backends": entries, "ok": not failures, "failures": failures,
         "busy": [e["name"] for e in entries if e.get("busy")],
+        "best_cpu_path": best_cpu_path(entries, REFERENCE),
         **{k: v for k, v in (extras or {}).items() if k != "config"},
     }
     plan.out.mkdir(parents=True, exist_ok=True)
@@ -580,6 +582,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     extras["config"] = {"threads_sweep": sweep.sweep, "streams": sweep.streams, "rounds": sweep.rounds}
     failures = failures_of(entries, args.min_map)
     paths = write_report(plan, args, machine, entries, failures, extras)
+    log(f"best CPU path: {best_cpu_path(entries, REFERENCE)['verdict']}")
     log(f"wrote {', '.join(str(p) for p in paths)}")
     for f in failures:
         log(f"FAIL {f}")
