@@ -112,7 +112,7 @@ def export_ir(onnx_path: str | os.PathLike[str], out: str | os.PathLike[str] | N
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m export.openvino", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     p.add_argument("--onnx", required=True, help="an exported graph: model_raw.onnx, model_nms.onnx or model_int8.onnx")
     p.add_argument("--out", default=None, help="folder of the IR (default: <onnx folder>/openvino)")
     p.add_argument("--compress-fp16", action="store_true", help="store the weights as FP16 (smaller files)")

@@ -448,7 +448,7 @@ def test_errors_are_explained_in_one_line(error, text):
 
 def test_every_command_rejects_abbreviated_flags():
     modules = ["distill.train", "distill.ablate", "distill.kd.diagnose", "export.onnx", "export.trt.cli",
-               "runtime.predict", "runtime.evaluate", "runtime.parity", "benchmarks.run"]
+               "runtime.predict", "runtime.evaluate", "runtime.parity", "benchmarks.run", "export.openvino"]
     for name in modules:
         mod = importlib.import_module(name)
         parser = mod.build_parser() if hasattr(mod, "build_parser") else None
