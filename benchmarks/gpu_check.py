@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.atomic import write_json_atomic, write_text_atomic
-from runtime.cli import command
+from runtime.cli import command, ProductParser
 from runtime.errors import BackendUnavailable
 
 TRT_PRECISIONS = ("fp32", "fp16", "int8")
@@ -291,7 +291,7 @@ def _gpu_rows(rep: Report, checkpoint: Path, exports: Path | None, images: list[
 
 @command("python -m benchmarks.gpu_check")
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    p = ProductParser(prog="python -m benchmarks.gpu_check", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--checkpoint", help="checkpoint to check (default: runs/demo/student/best.pt, else the newest "
                                         "runs/**/best.pt, else an untrained smoke model)")
     p.add_argument("--out", default=os.environ.get("OUT") or "reports/gpu_check",

@@ -46,7 +46,7 @@ from benchmarks.streams import parse_streams
 from benchmarks.sweep import SweepPlan, measure_extras, parse_threads
 from benchmarks.timing import TimingConfig, busy_signs, measure, measure_stages
 from runtime.atomic import write_json_atomic
-from runtime.cli import command, fail
+from runtime.cli import command, fail, ProductParser
 from runtime.errors import BackendUnavailable
 from runtime.integrity import add_accept_modified
 from runtime.metadata import read_sidecar
@@ -387,7 +387,7 @@ def image_files(dataset: Any, indices: Sequence[int], tmp: Path) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python benchmarks/run.py", description=__doc__.split("\n\n")[0],
+    p = ProductParser(prog="python benchmarks/run.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     p.add_argument("--checkpoint", default=None, help="PyTorch checkpoint (default: newest runs/**/best.pt)")
     p.add_argument("--exports", default=None, help="export folder (default: exports/<run name>)")

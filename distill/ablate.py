@@ -37,7 +37,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from runtime.atomic import write_json_atomic, write_text_atomic
-from runtime.cli import command, fail
+from runtime.cli import command, fail, ProductParser
 
 from .config import resolve
 from .presets import PRESETS
@@ -74,7 +74,7 @@ BY_NAME = {m.name: m for m in METHODS}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m distill.ablate", description=__doc__,
+    p = ProductParser(prog="python -m distill.ablate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     p.add_argument("--teacher", required=True, help="teacher checkpoint (best.pt / last.pt or its run folder)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per method, 0..N-1 (default: 3)")

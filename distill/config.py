@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from runtime.atomic import write_text_atomic
+from runtime.cli import ProductParser
 from runtime.errors import did_you_mean, unknown_name_error
 from runtime.metadata import NMSConfig
 
@@ -416,7 +417,7 @@ def check_run_folder(out: str | None) -> None:
 
 def build_parser(prog: str = "python -m distill.train", description: str | None = None) -> argparse.ArgumentParser:
     """One flag per :data:`FLAGS` row; parsed values are flat (flag names) and only those the user gave."""
-    p = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False,
+    p = ProductParser(prog=prog, description=description, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     for flag in FLAGS.values():
         option = "--" + flag.name.replace("_", "-")

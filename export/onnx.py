@@ -58,7 +58,7 @@ from export.artifacts import GRAPH_FILES, WrittenGraph, check_and_infer, check_s
 from export.graphs import PLUGIN_DOMAIN
 from export.report import format_report, write_report
 from export.verify import RAW_ATOL, RAW_RTOL, VERIFY_BATCHES
-from runtime.cli import command, fail
+from runtime.cli import command, fail, ProductParser
 
 Log = Callable[[str], None]
 
@@ -501,7 +501,7 @@ def _report(src: ExportSource, art: ExportArtifacts, inputs: ExportInputs, rows:
 
 # --------------------------------------------------------------------------- command line
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ProductParser(
         prog="python -m export.onnx", formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
         description="Export a checkpoint to ONNX: model_raw.onnx, model_trt.onnx (EfficientNMS_TRT), "
                     "model_nms.onnx (ONNX NonMaxSuppression) and, with --int8, model_int8.onnx; each with a "

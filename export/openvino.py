@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.cli import command
+from runtime.cli import command, ProductParser
 from runtime.metadata import read_model_meta, sha256_file, write_sidecar
 
 __all__ = ["export_ir", "main"]
@@ -111,7 +111,7 @@ def export_ir(onnx_path: str | os.PathLike[str], out: str | os.PathLike[str] | N
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m export.openvino", description=__doc__.split("\n\n")[0],
+    p = ProductParser(prog="python -m export.openvino", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     p.add_argument("--onnx", required=True, help="an exported graph: model_raw.onnx, model_nms.onnx or model_int8.onnx")
     p.add_argument("--out", default=None, help="folder of the IR (default: <onnx folder>/openvino)")

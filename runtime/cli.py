@@ -22,6 +22,7 @@ Imports only the standard library.
 
 from __future__ import annotations
 
+import argparse
 import contextvars
 import errno
 import functools
@@ -33,8 +34,10 @@ import traceback
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, NoReturn
 
-__all__ = ["DEBUG_ENV", "DEBUG_FLAG", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_USAGE", "command", "debug_enabled",
+__all__ = ["DEBUG_ENV", "DEBUG_FLAG", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_USAGE", "ProductParser", "command",
+           "debug_enabled",
            "describe_os_error", "explain", "fail", "one_line", "out_folder", "report_file", "run_main"]
 
 EXIT_USAGE = 2          # bad input, a file that cannot be used, a backend this host lacks
@@ -47,6 +50,21 @@ _MAX_LINE = 600         # characters of one error line
 _debug: contextvars.ContextVar[bool] = contextvars.ContextVar("fdet_debug", default=False)
 
 MainFn = Callable[[Sequence[str] | None], int | None]
+
+
+class ProductParser(argparse.ArgumentParser):
+    """The argument parser of every command: abbreviated flags rejected (a typo never silently means another
+    flag), ``--debug`` listed in ``--help`` (:func:`run_main` takes it out of the command line before
+    parsing), and a usage error is one ``error:`` line, exit 2, without argparse's usage block."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+        self.add_argument(DEBUG_FLAG, action="store_true", default=argparse.SUPPRESS,
+                          help=f"on an error, show the Python traceback (also: {DEBUG_ENV}=1)")
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def debug_enabled() -> bool:

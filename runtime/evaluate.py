@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.atomic import write_json_atomic
-from runtime.cli import command, fail, report_file
+from runtime.cli import command, fail, ProductParser, report_file
 from runtime.integrity import add_accept_modified
 from runtime.datasets import EvalDataset, default_val_spec, open_eval_dataset
 from runtime.evaluation import eval_subset, inference_on_dataset
@@ -186,7 +186,7 @@ def format_table(metrics: dict[str, Any], title: str = "") -> str:
 # CLI.
 # --------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m runtime.evaluate", description=__doc__.split("\n\n")[0],
+    p = ProductParser(prog="python -m runtime.evaluate", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     p.add_argument("--model", required=True, help="checkpoint (.pt / run folder), .onnx graph or .engine")
     p.add_argument("--data", default=None, help="shapes | coco:ANN.json:IMG_DIR | voc:ROOT:SPLIT "

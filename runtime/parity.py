@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from runtime.atomic import write_json_atomic
-from runtime.cli import command, fail, report_file
+from runtime.cli import command, fail, ProductParser, report_file
 from runtime.integrity import add_accept_modified
 from runtime.errors import BackendUnavailable
 from runtime.evaluate import check_classes, data_for, open_dataset
@@ -302,7 +302,7 @@ def load_candidates(files: Sequence[Path], device: str, accept_modified: bool = 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m runtime.parity", description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    p = ProductParser(prog="python -m runtime.parity", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--reference", required=True, help="PyTorch checkpoint (.pt or run folder)")
     p.add_argument("--exports", default=None, help="export folder: every .onnx / .engine in it (files that cannot "
                                                    "be checked are named with the reason)")

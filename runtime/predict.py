@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from runtime.atomic import write_json_atomic
-from runtime.cli import command, fail, out_folder
+from runtime.cli import command, fail, out_folder, ProductParser
 from runtime.integrity import add_accept_modified
 from runtime.errors import BackendUnavailable
 from runtime.preprocess import load_image
@@ -216,7 +216,7 @@ def summary_line(s: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m runtime.predict", description=__doc__.split("\n\n")[0],
+    p = ProductParser(prog="python -m runtime.predict", description=__doc__.split("\n\n")[0],
                                 epilog="examples:\n" + "\n\n".join(__doc__.split("\n\n")[2:5]),
                                 formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     p.add_argument("--model", required=True, help="checkpoint (.pt / run folder), .onnx graph or .engine")

@@ -457,6 +457,17 @@ def test_every_command_rejects_abbreviated_flags():
             parser = parser_of()
         assert parser is not None and parser.allow_abbrev is False, name
         assert hasattr(mod.main, "__wrapped_main__"), f"{name}.main does not run through runtime.cli.command"
+        assert "--debug" in parser.format_help(), f"{name}: --debug is not in --help"
+
+
+def test_a_usage_error_is_one_line_without_the_usage_block(capsys):
+    from export.onnx import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--checkpoint"])
+    assert stop.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("error: python -m export.onnx: argument --checkpoint"), err
 
 
 def test_the_real_process_exits_2_with_one_line_and_no_traceback(world, tmp_path):

@@ -53,7 +53,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from runtime.cli import command
+from runtime.cli import command, ProductParser
 
 # The on-disk layout (folder name, default parameters, split files) is shared with the evaluation
 # readers, which find this dataset without torch. Bump SHAPES_VERSION there whenever the drawing
@@ -494,7 +494,7 @@ def preview_grid(root: Path, split: str = "train", n: int = 16, cols: int = 4,
 
 @command("python -m distill.data.shapes")
 def main(argv: Sequence[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m distill.data.shapes", description=__doc__.split("\n")[0],
+    ap = ProductParser(prog="python -m distill.data.shapes", description=__doc__.split("\n")[0],
                                  allow_abbrev=False)
     ap.add_argument("--out", default="data", help="data root; the dataset goes to OUT/shapes-v*-<hash>")
     ap.add_argument("--num-train", type=int, default=DEFAULT_PARAMS["num_train"])

@@ -26,11 +26,11 @@ import torch
 import torch.nn.functional as F
 
 from runtime.atomic import write_json_atomic
-from runtime.cli import command
+from runtime.cli import command, ProductParser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m distill.kd.diagnose", description=__doc__,
+    p = ProductParser(prog="python -m distill.kd.diagnose", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     p.add_argument("run", help="a --kd gan run folder (config.yaml + last.pt)")
     p.add_argument("--student", default="run", help="'run' (default), 'init' or a checkpoint path")

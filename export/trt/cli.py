@@ -41,7 +41,7 @@ from pathlib import Path
 
 from export.trt.builder import BuildError, build_engine, write_build_report
 from export.trt.settings import resolve_settings
-from runtime.cli import command
+from runtime.cli import command, ProductParser
 from runtime.errors import BackendUnavailable
 
 EXIT_OK, EXIT_FAILED, EXIT_UNAVAILABLE = 0, 1, 2
@@ -58,7 +58,7 @@ DESCRIPTION = ("Build a TensorRT engine from model_trt.onnx (EfficientNMS_TRT fu
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line's arguments (``python -m export.trt --help``)."""
-    p = argparse.ArgumentParser(prog="python -m export.trt", description=DESCRIPTION, allow_abbrev=False,
+    p = ProductParser(prog="python -m export.trt", description=DESCRIPTION, allow_abbrev=False,
                                 epilog="Without --onnx: exports/<run name>/model_trt.onnx of the newest best.pt "
                                        "under --runs.")
     p.add_argument("--onnx", help="model_trt.onnx written by python -m export.onnx (its sidecar must be next to it)")
