@@ -23,6 +23,7 @@ import numpy as np
 
 from runtime.detector import Detector
 from runtime.errors import BackendUnavailable, check_choice, import_optional
+from runtime.integrity import check_io_shapes
 from runtime.metadata import ModelMeta, graph_label, read_model_meta
 from runtime.outputs import INPUT_NAME, NMS_OUTPUTS, RAW_OUTPUTS, output_kind
 
@@ -38,6 +39,13 @@ def import_openvino() -> Any:
 
 
 _CORE: list[Any] = []
+
+
+def _dims(shape: Any) -> list[int | None]:
+    """An OpenVINO partial shape as ints, None where a dimension is dynamic (rank must be static)."""
+    if shape.rank.is_dynamic:
+        return []
+    return [d.get_length() if d.is_static else None for d in shape]
 
 
 def shared_core() -> Any:
@@ -125,11 +133,9 @@ class OVDetector(Detector):
         shape = model.inputs[0].get_partial_shape()
         if shape.rank.is_dynamic or shape.rank.get_length() != 4:
             raise ValueError(f"{self.path.name}: input must be rank 4 ([B, 3, H, W] or [B, H, W, 3]), got {shape}")
-        hw_axes = (1, 2) if getattr(self.meta, "input_format", "float_nchw") == "uint8_nhwc" else (2, 3)
-        dims = [shape[a].get_length() if shape[a].is_static else None for a in hw_axes]
-        if None not in dims and tuple(dims) != tuple(self.meta.input_size):
-            raise ValueError(f"{self.path.name}: graph input is {dims[0]}x{dims[1]} but the sidecar says "
-                             f"input_size {self.meta.input_size[0]}x{self.meta.input_size[1]}")
+        check_io_shapes(self.path.name, self.meta, _dims(shape),
+                        {_contract_name(o.get_names()) or o.get_any_name(): _dims(o.get_partial_shape())
+                         for o in model.outputs}, sidecar=f"its sidecar {self.path.with_suffix('.json').name}")
         if shape[0].is_static:
             self.fixed_batch = shape[0].get_length()
         self.input_dtype = np.dtype(model.inputs[0].get_element_type().to_dtype())
