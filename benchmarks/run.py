@@ -120,6 +120,7 @@ def _openvino_rows(rows: Sequence[Backend], threads: int | None, peer: bool) -> 
         make = (lambda path=r.file, **kw: load_detector(path, **{"provider": "openvino", **base, **kw}))
         out.append(Backend(name, build=make, file=r.file, make=make, openvino=True, streams=True))
     nms = next((r for r in out if r.name == "openvino-cpu-nms"), None)
+    out.append(_bf16_row(nms, base))
     for hint in ("latency", "throughput") if peer else ():
         name = f"{OPENVINO_PEER}-{hint}"
         if nms is None or nms.build is None:
@@ -129,6 +130,22 @@ def _openvino_rows(rows: Sequence[Backend], threads: int | None, peer: bool) -> 
         out.append(Backend(name, build=make, file=nms.file, make=make, openvino=True, timed_only=True,
                            streams_auto=hint == "throughput"))
     return out
+
+
+def _bf16_row(nms: Backend | None, base: dict[str, Any]) -> Backend:
+    """The NMS graph in OpenVINO with bf16 inference (what its CPU default picks on AVX512-BF16 / AMX
+    CPUs), scored like every product row so bf16 has an accuracy check and may be the path to deploy."""
+    from runtime.backends.openvino_backend import cpu_has_bf16
+    from runtime.load import load_detector
+
+    name = "openvino-cpu-bf16-nms"
+    if nms is None or nms.build is None:
+        return Backend(name, reason=nms.reason if nms else "no ONNX Runtime NMS row")
+    if not cpu_has_bf16():
+        return Backend(name, reason="this CPU has no bf16 support (OpenVINO's OPTIMIZATION_CAPABILITIES)")
+    make = (lambda path=nms.file, **kw: load_detector(path, **{"provider": "openvino", "precision": "bf16",
+                                                             **base, **kw}))
+    return Backend(name, build=make, file=nms.file, make=make, openvino=True, streams=True)
 
 
 def _engines(exports: Path | None) -> dict[str, Path]:

@@ -128,3 +128,16 @@ def region_bce(out: dict[str, object], targets: dict[int, torch.Tensor]) -> torc
     logits = torch.cat([out["region_logits"][g].flatten(1) for g in targets], dim=1)
     target = torch.cat([targets[g].flatten(1) for g in targets], dim=1).to(logits.dtype)
     return nn.functional.binary_cross_entropy_with_logits(logits, target)
+
+
+TEXT_MODELS: dict[str, type[nn.Module]] = {"textnet_teacher": TextTeacher, "textnet_student": TextStudent}
+
+
+def create_text_model(name: str, **kwargs) -> nn.Module:
+    """The text / non-text classifier named ``name`` (``textnet_teacher`` or ``textnet_student``); kwargs go to
+    its constructor (tuples may arrive as lists from a checkpoint's JSON-like config)."""
+    if name not in TEXT_MODELS:
+        from runtime.errors import unknown_name_error
+        raise unknown_name_error("text model", name, TEXT_MODELS)
+    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items() if v is not None}
+    return TEXT_MODELS[name](**kw)

@@ -57,6 +57,15 @@ def shared_core() -> Any:
     return _CORE[0]
 
 
+# OpenVINO's inference precisions below f32 -> the product's precision names (parity tolerances).
+LOWERED = {"bf16": "bf16", "f16": "fp16"}
+
+
+def cpu_has_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin can infer in bf16 on this CPU (AVX512-BF16 / AMX)."""
+    return "BF16" in shared_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
 def compile_config(hint: str = "latency", threads: int | None = None, streams: int | None = None,
                    precision: str | None = "f32") -> dict[str, Any]:
     """CPU plugin properties: performance hint, inference threads (None: OpenVINO's choice, every
@@ -124,6 +133,14 @@ class OVDetector(Detector):
         self.kind = output_kind(self.output_names)
         self.precision_run = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()  # "f32", "bf16"
         self.name = f"openvino-cpu-{graph_label(meta)}" + ("-throughput" if hint == "throughput" else "")
+        if self.precision_run in LOWERED and meta.precision == "fp32":
+            self.name = self.name.replace("openvino-cpu-", f"openvino-cpu-{self.precision_run}-", 1)
+
+    @property
+    def eval_precision(self) -> str:
+        """The precision parity holds this detector to: the graph's, or the one OpenVINO lowered it to."""
+        return LOWERED.get(self.precision_run, self.meta.precision) if self.meta.precision == "fp32" \
+            else self.meta.precision
 
     def _check_input(self, model: Any) -> None:
         """One input named ``images``, rank 4, H and W as the sidecar says; a fixed batch is noted."""

@@ -131,7 +131,8 @@ def test_missing_openvino_is_one_line(monkeypatch, tmp_path):
     from benchmarks.run import Backend, _openvino_rows
 
     rows = _openvino_rows([Backend("onnxruntime-cpu-nms", build=lambda: None, file="m.onnx")], None, True)
-    assert [r.name for r in rows] == ["openvino-cpu-nms", "peer-openvino-latency", "peer-openvino-throughput"]
+    assert [r.name for r in rows] == ["openvino-cpu-nms", "openvino-cpu-bf16-nms", "peer-openvino-latency",
+                                      "peer-openvino-throughput"]
     assert all(r.build is None and "pip install openvino" in r.reason for r in rows)
     from export.openvino import main
 
@@ -188,3 +189,23 @@ def test_every_batch_size_runs_a_static_shape_compile():
     assert all(c.inputs[0].get_partial_shape().is_static for c in det._compiled.values())
     assert sorted(det._compiled) == [1, 3]
 
+
+
+@needs_openvino
+def test_bf16_inference_is_named_and_held_to_the_bf16_gate():
+    from runtime.backends.openvino_backend import cpu_has_bf16
+    from runtime.parity import MAP_TOLERANCE, Tolerances
+
+    if not cpu_has_bf16():
+        pytest.skip("this CPU has no bf16 support in OpenVINO")
+    det = load_detector(tiny_exports() / "model_nms.onnx", provider="openvino", threads=1, precision="bf16")
+    assert (det.precision_run, det.name, det.eval_precision) == ("bf16", "openvino-cpu-bf16-nms", "bf16")
+    assert Tolerances().for_precision(det.eval_precision)["max_abs_delta_map"] == MAP_TOLERANCE["bf16"]
+    fp32 = load_detector(tiny_exports() / "model_nms.onnx", provider="openvino", threads=1)
+    assert fp32.eval_precision == "fp32"
+    from runtime.parity import MIN_AGREEMENT, agreement
+
+    # bf16 rounds the scores: the tiny random model's near-tied detections may swap across the top-K cut,
+    # so hold it to the bf16 parity gate (agreement), not to exact equality.
+    r = agreement(fp32(_images()), det(_images()), 0.5, max_detections=100)
+    assert r["agreement"] >= MIN_AGREEMENT["bf16"] and r["max_score_diff"] < 0.05, r
