@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -195,6 +196,11 @@ def paired_stats(runs: dict[str, list[dict]], name: str, base: str = "baseline",
     return out
 
 
+def _num(v: float, spec: str = ".2f") -> str:
+    """A metric in points; "-" where COCO has nothing to measure (-1, NaN here: e.g. APs without small objects)."""
+    return "-" if v is None or math.isnan(v) else format(v, spec)
+
+
 def _fmt_paired(st: dict) -> str:
     if not st["n"]:
         return "n/a"
@@ -213,10 +219,11 @@ def render_markdown(agg: dict, teacher: dict, order: list[str], meta: dict, runs
              "COCO metrics in points on the embedded dataset's validation split, mean ± std over seeds "
              "(one value where one seed has finished).", "",
              "| method | seeds | " + " | ".join(METRICS) + " |", "|---|---|" + "---|" * len(METRICS),
-             "| teacher `" + meta["teacher_model"] + "` | | " + " | ".join(f"{teacher[k]:.2f}" for k in METRICS) + " |"]
+             "| teacher `" + meta["teacher_model"] + "` | | " + " | ".join(_num(teacher[k]) for k in METRICS) + " |"]
     for name in order:
         a = agg[name]
-        cells = [f"{a[k]['mean']:.2f}" + (f" ± {a[k]['std']:.2f}" if a["seeds"] > 1 else "") for k in METRICS]
+        cells = [_num(a[k]["mean"]) + (f" ± {_num(a[k]['std'])}" if a["seeds"] > 1 and not math.isnan(a[k]["mean"])
+                                       else "") for k in METRICS]
         lines.append(f"| {BY_NAME[name].label} | {a['seeds']} | " + " | ".join(cells) + " |")
     if "baseline" in agg:
         lines += ["", "## AP gain per object size vs the baseline (the paper's Table 1 view)", "",
@@ -228,7 +235,8 @@ def render_markdown(agg: dict, teacher: dict, order: list[str], meta: dict, runs
             cells = []
             for label in ("small", "medium", "large"):
                 pct = g[label]["percent"]
-                cells.append(f"{g[label]['points']:+.2f} pt" + (f" ({pct:+.0f} %)" if pct is not None else ""))
+                cells.append(_num(g[label]["points"], "+.2f") + " pt" * (not math.isnan(g[label]["points"]))
+                             + (f" ({pct:+.0f} %)" if pct is not None else ""))
             lines.append(f"| {BY_NAME[name].label} | " + " | ".join(cells) + " |")
         lines += ["", "Paper (VOC07, MobileNetV2 student): small +8 %, medium +14 %, large +12 %."]
         b = agg["baseline"]["mAP"]
@@ -261,7 +269,7 @@ def paired_lines(runs: dict, order: list[str], base: str) -> list[str]:
     return lines
 
 
-def plot(agg: dict, teacher: dict, order: list[str], path: Path) -> None:
+def plot(agg: dict, teacher: dict | None, order: list[str], path: Path, title: str | None = None) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -272,10 +280,11 @@ def plot(agg: dict, teacher: dict, order: list[str], path: Path) -> None:
     for i, k in enumerate(METRICS):
         ax.bar(x + i * width, [agg[n][k]["mean"] for n in order], width, yerr=[agg[n][k]["std"] for n in order],
                capsize=2, label=k)
-        ax.axhline(teacher[k], color=f"C{i}", ls=":", lw=0.8)
+        if teacher:
+            ax.axhline(teacher[k], color=f"C{i}", ls=":", lw=0.8)
     ax.set_xticks(x + width * (len(METRICS) - 1) / 2, order, rotation=15)
     ax.set_ylabel("COCO AP (points)")
-    ax.set_title("Distillation ablation (bars: students, mean ± std over seeds; dotted: teacher)")
+    ax.set_title(title or "Distillation ablation (bars: students, mean ± std over seeds; dotted: teacher)")
     ax.legend(fontsize=8, ncol=len(METRICS))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -283,8 +292,9 @@ def plot(agg: dict, teacher: dict, order: list[str], path: Path) -> None:
 
 
 def print_table(agg: dict, teacher: dict, order: list[str]) -> None:
-    rows = [["teacher", *(f"{teacher[k]:.2f}" for k in METRICS)]]
-    rows += [[n, *(f"{agg[n][k]['mean']:.2f}±{agg[n][k]['std']:.2f}" for k in METRICS)] for n in order]
+    rows = [["teacher", *(_num(teacher[k]) for k in METRICS)]]
+    rows += [[n, *(_num(agg[n][k]["mean"]) + ("" if math.isnan(agg[n][k]["mean"]) else f"±{_num(agg[n][k]['std'])}")
+                   for k in METRICS)] for n in order]
     head = ["method", *METRICS]
     w = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
     print("\n" + "  ".join(h.ljust(x) for h, x in zip(head, w)))
@@ -293,16 +303,19 @@ def print_table(agg: dict, teacher: dict, order: list[str]) -> None:
         print("  ".join(str(v).ljust(x) for v, x in zip(r, w)))
 
 
-def collect_runs(args, names: list[str], out_root: Path) -> dict[str, list[dict]]:
+def collect_runs(args, names: list[str], out_root: Path, rows: dict[str, Method] | None = None,
+                 config=None) -> dict[str, list[dict]]:
     """Train (or resume, or skip) every (method, seed), seed-major, baseline and GAN-KD first: the first rows
-    already answer the main question. With ``--aggregate-only`` nothing trains: finished runs are read."""
+    already answer the main question. With ``--aggregate-only`` nothing trains: finished runs are read.
+    ``rows`` / ``config``: another study's rows and its ``config(args, row, seed, out) -> TrainConfig``
+    (default: :data:`BY_NAME`, :func:`run_config`)."""
     runs: dict[str, list[dict]] = {n: [] for n in names}
     first = [n for n in ("baseline", "gan") if n in names]
     jobs = [(n, s) for s in range(args.seeds) for n in first + [n for n in names if n not in first]]
     bar = tqdm(jobs, desc="ablation", dynamic_ncols=True)
     for name, seed in bar:
         bar.set_postfix(method=name, seed=seed)
-        cfg = run_config(args, BY_NAME[name], seed, out_root / name / f"seed{seed}")
+        cfg = (config or run_config)(args, (rows or BY_NAME)[name], seed, out_root / name / f"seed{seed}")
         summary = Path(cfg.run.out) / "summary.json"
         if args.aggregate_only and not summary.is_file():
             continue

@@ -46,7 +46,9 @@ from tqdm import tqdm
 from .. import distributed
 from ..engine import param_groups, train_one_epoch
 from ..losses import MultiBoxLoss, encode_targets
+from ..losses.refinedet import RefineDetLoss
 from ..models import Matcher
+from ..models.refinedet import TwoStepBoxCoder
 from ..stability import StabilityMonitor, TrainingGuard
 from .features import Adapters, FeatureStandardizer
 from .methods import (METHODS, DiscriminatorStep, LazyOutputs, StudentStep, build_method, parse_kd,
@@ -74,6 +76,11 @@ def frozen_bn_stats(model: nn.Module):
             m.momentum = mom
             if nbt is not None:
                 m.num_batches_tracked.copy_(nbt)
+
+
+def class_logits(model: nn.Module, conf: torch.Tensor) -> torch.Tensor:
+    """A detector's class logits [B,N,C+1]: SSD's conf as it is, RefineDet's ODM columns of its packed conf."""
+    return TwoStepBoxCoder.class_logits(conf) if isinstance(model.box_coder, TwoStepBoxCoder) else conf
 
 
 class EpochLog:
@@ -134,6 +141,7 @@ class KDSession:
         self.monitor = StabilityMonitor(max_skips=self.kd.max_skips, patience=self.kd.collapse_patience)
         self.guard = TrainingGuard(self.monitor, self._stateful)
         self.matcher, self.mbox = Matcher(cfg.model.match_iou), MultiBoxLoss(cfg.model.neg_pos_ratio)
+        self.two_step = RefineDetLoss(cfg.model.neg_pos_ratio)
         self.step, self.student_iters, self.epoch = 0, 0, 0
         self.progress, self.extra_drawn, self._resumed = None, 0, None     # an epoch's progress: epoch_state()
         self.log = EpochLog()
@@ -204,7 +212,11 @@ class KDSession:
         return self._standardize(t_feats), s_maps
 
     def _detection(self, loc, conf, targets):
-        at = encode_targets(targets, self.anchors, self.student.box_coder, self.matcher)
+        coder = self.student.box_coder
+        if isinstance(coder, TwoStepBoxCoder):      # RefineDet: eq. 1 (ARM + ODM terms), the ODM's targets
+            at, t = self.two_step.with_targets(loc, conf, targets, self.anchors, coder, self.matcher)
+            return at, {"loc": t["arm_loc"] + t["odm_loc"], "cls": t["arm_cls"] + t["odm_cls"]}
+        at = encode_targets(targets, self.anchors, coder, self.matcher)
         return at, self.mbox(loc, conf, at)
 
     # ----------------------------------------------------------------------------------------------- terms
@@ -217,13 +229,13 @@ class KDSession:
         teacher = lambda: self.teacher_outputs(images)          # noqa: E731
         lazy = LazyOutputs({
             "teacher": teacher,
-            "teacher_logits": lambda: lazy.get("teacher")[1],
+            "teacher_logits": lambda: class_logits(self.teacher, lazy.get("teacher")[1]),
             "teacher_feats": lambda: lazy.get("teacher")[2],
             "adapted_raw": lambda: self.adapters(feats),
             "student_maps": lambda: self._standardize(lazy.get("adapted_raw")),
             "teacher_maps": lambda: self._standardize(lazy.get("teacher_feats")),
         })
-        step = StudentStep(images, targets, loc, conf, feats, at, mb, lazy)
+        step = StudentStep(images, targets, loc, class_logits(self.student, conf), feats, at, mb, lazy)
         kd_terms, info, step.method_losses = {}, {}, {}
         for name, method in self.methods.items():
             terms, extra = method.student_terms(step)

