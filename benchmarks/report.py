@@ -59,7 +59,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> Path:
     ]
     sizes = [str(s) for s in cfg["batch_sizes"]]
     head = (["backend", "status", "e2e b1 ms (p50)", "model b1 ms (p50)"] + [f"ips@{s}" for s in sizes]
-            + ["mAP", "parity", "× pytorch-cpu", "× peer", "reason"])
+            + ["mAP", "APs", "APm", "APl", "parity", "× pytorch-cpu", "× peer", "reason"])
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "|".join("---" for _ in head) + "|")
     for b in report["backends"]:
@@ -79,7 +79,8 @@ def write_markdown(report: dict[str, Any], path: Path) -> Path:
                + (" ⚠" if b.get("busy") else ""),
                _num(model and model["mean"]) + (f" ({_num(model['p50'])})" if model else "")]
         row += [_num(ips.get(s), "{:.1f}") for s in sizes]
-        row += [_num(b.get("mAP")), p_txt, _num(ratios.get("vs_pytorch_cpu"), "{:.2f}×"),
+        row += [_num(b.get("mAP")), *(_num(b.get(k)) for k in ("APs", "APm", "APl")), p_txt,
+                _num(ratios.get("vs_pytorch_cpu"), "{:.2f}×"),
                 _num(ratios.get("vs_peer"), "{:.2f}×"), reason]
         lines.append("| " + " | ".join(row) + " |")
     lines += stage_table(report["backends"]) + limit_table(report) + streams_table(report["backends"])

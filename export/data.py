@@ -51,9 +51,9 @@ def synthetic_images(n: int, seed: int = 0, size_range: tuple[int, int] = (48, 1
     return out
 
 
-def _shapes_on_disk(cfg: dict) -> tuple[bool, str]:
+def _shapes_on_disk(cfg: dict, variant: str = "shapes") -> tuple[bool, str]:
     from distill.data import shapes
-    params = shapes.resolve_params(num_train=cfg.get("shapes_train"), num_val=cfg.get("shapes_val"),
+    params = shapes.resolve_params(variant, num_train=cfg.get("shapes_train"), num_val=cfg.get("shapes_val"),
                                    seed=cfg.get("shapes_seed"))
     root = Path(cfg.get("data_root", "data")) / shapes.dataset_name(params)
     return root.is_dir(), str(root)
@@ -76,8 +76,8 @@ def checkpoint_dataset(cfg: dict, split: str = "val", *, allow_generate: bool = 
         if split == "val":
             spec = cfg.get("val_data") or default_val_spec(spec)
         kind, _ = parse_spec(spec)
-        if kind == "shapes" and not allow_generate:
-            ok, where = _shapes_on_disk(cfg)
+        if kind in ("shapes", "shapes-small") and not allow_generate:
+            ok, where = _shapes_on_disk(cfg, kind)
             if not ok:
                 return None, (f"dataset {spec!r} is not generated yet ({where} missing; python -m "
                               f"distill.data.shapes --out {cfg.get('data_root', 'data')} makes it)")

@@ -4,6 +4,7 @@ Dataset specs (``--data`` / ``--val-data`` of every command)::
 
     shapes                            the generated synthetic dataset (split from ``split``)
     shapes:train | shapes:val         ... with the split named in the spec (it wins over ``split``)
+    shapes-small[:train|:val]         its small-objects variant (512 px images, most objects < 32^2 px at 256 px)
     coco:ANNOTATIONS.json:IMAGE_DIR   a COCO instances json and its image folder
     voc:ROOT:SPLIT                    ROOT/{Annotations, JPEGImages, ImageSets/Main/SPLIT.txt}
 
@@ -31,7 +32,7 @@ import numpy as np
 from runtime.annotations import ImageRecord, records_coco_gt
 from runtime.voc import load_voc, split_file
 
-SPEC_FORMS = ("shapes", "coco:ANNOTATIONS.json:IMAGE_DIR", "voc:ROOT:SPLIT")
+SPEC_FORMS = ("shapes", "shapes-small", "coco:ANNOTATIONS.json:IMAGE_DIR", "voc:ROOT:SPLIT")
 
 
 # --------------------------------------------------------------------------------------------
@@ -40,23 +41,23 @@ SPEC_FORMS = ("shapes", "coco:ANNOTATIONS.json:IMAGE_DIR", "voc:ROOT:SPLIT")
 def _spec_error(spec: Any, why: str = "") -> ValueError:
     return ValueError(
         f"malformed dataset spec {spec!r}{': ' + why if why else ''}; expected one of "
-        f"'shapes' (embedded synthetic dataset; 'shapes:train' / 'shapes:val' name the split), "
-        f"'coco:ANNOTATIONS.json:IMAGE_DIR', 'voc:ROOT:SPLIT'")
+        f"'shapes' (embedded synthetic dataset; 'shapes:train' / 'shapes:val' name the split), 'shapes-small' "
+        f"(its small-objects variant, same split forms), 'coco:ANNOTATIONS.json:IMAGE_DIR', 'voc:ROOT:SPLIT'")
 
 
 def parse_spec(spec: str) -> tuple[str, tuple[str, ...]]:
-    """``spec -> (kind, args)``: ``("shapes", (split or "",))``, ``("coco", (ann, img_dir))`` or
-    ``("voc", (root, split))``. Raises ValueError listing the accepted forms."""
+    """``spec -> (kind, args)``: ``("shapes", (split or "",))`` (``"shapes-small"`` likewise),
+    ``("coco", (ann, img_dir))`` or ``("voc", (root, split))``. Raises ValueError listing the accepted forms."""
     if not isinstance(spec, str) or not spec.strip():
         raise _spec_error(spec, "empty")
     parts = spec.strip().split(":")
     kind = parts[0].lower()
-    if kind == "shapes":
+    if kind in SHAPES_VARIANTS:
         if len(parts) == 1:
-            return "shapes", ("",)
+            return kind, ("",)
         if len(parts) == 2 and parts[1] in ("train", "val"):
-            return "shapes", (parts[1],)
-        raise _spec_error(spec, "the shapes split must be 'train' or 'val'")
+            return kind, (parts[1],)
+        raise _spec_error(spec, f"the {kind} split must be 'train' or 'val'")
     if kind in ("coco", "voc"):
         if len(parts) != 3 or not parts[1] or not parts[2]:
             raise _spec_error(spec, f"'{kind}:' needs exactly two non-empty fields")
@@ -93,8 +94,8 @@ def default_val_spec(train_spec: str) -> str:
     exist. Otherwise ValueError asking for ``--val-data``.
     """
     kind, args = parse_spec(train_spec)
-    if kind == "shapes":
-        return "shapes:val"
+    if kind in SHAPES_VARIANTS:
+        return f"{kind}:val"
     spec, why = _default_voc_val(*args) if kind == "voc" else _default_coco_val(*args)
     if spec is None:
         raise ValueError(f"cannot derive a validation dataset from {train_spec!r} ({why}); "
@@ -117,31 +118,45 @@ DEFAULT_PARAMS: dict[str, Any] = {
 
 SPLITS = ("train", "val")
 
+#: The embedded dataset's variants, by spec kind: the parameters where each differs from DEFAULT_PARAMS.
+#: ``objects: "small"``: most objects below 32^2 px at a 256 px input (distill.data.shapes draws them).
+SHAPES_VARIANTS: dict[str, dict[str, Any]] = {
+    "shapes": {},
+    "shapes-small": {"objects": "small", "size_range": (512, 512)},
+}
 
-def resolve_params(**kwargs: Any) -> dict[str, Any]:
-    """Shapes parameters: defaults overridden by ``kwargs`` (``None`` values ignored); unknown keys
-    are an error."""
-    unknown = sorted(set(kwargs) - set(DEFAULT_PARAMS))
+
+def resolve_params(variant: str = "shapes", **kwargs: Any) -> dict[str, Any]:
+    """Shapes parameters of a variant (:data:`SHAPES_VARIANTS`): its defaults overridden by ``kwargs``
+    (``None`` values ignored); unknown keys are an error."""
+    if variant not in SHAPES_VARIANTS:
+        raise ValueError(f"unknown shapes variant {variant!r}; expected one of {list(SHAPES_VARIANTS)}")
+    defaults = {**DEFAULT_PARAMS, **SHAPES_VARIANTS[variant]}
+    unknown = sorted(set(kwargs) - set(defaults))
     if unknown:
         raise ValueError(f"unknown shapes parameter(s) {unknown}; expected a subset of "
-                         f"{sorted(DEFAULT_PARAMS)}")
-    p = dict(DEFAULT_PARAMS)
+                         f"{sorted(defaults)}")
+    p = dict(defaults)
     p.update({k: v for k, v in kwargs.items() if v is not None})
     p["num_train"], p["num_val"], p["seed"] = int(p["num_train"]), int(p["num_val"]), int(p["seed"])
     sr = tuple(int(v) for v in p["size_range"])
     if len(sr) != 2 or not (32 <= sr[0] <= sr[1]):
         raise ValueError(f"size_range must be (min, max) with 32 <= min <= max, got {p['size_range']!r}")
     p["size_range"] = sr
+    if p.get("objects", "small") != "small":
+        raise ValueError(f"objects must be 'small' (or left out: COCO's three size buckets), got {p['objects']!r}")
     if p["num_train"] < 0 or p["num_val"] < 0:
         raise ValueError(f"num_train/num_val must be >= 0, got {p['num_train']}/{p['num_val']}")
     return p
 
 
 def dataset_name(params: dict[str, Any]) -> str:
-    """``shapes-v<VERSION>-<10 hex digits of sha1(params)>``: the folder of one parameter set."""
+    """``shapes-v<VERSION>-<10 hex digits of sha1(params)>`` (``shapes-small-v...`` for the small-objects
+    variant): the folder of one parameter set."""
     blob = json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in sorted(params.items())},
                       sort_keys=True)
-    return f"shapes-v{SHAPES_VERSION}-{hashlib.sha1(blob.encode()).hexdigest()[:10]}"
+    prefix = "shapes-small" if params.get("objects") == "small" else "shapes"
+    return f"{prefix}-v{SHAPES_VERSION}-{hashlib.sha1(blob.encode()).hexdigest()[:10]}"
 
 
 def split_paths(root: Path, split: str) -> tuple[Path, Path]:
@@ -151,14 +166,15 @@ def split_paths(root: Path, split: str) -> tuple[Path, Path]:
     return root / "annotations" / f"instances_{split}.json", root / split
 
 
-def shapes_root(data_root: str | Path, shapes_kwargs: dict[str, Any] | None = None) -> Path:
-    """The folder of the generated shapes dataset with these parameters; ValueError naming the
-    command that generates it when it is not there."""
-    params = resolve_params(**(shapes_kwargs or {}))
+def shapes_root(data_root: str | Path, shapes_kwargs: dict[str, Any] | None = None, variant: str = "shapes") -> Path:
+    """The folder of the generated shapes dataset (``variant``: a :data:`SHAPES_VARIANTS` kind) with these
+    parameters; ValueError naming the command that generates it when it is not there."""
+    params = resolve_params(variant, **(shapes_kwargs or {}))
     root = Path(data_root) / dataset_name(params)
     if not all(split_paths(root, s)[0].is_file() for s in SPLITS):
-        size = "" if params["size_range"] == DEFAULT_PARAMS["size_range"] else \
+        size = "" if params["size_range"] == resolve_params(variant)["size_range"] else \
             " --size-range {} {}".format(*params["size_range"])
+        size += "" if variant == "shapes" else f" --variant {variant}"
         raise ValueError(f"the shapes dataset {root} is not generated yet; generate it with: python -m "
                          f"distill.data.shapes --out {data_root} --num-train {params['num_train']} "
                          f"--num-val {params['num_val']} --seed {params['seed']}{size}")
@@ -269,11 +285,11 @@ def open_eval_dataset(spec: str, split: str = "val", *, data_root: str | Path = 
     generated shapes dataset, which must exist (the error says how to generate it). Bad files and
     annotations are errors (ValueError naming them)."""
     kind, args = parse_spec(spec)
-    if kind == "shapes":
+    if kind in SHAPES_VARIANTS:
         sp = args[0] or split
-        root = shapes_root(data_root, shapes_kwargs)
+        root = shapes_root(data_root, shapes_kwargs, kind)
         ann, img_dir = split_paths(root, sp)
-        ds = coco_folder(ann, img_dir, name=f"shapes:{sp} ({root.name})")
+        ds = coco_folder(ann, img_dir, name=f"{kind}:{sp} ({root.name})")
     elif kind == "coco":
         ann, ds = Path(args[0]), coco_folder(*args)
     else:

@@ -4,6 +4,7 @@ Dataset specs (``--data`` / ``--val-data``)::
 
     shapes                            embedded synthetic dataset (split from ``split``)
     shapes:train | shapes:val         ... with the split named in the spec (it wins over ``split``)
+    shapes-small[:train|:val]         its small-objects variant (512 px images, most objects < 32^2 px at 256 px)
     coco:ANNOTATIONS.json:IMAGE_DIR   a COCO instances json and its image folder
     voc:ROOT:SPLIT                    ROOT/{Annotations, JPEGImages, ImageSets/Main/SPLIT.txt}
 
@@ -17,7 +18,7 @@ from typing import Any, Sequence
 
 from distill.data.collate import collate_eval, collate_train
 from distill.data.dataset import BadSampleReporter, DetectionDataset, ImageRecord, check_training_sets, describe
-from runtime.datasets import SPEC_FORMS, default_val_spec, parse_spec
+from runtime.datasets import SHAPES_VARIANTS, SPEC_FORMS, default_val_spec, parse_spec
 from runtime.voc import split_file
 
 __all__ = [
@@ -43,19 +44,19 @@ def build_dataset(spec: str, split: str, *, img_size: int, mean: Sequence[float]
     """
     kind, args = parse_spec(spec)
     report = BadSampleReporter(on_bad_sample)
-    if kind == "shapes":
+    if kind in SHAPES_VARIANTS:
         from distill.data import shapes
 
         sp = args[0] or split
         if sp not in shapes.SPLITS:
             raise ValueError(f"split for the shapes dataset must be one of {list(shapes.SPLITS)}, "
                              f"got {split!r}")
-        root = shapes.ensure_shapes_dataset(data_root, **(shapes_kwargs or {}))
+        root = shapes.ensure_shapes_dataset(data_root, variant=kind, **(shapes_kwargs or {}))
         ann, img_dir = shapes.split_paths(root, sp)
         from distill.data.coco import load_coco
 
         records, names, cids = load_coco(ann, img_dir, report)
-        name, source = f"shapes:{sp} ({root.name})", ann
+        name, source = f"{kind}:{sp} ({root.name})", ann
     elif kind == "coco":
         from distill.data.coco import load_coco
 

@@ -17,6 +17,12 @@ visible pixels are still < 40 % of its own is DROPPED from the annotations (it s
 as clutter). Kept annotations use the full (amodal) tight box of the drawn shape,
 ``area = w * h`` of that box, ``iscrowd = 0``.
 
+The small-objects variant (spec ``shapes-small``, parameter ``objects="small"``) is the same generator
+on 512 x 512 px images with other size buckets, in image pixels: 70 % of the objects in [16^2, 48^2),
+20 % in [48^2, 96^2), 10 % in [96^2, 160^2), and 1..12 objects per image; resized to a 256 px (300 px)
+input, about three quarters of the boxes are below 32^2 px. It is cached in its own
+``shapes-small-v<VERSION>-<hash>`` folder.
+
 Version 2 (this one) is the version-1 design with bounded overlap, at most 6 objects and lighter
 clutter (0-2 blobs, fewer lines, less pixel noise): version 1 let large objects be 60 % hidden under
 later ones and was so cluttered that no detector learned it in a CPU-sized schedule.
@@ -32,8 +38,8 @@ with ``(seed, s, i)``, so the same parameters give byte-identical JSON and ident
 written into a temporary folder and renamed into place, so an interrupted run never leaves a
 half dataset behind.
 
-CLI: ``python -m distill.data.shapes --out DIR --num-train 8 --num-val 4`` (also writes a preview
-grid PNG with the boxes drawn).
+CLI: ``python -m distill.data.shapes --out DIR --num-train 8 --num-val 4 [--variant shapes-small]`` (also
+writes a preview grid PNG with the boxes drawn).
 """
 
 from __future__ import annotations
@@ -59,7 +65,7 @@ from runtime.cli import command, ProductParser
 # readers, which find this dataset without torch. Bump SHAPES_VERSION there whenever the drawing
 # code here changes what a given seed produces.
 from runtime.datasets import (  # noqa: F401 (re-exported)
-    DEFAULT_PARAMS, SHAPES_VERSION, SPLITS, dataset_name, resolve_params, split_paths,
+    DEFAULT_PARAMS, SHAPES_VARIANTS, SHAPES_VERSION, SPLITS, dataset_name, resolve_params, split_paths,
 )
 
 CLASS_NAMES: tuple[str, ...] = (
@@ -79,6 +85,8 @@ _MAX_OVERLAP = 0.25  # two objects' boxes may share at most this fraction of the
 _PLACEMENT_TRIES = 20
 _MIN_VISIBLE = 0.4  # drop annotations occluded by more than 60 %
 _TEXTURES = ("solid", "stripes", "checker", "noise")
+# objects="small": (area ranges in px^2 of the image, probability of each, most objects per image).
+_SMALL_MIX = (((16.0 ** 2, 48.0 ** 2), (48.0 ** 2, 96.0 ** 2), (96.0 ** 2, 160.0 ** 2)), (0.7, 0.2, 0.1), 12)
 
 
 # --------------------------------------------------------------------------------------------
@@ -263,9 +271,10 @@ def _box_overlap(box: np.ndarray, others: Sequence[np.ndarray]) -> float:
 
 
 def _sample_object(rng: np.random.Generator, W: int, H: int, placed: Sequence[np.ndarray],
-                   bucket: int) -> tuple[int, list[tuple[np.ndarray, int]], np.ndarray] | None:
+                   bucket: int, area_ranges: Sequence[tuple[float, float]] = _AREA_RANGES
+                   ) -> tuple[int, list[tuple[np.ndarray, int]], np.ndarray] | None:
     """Pick class, aspect, rotation and position of an object whose box area lies in size bucket
-    ``bucket`` (index into ``_AREA_RANGES``); returns (label index, polys, box).
+    ``bucket`` (index into ``area_ranges``); returns (label index, polys, box).
 
     The position is re-drawn (up to ``_PLACEMENT_TRIES`` times) until the box overlaps every box in
     ``placed`` by at most ``_MAX_OVERLAP`` of the smaller box; None when no such position is found.
@@ -273,7 +282,7 @@ def _sample_object(rng: np.random.Generator, W: int, H: int, placed: Sequence[np
     cls = int(rng.integers(len(CLASS_NAMES)))
     name = CLASS_NAMES[cls]
     outer, hole = _UNIT_SHAPES[name]
-    lo, hi = _AREA_RANGES[bucket]
+    lo, hi = area_ranges[bucket]
     hi = min(hi, 0.45 * W * H)
     if hi <= lo:
         lo = hi / 2
@@ -308,9 +317,10 @@ def _sample_object(rng: np.random.Generator, W: int, H: int, placed: Sequence[np
     return None
 
 
-def render_image(rng: np.random.Generator, size_range: Sequence[int] = (160, 256)
+def render_image(rng: np.random.Generator, size_range: Sequence[int] = (160, 256), objects: str | None = None
                  ) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """Draw one image.
+    """Draw one image (``objects``: None for COCO's three size buckets drawn alike, "small" for the
+    small-objects mix, see the module docstring).
 
     Returns ``(image uint8 [H, W, 3] RGB, objects)`` where each object is
     ``{"label": index into CLASS_NAMES, "box": [x1, y1, x2, y2] absolute pixels (float)}``.
@@ -326,12 +336,14 @@ def render_image(rng: np.random.Generator, size_range: Sequence[int] = (160, 256
     for _ in range(int(rng.integers(0, 3))):
         _paint(rng, canvas, [(_blob(rng, W, H), 255)])
 
-    n = 0 if rng.uniform() < _P_EMPTY else int(rng.integers(1, _MAX_OBJECTS + 1))
+    ranges, probs, most = _SMALL_MIX if objects == "small" else (_AREA_RANGES, None, _MAX_OBJECTS)
+    n = 0 if rng.uniform() < _P_EMPTY else int(rng.integers(1, most + 1))
     owner = np.full((H, W), -1, dtype=np.int16)
     drawn: list[tuple[int, np.ndarray, int]] = []  # (label, box, own pixel count)
     # Size buckets drawn up front and placed largest first, so that large objects still find room.
-    for bucket in sorted(rng.integers(3, size=n).tolist(), reverse=True):
-        obj = _sample_object(rng, W, H, [d[1] for d in drawn], bucket)
+    buckets = rng.integers(3, size=n) if probs is None else rng.choice(3, size=n, p=probs)
+    for bucket in sorted(buckets.tolist(), reverse=True):
+        obj = _sample_object(rng, W, H, [d[1] for d in drawn], bucket, ranges)
         if obj is None:
             continue
         cls, polys, box = obj
@@ -376,7 +388,7 @@ def write_split(out_dir: Path, split: str, num: int, params: dict[str, Any],
     images, annotations = [], []
     for i in tqdm(range(num), desc=f"shapes {split}", disable=not progress, leave=False):
         rng = np.random.default_rng([params["seed"], _SPLIT_CODE[split], i])
-        img, objects = render_image(rng, params["size_range"])
+        img, objects = render_image(rng, params["size_range"], params.get("objects"))
         file_name = f"{i:06d}.png"
         Image.fromarray(img).save(img_dir / file_name, compress_level=1)
         images.append({"id": i + 1, "file_name": file_name, "width": int(img.shape[1]),
@@ -427,16 +439,17 @@ def _set_aside(root: Path) -> None:
 
 
 def ensure_shapes_dataset(data_root: str | os.PathLike = "data", *, progress: bool = True,
-                          **kwargs: Any) -> Path:
+                          variant: str = "shapes", **kwargs: Any) -> Path:
     """Return the folder of the shapes dataset for these parameters, generating it once.
 
-    ``kwargs``: num_train (1500), num_val (300), seed (0), size_range ((160, 256): image width and
-    height each uniform in [min, max]). Generation writes to a temporary sibling folder that is
-    renamed into place when complete; concurrent generators (e.g. several ranks) are safe, the
+    ``variant``: "shapes" or "shapes-small" (:data:`SHAPES_VARIANTS`: the small-objects variant's
+    defaults are 512 x 512 px images and ``objects="small"``). ``kwargs``: num_train (1500), num_val (300),
+    seed (0), size_range ((160, 256): image width and height each uniform in [min, max]). Generation writes
+    to a temporary sibling folder that is renamed into place when complete; concurrent generators (e.g. several ranks) are safe, the
     first rename wins. A damaged cached folder (:func:`cache_problem`) is generated again, with a warning; a
     folder of that name without the ``annotations`` folder is not one this generator wrote: RuntimeError.
     """
-    params = resolve_params(**kwargs)
+    params = resolve_params(variant, **kwargs)
     root = Path(data_root) / dataset_name(params)
     if root.exists():
         why = cache_problem(root, params)
@@ -500,13 +513,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--num-train", type=int, default=DEFAULT_PARAMS["num_train"])
     ap.add_argument("--num-val", type=int, default=DEFAULT_PARAMS["num_val"])
     ap.add_argument("--seed", type=int, default=DEFAULT_PARAMS["seed"])
-    ap.add_argument("--size-range", type=int, nargs=2, default=DEFAULT_PARAMS["size_range"],
-                    metavar=("MIN", "MAX"))
+    ap.add_argument("--size-range", type=int, nargs=2, default=None, metavar=("MIN", "MAX"),
+                    help="image width and height, each uniform in [MIN, MAX] (default: 160 256; shapes-small: 512 512)")
+    ap.add_argument("--variant", default="shapes", choices=list(SHAPES_VARIANTS),
+                    help="'shapes' (COCO's three size buckets alike) or 'shapes-small' (most objects below 32^2 px "
+                         "at a 256 px input, 512 px images)")
     ap.add_argument("--no-preview", action="store_true")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    root = ensure_shapes_dataset(args.out, num_train=args.num_train, num_val=args.num_val,
-                                 seed=args.seed, size_range=tuple(args.size_range))
+    root = ensure_shapes_dataset(args.out, num_train=args.num_train, num_val=args.num_val, variant=args.variant,
+                                 seed=args.seed, size_range=tuple(args.size_range) if args.size_range else None)
     print(f"shapes dataset: {root} ({time.perf_counter() - t0:.1f} s)")
     for split in SPLITS:
         ann, _ = split_paths(root, split)
