@@ -338,6 +338,7 @@ def _score(entry: dict[str, Any], det: Any, row: Backend, dataset: Any, indices:
 
     result = run_eval(det, dataset, indices, gt, batch_size=batch_size)
     entry["mAP"] = result.metrics["mAP"]
+    entry.update({k: result.metrics.get(k) for k in ("APs", "APm", "APl")})  # NaN: no object of that size
     entry["per_class_ap"] = result.metrics.get("per_class")
     entry["_result"] = result
     if reference is not None and row.name != REFERENCE:
@@ -580,6 +581,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     log = lambda s: print(s, flush=True)  # noqa: E731
     try:
+        from benchmarks.text import run_text_benchmark, text_checkpoint
+        if text_checkpoint(_paths(args)[0]):  # the text / non-text classifier: its own rows (benchmarks.text)
+            return run_text_benchmark(args, *_paths(args))
         plan = make_plan(args)
         sweep = _sweep_plan(args, plan.timing)
     except (ValueError, RuntimeError) as e:

@@ -139,7 +139,9 @@ class Checkpoint:
 
     def build_model(self, use_ema: bool = True) -> SSD:
         """The model with its weights (EMA weights when present and ``use_ema``), in eval mode on the CPU."""
-        model = create_model(self.model_name, self.num_classes, **self.model_kwargs)
+        from .text.models import TEXT_MODELS, create_text_model
+        model = (create_text_model(self.model_name, **self.model_kwargs) if self.model_name in TEXT_MODELS
+                 else create_model(self.model_name, self.num_classes, **self.model_kwargs))
         check_finite_weights(self.ema if use_ema and self.ema else self.model, self.path or "checkpoint")
         load_weights(model, self.ema if use_ema and self.ema else self.model, self.path or "checkpoint",
                      f"the {self.model_name} {self.model_kwargs} with {self.num_classes} classes it names")

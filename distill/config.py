@@ -28,6 +28,8 @@ from runtime.cli import ProductParser
 from runtime.errors import did_you_mean, unknown_name_error
 from runtime.metadata import NMSConfig
 
+from .presets import MODEL_DEFAULTS
+
 
 def _f(default: Any, help: str, *, flag: str | None = None, choices: tuple[str, ...] | None = None) -> Any:
     """A config field: its default, its ``--help`` text, its flag name when not the field's, its choices."""
@@ -53,7 +55,8 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     """Datasets, the embedded dataset's parameters, augmentation, input size, pixel normalisation, loading."""
-    data: str = _f("shapes", "training set: 'shapes' (embedded), 'coco:ANN.json:IMG_DIR' or 'voc:ROOT:SPLIT'")
+    data: str = _f("shapes", "training set: 'shapes' (embedded), 'shapes-small' (embedded, small objects: 512 px "
+                   "images, most boxes < 32^2 px at 256 px), 'coco:ANN.json:IMG_DIR' or 'voc:ROOT:SPLIT'")
     val_data: str | None = _f(None, "validation set, same forms as --data (default: the matching validation split)")
     data_root: str = _f("data", "where the embedded dataset is generated and cached")
     shapes_train: int = _f(1500, "embedded dataset: number of training images")
@@ -62,6 +65,7 @@ class DataConfig:
     on_bad_sample: str = _f("error", "bad image/annotation: 'error' (stop, naming it) or 'skip' (warn and count)",
                             choices=("error", "skip"))
     img_size: int = _f(300, "square network input side in pixels")
+    text_size: str | None = _f(None, "--task text: input size HxW, e.g. 128x192 (default: --img-size square)")
     resize_mode: str = _f("stretch", "resize to the input: 'stretch' (warp the whole image, SSD's) or 'letterbox' "
                           "(keep the aspect ratio, pad to a square); used by training, evaluation and written to "
                           "every export's sidecar", flag="resize", choices=("stretch", "letterbox"))
@@ -113,6 +117,9 @@ class KDConfig:
     temperature: float = _f(2.0, "soft-label KD temperature T (loss scaled by T^2)", flag="kd_temperature")
     ab_margin: float = _f(1.0, "activation-boundary margin u (text-nontext eq. 1)")
     ab_iters: int = _f(200, "activation-boundary pre-training iterations (only with --kd ...+ab)")
+    ab_epochs: int = _f(2, "--task text: activation-boundary pre-training epochs before the --epochs of soft-label "
+                        "/ adversarial training (only with --kd ab+...)")
+    began_b: float = _f(0.2, "--task text: weight b of the adversarial term (text-nontext eq. 2)")
     gan_lr: float = _f(5e-4, "fixed Adam learning rate of stages 1-3, student and discriminators (GAN-KD paper: "
                        "5e-4)")
     gan_threshold: float = _f(5e-4, "stage 2 ends when the epoch's mean adversarial loss is below this (paper: 5e-4)")
@@ -182,6 +189,9 @@ NMS_HELP: dict[str, str] = {
 class RunConfig:
     """Where the run lives and how it is driven (output folder, seed, device, evaluation cadence, sources)."""
     out: str | None = _f(None, "run folder (default: runs/<model>)")
+    task: str = _f("detect", "what is trained: 'detect' (SSD detectors) or 'text' (the text / non-text image "
+                   "classifier: --model textnet_teacher or textnet_student, --data text or text:DIR)",
+                   choices=("detect", "text"))
     seed: int = _f(0, "random seed (data order, augmentation, init)")
     device: str = _f("auto", "'auto', 'cpu', 'cuda' or 'cuda:N'")
     eval_every: int = _f(1, "evaluate every N epochs (and always after the last)")
@@ -388,6 +398,8 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "kd_lr": (lambda v: v is None or (_finite(v) and v > 0), "a number > 0 or null (--gan-lr)"),
     "gan_d_lr": (lambda v: v is None or (_finite(v) and v > 0), "a number > 0 or null (--gan-lr)"),
     "gan_post_lr": (lambda v: _finite(v) and v > 0, "a finite number > 0"),
+    "ab_epochs": (lambda v: v >= 0, "an integer >= 0"),
+    "began_b": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
 }
 
 
@@ -460,7 +472,10 @@ def resolve(cli: dict[str, Any], presets: dict[str, dict]) -> TrainConfig:
         if preset_name not in presets:
             raise unknown_name_error("preset", preset_name, sorted(presets))
         preset_d = presets[preset_name]
-    cfg = TrainConfig.from_dict({**preset_d, **yaml_d, **flatten_config(cli, "command line")}, "command line")
+    layers = {**preset_d, **yaml_d, **flatten_config(cli, "command line")}
+    cfg = TrainConfig.from_dict(layers, "command line")
+    if cfg.model.name in MODEL_DEFAULTS:     # the model's own recipe values, under every layer given
+        cfg = TrainConfig.from_dict({**MODEL_DEFAULTS[cfg.model.name], **layers}, "command line")
     cfg.run.preset = preset_name
     check_run_folder(cfg.run.out)
     return cfg

@@ -53,3 +53,11 @@ PRESETS: dict[str, dict] = {
     "coco": dict(img_size=300, epochs=110, batch_size=32, lr=1e-3, weight_decay=5e-4, schedule="multistep",
                  milestones=[76, 97], warmup_epochs=1.0, workers=8, eval_every=5),
 }
+
+# Per-model defaults (flag names), applied under the preset, YAML and command line: a model's paper values where
+# they differ from the product's. RefineDet (sec. 4 "Inference"): top 400 detections per image into per-class
+# NMS at 0.45, 200 kept.
+MODEL_DEFAULTS: dict[str, dict] = {
+    name: dict(pre_nms_top_k=400, iou_threshold=0.45, max_detections=200)
+    for name in ("refinedet_vgg16", "refinedet_mobilenetv2")
+}

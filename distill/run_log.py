@@ -26,16 +26,16 @@ def read_rows(metrics_path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
 
 
-def flat_row(row: dict) -> dict[str, Any]:
+def flat_row(row: dict, val_keys: tuple[str, ...] = VAL_KEYS) -> dict[str, Any]:
     """One CSV line: epoch, step, time, ``train/<term>`` and ``val/<metric>`` columns."""
     out: dict[str, Any] = {"epoch": row["epoch"], "step": row.get("step"), "time_s": round(row.get("time", 0.0), 1)}
     out.update({f"train/{k}": v for k, v in row.get("train", {}).items()})
-    out.update({f"val/{k}": (row.get("val") or {}).get(k) for k in VAL_KEYS})
+    out.update({f"val/{k}": (row.get("val") or {}).get(k) for k in val_keys})
     return out
 
 
-def write_csv(rows: list[dict], path: Path) -> None:
-    flat = [flat_row(r) for r in rows]
+def write_csv(rows: list[dict], path: Path, val_keys: tuple[str, ...] = VAL_KEYS) -> None:
+    flat = [flat_row(r, val_keys) for r in rows]
     columns = list(dict.fromkeys(k for r in flat for k in r))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns)
@@ -44,7 +44,7 @@ def write_csv(rows: list[dict], path: Path) -> None:
     write_text_atomic(path, buf.getvalue())
 
 
-def plot_curves(rows: list[dict], out_png: Path) -> None:
+def plot_curves(rows: list[dict], out_png: Path, val_curves: tuple[str, ...] = ("mAP", "AP50")) -> None:
     """Losses (left), rates such as discriminator accuracies (middle, when logged), validation AP (right);
     markers when the run is short enough to see every epoch."""
     if not rows:
@@ -70,9 +70,9 @@ def plot_curves(rows: list[dict], out_png: Path) -> None:
         axes[1].set(xlabel="epoch", title="discriminator accuracies", ylim=(-0.05, 1.05))
         axes[1].legend(fontsize=7)
     ev = [r for r in rows if r.get("val")]
-    for key, style in (("mAP", "o-"), ("AP50", "s--")):
+    for key, style in zip(val_curves, ("o-", "s--", "^:")):
         axes[-1].plot([r["epoch"] for r in ev], [r["val"][key] for r in ev], style, label=key)
-    axes[-1].set(xlabel="epoch", title="validation (COCO, points)")
+    axes[-1].set(xlabel="epoch", title=f"validation ({', '.join(val_curves)}, points)")
     if ev:
         axes[-1].legend(fontsize=7)
     fig.tight_layout()
@@ -85,8 +85,10 @@ class RunLog:
     """Appends a row to ``metrics.jsonl`` and refreshes ``metrics.csv`` / ``curves.png`` (and TensorBoard).
     Under torchrun only rank 0 writes; on the other ranks it does nothing."""
 
-    def __init__(self, out: Path, tensorboard: bool = False, fresh: bool = True):
+    def __init__(self, out: Path, tensorboard: bool = False, fresh: bool = True,
+                 val_keys: tuple[str, ...] = VAL_KEYS, val_curves: tuple[str, ...] = ("mAP", "AP50")):
         self.out = Path(out)
+        self.val_keys, self.val_curves = tuple(val_keys), tuple(val_curves)
         self.active = distributed.is_main()
         tensorboard = tensorboard and self.active
         if fresh and self.active:
@@ -106,10 +108,10 @@ class RunLog:
         old = path.read_text(encoding="utf-8") if path.is_file() else ""
         write_text_atomic(path, old + json.dumps(row) + "\n")     # whole or not at all: a full disk cuts no row
         rows = read_rows(self.out / "metrics.jsonl")
-        write_csv(rows, self.out / "metrics.csv")
-        plot_curves(rows, self.out / "curves.png")
+        write_csv(rows, self.out / "metrics.csv", self.val_keys)
+        plot_curves(rows, self.out / "curves.png", self.val_curves)
         if self.tb is not None:
-            for k, v in flat_row(row).items():
+            for k, v in flat_row(row, self.val_keys).items():
                 if isinstance(v, (int, float)) and k not in ("epoch", "step"):
                     self.tb.add_scalar(k, v, row["epoch"])
             self.tb.flush()

@@ -12,6 +12,7 @@ checkpoint at the next batch and exit with 130 / 143 (distill/safety.py says wha
 """
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
@@ -28,13 +29,16 @@ from runtime.atomic import write_json_atomic
 from runtime.cli import command, fail
 
 from . import demo, distributed
+from .anchors import print_fit_warning
 from .checkpoint import Checkpoint, load_weights, rng_state, save_last, set_aside_unreadable, set_rng_state
 from .config import TrainConfig, build_parser, resolve, save_yaml
 from .engine import (DetectorStep, EpochInterrupted, EpochProgress, evaluate, lr_lambda, param_groups,
                      train_one_epoch)
 from .stability import NonFiniteLossError, StabilityMonitor, TrainingGuard
 from .losses import MultiBoxLoss, encode_targets
+from .losses.refinedet import RefineDetLoss
 from .models import Matcher, count_gflops, count_parameters, create_model, list_models, load_pretrained_backbone
+from .models.refinedet import TwoStepBoxCoder
 from .presets import PRESETS
 from .run_log import RunLog
 from .safety import (RunInterrupted, SkipBatches, StopSignals, exit_code, prepare_run_folder, trim_metrics,
@@ -46,12 +50,17 @@ SUMMARY_KEYS = ("mAP", "AP50", "AP75", "APs", "APm", "APl")
 
 
 def detection_loss_fn(model, anchors, cfg: TrainConfig):
-    """The plain SSD objective: encode targets against the anchors, multibox loss (dict of named terms)."""
+    """The plain detector objective (dict of named terms): SSD's multibox loss on targets encoded against the
+    anchors, or, for RefineDet (a two-step box coder), eq. 1 of its paper (distill/losses/refinedet.py)."""
     matcher, criterion = Matcher(cfg.model.match_iou), MultiBoxLoss(cfg.model.neg_pos_ratio)
+    two_step = RefineDetLoss(cfg.model.neg_pos_ratio)
 
     def loss_fn(m, images, targets):
         loc, conf = m(images)
-        t = encode_targets(targets, anchors, m.box_coder if hasattr(m, "box_coder") else model.box_coder, matcher)
+        coder = m.box_coder if hasattr(m, "box_coder") else model.box_coder
+        if isinstance(coder, TwoStepBoxCoder):
+            return two_step(loc, conf, targets, anchors, coder, matcher)
+        t = encode_targets(targets, anchors, coder, matcher)
         return criterion(loc, conf, t)
     return loss_fn
 
@@ -139,7 +148,8 @@ def build_plan(cfg: TrainConfig, model, anchors, train_set, device):
 
 def print_table(rows: list[dict], title: str) -> None:
     cols = ["run", "model", "params(M)", "GFLOPs", *SUMMARY_KEYS, "minutes"]
-    lines = [[str(r.get(c, "")) if not isinstance(r.get(c), float) else f"{r[c]:.2f}" for c in cols] for r in rows]
+    lines = [[str(r.get(c, "")) if not isinstance(r.get(c), float) else "-" if math.isnan(r[c]) else f"{r[c]:.2f}"
+              for c in cols] for r in rows]   # "-": COCO's -1 (NaN here), e.g. APs without small objects
     widths = [max(len(c), *(len(l[i]) for l in lines)) for i, c in enumerate(cols)]
     print(f"\n{title}")
     print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
@@ -303,6 +313,8 @@ def fit(cfg: TrainConfig, resume_ckpt: Checkpoint | dict | None = None, *, overw
     model = distributed.prepare_model(build_model(cfg, len(train_set.class_names), resume_ckpt is not None),
                                       cfg.optim.sync_bn).to(device)
     plan = build_plan(cfg, model, model.anchors(cfg.data.img_size).to(device), train_set, device)
+    if writer:
+        print_fit_warning(model.anchors(cfg.data.img_size), train_set, cfg.model.match_iou, cfg.data.data)
     run = Run(cfg, out, model, plan, train_set, t_start, writer)
     state = RunState()
     if resume_ckpt is not None:
@@ -390,6 +402,10 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(list_models()))
         return 0
     try:
+        from .text.train import is_text_run, main_text
+        if is_text_run(args):           # --task text (or --resume of a text run): distill/text/train.py
+            return main_text(args, overwrite)
+        args.pop("task", None)
         if args.get("resume"):
             if overwrite:
                 raise ValueError("--resume continues a run and --overwrite replaces it: give one of them")

@@ -4,6 +4,11 @@
     python -m export.onnx --checkpoint runs/kd/best.pt --out exports/kd --int8 --calib-images DIR
     python -m export.onnx --checkpoint runs/kd/best.pt --out exports/kd --fp16 --trt-int8   # + TensorRT 11 graphs
     python -m export.onnx          # the newest runs/**/best.pt -> exports/<run name>
+    python -m export.onnx --checkpoint runs/text_kd/best.pt --out exports/text_kd    # text classifier: export.text
+
+SSD / SSD-Lite and RefineDet checkpoints give the same files and checks (RefineDet's ARM decode and negative
+anchor filtering are in every graph, export.graphs.HeadSpec; ``--refinedet-plugin-boxes`` picks how its plugin
+graph feeds EfficientNMS_TRT, export.graphs.PLUGIN_BOXES).
 
 Files written to ``out`` (dynamic batch, fixed H x W from the checkpoint's ``img_size``), each with
 a sidecar ``<name>.json`` (runtime.metadata) mirrored in the ONNX ``metadata_props`` ("fdet_meta";
@@ -167,11 +172,11 @@ def _without_metadata(model: Any) -> Any:
     return plain
 
 
-def _meta_factory(src: ExportSource, opset: int) -> Callable[..., Any]:
+def _meta_factory(src: ExportSource, opset: int, head: Any) -> Callable[..., Any]:
     """``meta_for(graph, nms=None, nms_plugin=None, extra=None)``: the sidecar of one fp32 graph."""
     from runtime.metadata import library_versions
     common = {"checkpoint": src.path, "opset": opset, "num_anchors": src.num_anchors,
-              "variances": list(src.variances)}
+              "variances": list(src.variances), **head.sidecar()}
     versions = library_versions()
 
     def meta_for(graph: str, nms: Any = None, nms_plugin: dict | None = None, extra: dict | None = None) -> Any:
@@ -182,16 +187,18 @@ def _meta_factory(src: ExportSource, opset: int) -> Callable[..., Any]:
 
 
 def _plugin_graph(trunk: Any, anchors: np.ndarray, src: ExportSource, plugin: Any, domain: str,
-                  simplify_graph: bool, notes: list[str]) -> tuple[Any, Any]:
+                  simplify_graph: bool, notes: list[str], head: Any = None) -> tuple[Any, Any]:
     """The TensorRT graph: the part before the plugin is checked and simplified, then the
     EfficientNMS_TRT node is inserted (so no simplifier ever touches it). (ModelProto, PluginSpec)."""
     from export import graphs as G
     ir = trunk.ir_version
-    pre = check_and_infer(_to_model(G.add_plugin_inputs_tail(_gs(trunk), src.variances), ir))
+    pre = check_and_infer(_to_model(G.add_plugin_inputs_tail(_gs(trunk), src.variances, head=head, anchors=anchors),
+                                    ir))
     if simplify_graph:
         pre = simplify(pre, notes)
-    spec = G.PluginSpec.from_nms(src.meta.nms, plugin.version)
-    model = _to_model(G.insert_efficient_nms(_gs(pre), anchors, spec, domain=domain), ir, plugin_domain=domain)
+    spec = G.PluginSpec.from_nms(src.meta.nms, plugin.version, head=head)
+    model = _to_model(G.insert_efficient_nms(_gs(pre), anchors, spec, domain=domain, head=head), ir,
+                      plugin_domain=domain)
     if domain:
         model = check_and_infer(model)
     else:  # TensorRT-samples style: the plugin in the default domain, which has no schema for it
@@ -219,7 +226,8 @@ def plugin_nms(nms: Any, candidates: int, notes: list[str]) -> Any:
 # --------------------------------------------------------------------------- step 1: the graphs
 def export_graphs(checkpoint: str | os.PathLike[str] | ExportSource, out_dir: str | os.PathLike[str], *,
                   opset: int = 17, plugin_version: str = "auto", plugin_domain: str = PLUGIN_DOMAIN,
-                  simplify_graphs: bool = True, log: Log = _print) -> ExportArtifacts:
+                  simplify_graphs: bool = True, log: Log = _print,
+                  refinedet_plugin_boxes: str = "anchors") -> ExportArtifacts:
     """Checkpoint -> ``model_raw.onnx``, ``model_trt.onnx`` and ``model_nms.onnx`` in ``out_dir``,
     each checked (and simplified unless ``simplify_graphs`` is off) and written with its sidecar.
 
@@ -234,7 +242,8 @@ def export_graphs(checkpoint: str | os.PathLike[str] | ExportSource, out_dir: st
     plugin = detect_plugin_choice(plugin_version)
     out = Path(out_dir)
     art = ExportArtifacts(out, {}, {g: [] for g in GRAPH_FILES}, plugin, plugin_domain)
-    meta_for = _meta_factory(src, opset)
+    head = G.HeadSpec.of(src.model, refinedet_plugin_boxes)  # SSD, or RefineDet's packed ARM + ODM heads
+    meta_for = _meta_factory(src, opset, head)
     anchors = src.anchors.numpy().astype(np.float32)
     log(f"export: {src.model_name} ({src.num_classes} classes, {src.img_size}x{src.img_size}, "
         f"{src.num_anchors} anchors) from {src.path} -> {out}/")
@@ -244,11 +253,12 @@ def export_graphs(checkpoint: str | os.PathLike[str] | ExportSource, out_dir: st
         log(f"  wrote {art.graphs[graph].onnx}{what}")
 
     trunk = export_trunk(src.model, src.img_size, opset)  # the only PyTorch export
-    raw_tail = G.add_raw_tail(_gs(trunk), anchors, src.variances)
+    raw_tail = G.add_raw_tail(_gs(trunk), anchors, src.variances, head=head)
     raw = check_simplify_check(_to_model(raw_tail, trunk.ir_version), simplify_graphs, art.notes["raw"])
     write("raw", raw, meta_for("raw"))
 
-    trt_model, spec = _plugin_graph(trunk, anchors, src, plugin, plugin_domain, simplify_graphs, art.notes["trt"])
+    trt_model, spec = _plugin_graph(trunk, anchors, src, plugin, plugin_domain, simplify_graphs, art.notes["trt"],
+                                    head)
     trt_nms = plugin_nms(src.meta.nms, src.num_anchors * src.num_classes, art.notes["trt"])
     write("trt", trt_model, meta_for("trt", nms=trt_nms, nms_plugin=plugin.sidecar(plugin_domain),
                                      extra={"plugin_attrs": spec.attrs()}),
@@ -386,7 +396,8 @@ def export_onnx(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[s
                 opset: int = 17, simplify_graphs: bool = True, verify_images: str = "auto",
                 evaluate: str | bool = "auto", eval_images: int | None = None, int8_max_map_drop: float = 1.0,
                 latency_iters: int = 20, threads: int = 0, quiet: bool = False, int8_per_channel: bool = True,
-                int8_max_fp32_layers: int = 8, uint8_input: bool = False) -> dict[str, Any]:
+                int8_max_fp32_layers: int = 8, uint8_input: bool = False,
+                refinedet_plugin_boxes: str = "anchors") -> dict[str, Any]:
     """Export one checkpoint to ``out_dir`` and verify it; returns {"ok", "out_dir", "files",
     "report", "report_path"} (``files``: graph -> {"onnx", "sidecar"} paths as str).
 
@@ -423,7 +434,7 @@ def export_onnx(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[s
         inputs = resolve_inputs(src.config, int8=int8 or trt_int8, calib_images=calib_images, calib_count=calib_count,
                                 verify_images=verify_images, evaluate=evaluate)
         art = export_graphs(src, out_dir, opset=opset, plugin_version=plugin_version, plugin_domain=plugin_domain,
-                            simplify_graphs=simplify_graphs, log=log)
+                            simplify_graphs=simplify_graphs, log=log, refinedet_plugin_boxes=refinedet_plugin_boxes)
         quant, known = None, None
         if int8:
             gate = GateSettings(int8_max_map_drop, int8_max_fp32_layers, eval_images, threads)
@@ -560,6 +571,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0,
                    help="ONNX Runtime and PyTorch intra-op threads (0: their defaults)")
     p.add_argument("--quiet", action="store_true", help="print only errors and the final status line")
+    p.add_argument("--refinedet-plugin-boxes", default="anchors", choices=["anchors", "decoded"],
+                   help="RefineDet checkpoints only: how model_trt.onnx feeds EfficientNMS_TRT: 'anchors' (fused "
+                        "decoder, the per-image refined anchors as its [B,N,4] anchors input) or 'decoded' (ODM "
+                        "boxes decoded in the graph, the plugin's standard mode); export.graphs.PLUGIN_BOXES")
+    from export.text import add_text_flags
+    add_text_flags(p)
     return p
 
 
@@ -571,6 +588,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         ckpt = Path(args.checkpoint) if args.checkpoint else xdata.find_latest_checkpoint(args.runs)
         out = Path(args.out) if args.out else xdata.default_export_dir(ckpt, args.runs)
+        from export.text import checkpoint_is_text, run_text_export
+        if checkpoint_is_text(ckpt):  # the text / non-text classifier: model.onnx (+ model_int8.onnx)
+            return run_text_export(ckpt, out, args)
         res = export_onnx(ckpt, out, int8=args.int8, fp16=args.fp16, trt_int8=args.trt_int8,
                           calib_images=args.calib_images,
                           calib_count=args.calib_count, calib_method=args.calib_method,
@@ -581,7 +601,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                           eval_images=args.eval_images, int8_max_map_drop=args.int8_max_map_drop,
                           latency_iters=args.latency_iters, threads=args.threads, quiet=args.quiet,
                           int8_per_channel=not args.int8_per_tensor, int8_max_fp32_layers=args.int8_max_fp32_layers,
-                          uint8_input=args.uint8_input)
+                          uint8_input=args.uint8_input, refinedet_plugin_boxes=args.refinedet_plugin_boxes)
     except ValueError as e:
         return fail(e, "export.onnx: error")
     if args.quiet:

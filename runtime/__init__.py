@@ -12,6 +12,7 @@ from typing import Any
 # name -> module that defines it, imported on first access.
 _LAZY = {
     "load_detector": "runtime.load",
+    "load_classifier": "runtime.classifier",
     "Detector": "runtime.detector",
     "BackendUnavailable": "runtime.errors",
     "Results": "runtime.results",

@@ -5,8 +5,9 @@
     python -m runtime.evaluate --model exports/kd/model_nms.onnx [--data SPEC] [--out DIR]   # DIR/metrics.json
 
 ``--data`` takes the training side's dataset specs: ``shapes`` | ``shapes:val`` |
-``coco:ANNOTATIONS.json:IMAGE_DIR`` | ``voc:ROOT:SPLIT``. Without it, the model's own validation
-data: the one recorded in the sidecar (``extra``) or in the checkpoint's resolved config.
+``coco:ANNOTATIONS.json:IMAGE_DIR`` | ``voc:ROOT:SPLIT``; ``text`` | ``text:DIR`` (or a text classifier
+model) evaluates a text / non-text classifier instead (:mod:`runtime.text_evaluate`: P / R / F).
+Without it, the model's own validation data: the one recorded in the sidecar (``extra``) or in the checkpoint's resolved config.
 
 Datasets are read by :mod:`runtime.datasets` (numpy only, no torch): the generated shapes set must
 already be on disk (the error names the command that generates it). Scoring goes through the one
@@ -156,7 +157,8 @@ def evaluate_detector(det: Any, dataset: Any, *, batch_size: int = 8, max_images
 
 
 def _fmt(v: Any) -> str:
-    return "  n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:5.1f}"
+    """A metric in points; "-" where COCO has nothing to measure (-1, NaN here: e.g. APs without small objects)."""
+    return "    -" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:5.1f}"
 
 
 def format_table(metrics: dict[str, Any], title: str = "") -> str:
@@ -193,8 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "(default: the model's own validation data)")
     p.add_argument("--data-root", default=None, help="where the embedded shapes dataset lives "
                                                      "(default: the one recorded with the model, else 'data')")
-    p.add_argument("--provider", default=None, choices=["cpu", "cuda", "tensorrt", "reference"],
-                   help="ONNX Runtime execution provider; 'reference' runs the TensorRT plugin graph on CPU")
+    p.add_argument("--provider", default=None, choices=["cpu", "cuda", "tensorrt", "reference", "openvino"],
+                   help="ONNX Runtime execution provider; 'reference' runs the TensorRT plugin graph on CPU; "
+                        "'openvino' runs the ONNX graph on OpenVINO's CPU plugin")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--fp16", action="store_true", help="PyTorch backend on CUDA: half precision")
     p.add_argument("--batch-size", type=int, default=8)
@@ -213,6 +216,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         out = report_file(args.out, "metrics.json") if args.out else None
+        from runtime.classifier import model_task
+        from runtime.text_evaluate import is_text_spec, run_text_evaluation
+        if is_text_spec(args.data) or model_task(args.model) == "text":  # the text / non-text classifier
+            return run_text_evaluation(args, out)
         det = load_detector(args.model, device=args.device, provider=args.provider, fp16=args.fp16,
                             accept_modified=args.accept_modified)
         try:

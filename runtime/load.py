@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runtime.classifier import refuse_text_export
 from runtime.detector import Detector
 from runtime.errors import check_choice
 from runtime.integrity import check_file_hash
@@ -130,6 +131,7 @@ def load_detector(
     if provider is not None and provider not in entry.providers:
         raise ValueError(f"provider={provider!r} does not apply to {entry.what} ({p.name}); it takes "
                          f"provider= {list(entry.providers)} or None")
+    refuse_text_export(p)
     check_file_hash(p, accept_modified=accept_modified)
     return entry.open(p, device=device, provider=provider, fp16=fp16, **kwargs)
 

@@ -48,8 +48,11 @@ META_KEY = "fdet_meta"  # the sidecar's copy in an ONNX file's metadata_props
 # host; "uint8_nhwc" uint8 [B, H, W, 3] RGB pixels after the resize, the graph itself casts,
 # normalises with mean / std and transposes to NCHW.
 INPUT_FORMATS = ("float_nchw", "uint8_nhwc")
+# What the model does: "detect" (boxes, the graph contract of runtime.outputs) or "text" (the text / non-text
+# image classifier: text_prob [B] and region_prob_<g> [B, g, g], runtime.classifier).
+TASKS = ("detect", "text")
 # Sidecar keys added after format version 1 was frozen: optional when reading (older sidecars lack them).
-OPTIONAL_KEYS = ("input_format",)
+OPTIONAL_KEYS = ("input_format", "task")
 
 def _check_threshold(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -139,6 +142,7 @@ class ModelMeta:
     versions: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     input_format: str = "float_nchw"
+    task: str = "detect"
 
     def __post_init__(self) -> None:
         # Normalise JSON lists back to the declared tuple/list types.
@@ -192,6 +196,7 @@ class ModelMeta:
         check_choice("graph", self.graph, GRAPHS)
         check_choice("precision", self.precision, PRECISIONS)
         check_choice("input_format", self.input_format, INPUT_FORMATS)
+        check_choice("task", self.task, TASKS)
         if not isinstance(self.nms, NMSConfig):
             raise ValueError(f"nms must be an NMSConfig, got {type(self.nms).__name__}")
         self.nms.validate()

@@ -40,7 +40,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from export.trt.builder import BuildError, build_engine, write_build_report
-from export.trt.settings import resolve_settings
+from export.trt.settings import read_onnx_meta, resolve_settings
 from runtime.cli import command, ProductParser
 from runtime.errors import BackendUnavailable
 
@@ -100,8 +100,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = None
     try:
         settings = resolve_settings(args)
-        report = build_engine(settings, verify=not args.no_verify,
-                              verify_images=Path(args.verify_images) if args.verify_images else None)
+        if read_onnx_meta(settings.onnx).task == "text":  # the text / non-text classifier: no NMS (export.trt.text)
+            from export.trt.text import build_text_engine
+            report = build_text_engine(settings)
+        else:
+            report = build_engine(settings, verify=not args.no_verify,
+                                  verify_images=Path(args.verify_images) if args.verify_images else None)
         write_build_report(settings.engine, report)
         return EXIT_OK
     except BackendUnavailable as e:  # refused before building: nothing is written

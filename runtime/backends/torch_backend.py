@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime.classifier import TEXT_PROB, Classifier, region_output, text_meta
 from runtime.detector import Detector, Detections, detections_from_nms
 from runtime.errors import BackendUnavailable
 
@@ -46,6 +47,9 @@ class TorchDetector(Detector):
         if threads is not None:
             torch.set_num_threads(int(threads))
         ckpt = load_checkpoint(checkpoint)
+        if ckpt.get("task") == "text":
+            raise ValueError(f"{ckpt['path']} is a text / non-text classifier checkpoint ({ckpt['model_name']}), not "
+                             f"a detector: open it with runtime.load_classifier")
         meta = meta_from_checkpoint(ckpt)
         if fp16:
             meta.precision = "fp16"
@@ -105,3 +109,55 @@ def open_model(path: Path, *, device: str = "cpu", provider: str | None = None, 
     """A ``.pt`` / ``.pth`` checkpoint or a run folder (best.pt, else last.pt). ``provider`` ("cpu" /
     "cuda", checked by :func:`runtime.load.load_detector`) adds nothing to ``device``."""
     return TorchDetector(path, device=device, fp16=fp16, **kwargs)
+
+
+# ----------------------------------------------------------------------------- text / non-text classifier
+def checkpoint_task(path: Any) -> str:
+    """"text" for a text / non-text classifier checkpoint (file or run folder), else "detect"; ValueError when
+    it cannot be read."""
+    from distill.checkpoint import Checkpoint
+    from distill.text.models import TEXT_MODELS
+
+    ck = Checkpoint.load(path)
+    return "text" if ck.model_name in TEXT_MODELS or (ck.extra or {}).get("task") == "text" else "detect"
+
+
+class TorchClassifier(Classifier):
+    """A text classifier checkpoint (``.pt`` or run folder; EMA weights when present) run eagerly on ``device``.
+
+    ``infer`` returns what the exported graph returns (:mod:`runtime.classifier`): ``text_prob`` float32 [B]
+    (sigmoid of the image logit) and ``region_prob_<g>`` float32 [B, g, g] (sigmoid of the region logits)."""
+
+    def __init__(self, checkpoint: Any, device: str = "cpu", threads: int | None = None, use_ema: bool = True) -> None:
+        import torch
+
+        from distill.checkpoint import Checkpoint, check_finite_weights, load_weights
+        from distill.text.models import TEXT_MODELS, create_text_model
+
+        ck = Checkpoint.load(checkpoint)
+        if ck.model_name not in TEXT_MODELS:
+            raise ValueError(f"{ck.path} is a {ck.model_name} detector checkpoint, not a text / non-text classifier "
+                             f"({', '.join(TEXT_MODELS)}): open it with runtime.load_detector")
+        super().__init__(text_meta(ck.model_name, ck.extra, str(ck.path)), Path(str(ck.path)).name)
+        if threads is not None:
+            torch.set_num_threads(int(threads))
+        weights = ck.ema if use_ema and ck.ema else ck.model
+        check_finite_weights(weights, str(ck.path))
+        model = create_text_model(ck.model_name, **ck.model_kwargs)
+        load_weights(model, weights, str(ck.path), f"the {ck.model_name} {ck.model_kwargs} it names")
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise BackendUnavailable(f"PyTorch backend: device {device!r} asked for but CUDA is not available here")
+        self.model = model.eval().to(self.device)
+        self.meta.extra["params"] = sum(p.numel() for p in model.parameters())
+        self.checkpoint = ck
+        self.name = f"pytorch-{self.device.type}"
+        self._torch = torch
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        torch = self._torch
+        with torch.inference_mode():
+            out = self.model(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device))
+            probs = {TEXT_PROB: torch.sigmoid(out["image_logit"])}
+            probs.update({region_output(g): torch.sigmoid(out["region_logits"][g]) for g in self.grids})
+            return {k: v.float().cpu().numpy() for k, v in probs.items()}
