@@ -3,10 +3,11 @@
     python benchmarks/run.py --checkpoint runs/text_kd/best.pt --exports exports/text_kd [--data text:DIR]
 
 One row per backend this machine has: PyTorch (the checkpoint, the reference), ONNX Runtime FP32 / INT8
-(``model.onnx`` / ``model_int8.onnx``), OpenVINO FP32 / INT8 (the same files), TensorRT (an engine of the
-export folder; unavailable without TensorRT and a GPU). Per row: batch-1 latency of the model alone (p50 /
-p90 / mean ms, warm-up excluded, :func:`benchmarks.timing.measure`), parameters, P / R / F-measure on the
-validation images (:func:`runtime.textdata.text_prf` at the model's threshold) and the parity of the
+(``model.onnx`` / ``model_int8.onnx``), OpenVINO FP32 / INT8 (the same files), TensorRT (one row per engine
+of the export folder, ``tensorrt-<precision>``; unavailable without TensorRT and a GPU). Per row: batch-1
+latency of the model alone (p50 / p90 / mean ms, warm-up excluded, :func:`benchmarks.timing.measure`),
+parameters, P / R / F-measure on the validation images (:func:`runtime.textdata.text_prf` at the model's
+threshold) and the parity of the
 probabilities with PyTorch (max abs difference of ``text_prob``, share of equal decisions). CPU rows run
 ``--threads`` threads (default 1: the paper's CPU figure is one core's). Writes ``report.json`` and
 ``report.md``; exit status 1 when a backend fails or FP32 parity is broken.
@@ -48,8 +49,12 @@ def _rows(checkpoint: Path, exports: Path | None, threads: int) -> list[tuple[st
             make = (lambda p=path, b=backend: load_classifier(p, backend=b, threads=threads)) if not why else None
             rows.append((f"{backend}-cpu-{precision}", make, why))
     engines = sorted(exports.glob("*.engine")) if exports else []
-    rows.append(("tensorrt", None, "running text classifier engines is not supported yet" if engines else
-                 "no engine in the export folder (python -m export.trt --onnx model.onnx --fp16)"))
+    for engine in engines:                         # model_fp16.engine -> tensorrt-fp16 (on cuda:0)
+        rows.append((f"tensorrt-{engine.stem.removeprefix('model_')}",
+                     lambda p=engine: load_classifier(p, backend="tensorrt"), ""))
+    if not engines:
+        rows.append(("tensorrt", None, "no engine in the export folder (python -m export.trt --onnx model.onnx "
+                                       "--fp16)"))
     return rows
 
 

@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from runtime.atomic import write_json_atomic, write_text_atomic
 from runtime.cli import command, fail, ProductParser
+from runtime.sizes import size_text
 
 from .config import resolve
 from .presets import PRESETS
@@ -141,6 +142,8 @@ def run_one(cfg) -> dict:
     """Train (or resume, or skip) one run; returns its summary."""
     from .checkpoint import last_checkpoints, load_latest
     from .train import fit
+    if cfg.run.task == "text":                  # the text / non-text classifier's loop
+        from .text.train import text_fit as fit
     out = Path(cfg.run.out)
     if (out / "summary.json").is_file():
         return json.loads((out / "summary.json").read_text())
@@ -157,10 +160,10 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def aggregate(runs: dict[str, list[dict]]) -> dict:
+def aggregate(runs: dict[str, list[dict]], metrics: tuple[str, ...] = METRICS) -> dict:
     agg = {}
     for name, rs in runs.items():
-        agg[name] = {k: dict(zip(("mean", "std"), mean_std([r[k] for r in rs]))) for k in METRICS}
+        agg[name] = {k: dict(zip(("mean", "std"), mean_std([r[k] for r in rs]))) for k in metrics}
         agg[name]["seeds"] = len(rs)
         agg[name]["minutes"] = sum(r.get("minutes", 0.0) for r in rs)
     return agg
@@ -214,7 +217,7 @@ def render_markdown(agg: dict, teacher: dict, order: list[str], meta: dict, runs
     done = sorted({a["seeds"] for a in agg.values()})
     seeds = f"{meta['seeds']} seeds" if done == [meta["seeds"]] else \
         f"seeds 0-{meta['seeds'] - 1} asked, {'/'.join(map(str, done))} finished per method"
-    lines = [f"# Distillation ablation ({seeds}, preset `{meta['preset']}`, {meta['img_size']} px, "
+    lines = [f"# Distillation ablation ({seeds}, preset `{meta['preset']}`, {size_text(meta['img_size'])} px, "
              f"student `{meta['student']}`)", "",
              "COCO metrics in points on the embedded dataset's validation split, mean ± std over seeds "
              "(one value where one seed has finished).", "",
@@ -257,35 +260,39 @@ def render_markdown(agg: dict, teacher: dict, order: list[str], meta: dict, runs
     return "\n".join(lines) + "\n"
 
 
-def paired_lines(runs: dict, order: list[str], base: str) -> list[str]:
+def paired_lines(runs: dict, order: list[str], base: str, keys: tuple[str, str] = ("mAP", "AP50")) -> list[str]:
+    """The paired-differences table against ``base``: per seed and mean ± std of ``keys[0]`` (with the paired
+    t-test), mean ± std of ``keys[1]``."""
+    a, b = keys
     lines = ["", f"## Paired differences against `{base}` (same seed = same data order and initialisation)", "",
-             "| method | per seed, mAP points | mAP mean ± std (paired t-test) | AP50 mean ± std |", "|---|---|---|---|"]
+             f"| method | per seed, {a} points | {a} mean ± std (paired t-test) | {b} mean ± std |", "|---|---|---|---|"]
     for n in order:
         if n == base:
             continue
-        st, st50 = paired_stats(runs, n, base), paired_stats(runs, n, base, "AP50")
+        st, st50 = paired_stats(runs, n, base, a), paired_stats(runs, n, base, b)
         lines.append(f"| {n} | " + ", ".join(f"{d:+.2f}" for d in st["diffs"]) + f" | {_fmt_paired(st)} | "
                      f"{_fmt_paired(st50)} |")
     return lines
 
 
-def plot(agg: dict, teacher: dict | None, order: list[str], path: Path, title: str | None = None) -> None:
+def plot(agg: dict, teacher: dict | None, order: list[str], path: Path, title: str | None = None,
+         metrics: tuple[str, ...] = METRICS, ylabel: str = "COCO AP (points)") -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
     fig, ax = plt.subplots(figsize=(10, 4))
-    width = 0.8 / len(METRICS)
+    width = 0.8 / len(metrics)
     x = np.arange(len(order))
-    for i, k in enumerate(METRICS):
+    for i, k in enumerate(metrics):
         ax.bar(x + i * width, [agg[n][k]["mean"] for n in order], width, yerr=[agg[n][k]["std"] for n in order],
                capsize=2, label=k)
         if teacher:
             ax.axhline(teacher[k], color=f"C{i}", ls=":", lw=0.8)
-    ax.set_xticks(x + width * (len(METRICS) - 1) / 2, order, rotation=15)
-    ax.set_ylabel("COCO AP (points)")
+    ax.set_xticks(x + width * (len(metrics) - 1) / 2, order, rotation=15)
+    ax.set_ylabel(ylabel)
     ax.set_title(title or "Distillation ablation (bars: students, mean ± std over seeds; dotted: teacher)")
-    ax.legend(fontsize=8, ncol=len(METRICS))
+    ax.legend(fontsize=8, ncol=len(metrics))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -304,11 +311,11 @@ def print_table(agg: dict, teacher: dict, order: list[str]) -> None:
 
 
 def collect_runs(args, names: list[str], out_root: Path, rows: dict[str, Method] | None = None,
-                 config=None) -> dict[str, list[dict]]:
+                 config=None, metrics: tuple[str, ...] = METRICS) -> dict[str, list[dict]]:
     """Train (or resume, or skip) every (method, seed), seed-major, baseline and GAN-KD first: the first rows
     already answer the main question. With ``--aggregate-only`` nothing trains: finished runs are read.
     ``rows`` / ``config``: another study's rows and its ``config(args, row, seed, out) -> TrainConfig``
-    (default: :data:`BY_NAME`, :func:`run_config`)."""
+    (default: :data:`BY_NAME`, :func:`run_config`) and the summary keys it reports (``metrics``)."""
     runs: dict[str, list[dict]] = {n: [] for n in names}
     first = [n for n in ("baseline", "gan") if n in names]
     jobs = [(n, s) for s in range(args.seeds) for n in first + [n for n in names if n not in first]]
@@ -320,8 +327,8 @@ def collect_runs(args, names: list[str], out_root: Path, rows: dict[str, Method]
         if args.aggregate_only and not summary.is_file():
             continue
         s = json.loads(summary.read_text()) if args.aggregate_only else run_one(cfg)
-        runs[name].append({"seed": seed, "run": cfg.run.out, "minutes": s.get("minutes", 0.0), **{k: s[k] for k in METRICS}})
-        tqdm.write(f"{name} seed {seed}: mAP {s['mAP']:.2f}  AP50 {s['AP50']:.2f}")
+        runs[name].append({"seed": seed, "run": cfg.run.out, "minutes": s.get("minutes", 0.0), **{k: s[k] for k in metrics}})
+        tqdm.write(f"{name} seed {seed}: " + "  ".join(f"{k} {s[k]:.2f}" for k in metrics[:2]))
     return {n: r for n, r in runs.items() if r}
 
 

@@ -16,6 +16,19 @@ ODM offsets against the tiled anchors); ``no-tcb`` (theta = 1.0, no two-step, no
 to directly detect multi-class objects, just like SSD"). Single-removal rows (``only-no-two-step``,
 ``only-no-tcb``) are available through ``--rows``.
 
+``--study text``: Table II of the text / non-text paper (papers/text-nontext-kd.txt) on ``textnet_student``:
+``hard`` (no distillation), ``soft`` (eq. 3), ``soft+began`` (eqs. 2, 4-6), ``ab+soft+began`` (the full
+method), each seed paired with ``hard`` (same initialisation, the same batches and flips in every epoch
+after the AB pre-training), plus the teacher row: ``textnet_teacher`` trained once (seed 0,
+``OUT/teacher/seed0``, skipped / resumed like the rows) or ``--teacher CKPT``. Sizes: the text preset with
+96 px, 600 training and 200 validation images (:data:`TEXT_STUDY_SIZE`, under ``--config``). With
+``--preset quick`` on one CPU thread (a 2-core machine shared with other training): ~23 min for the
+teacher, ~9 min per distilled run (the teacher's forward pass on every batch), ~1 min per ``hard`` run:
+about 1.8 h for 3 seeds. The report adds recall / precision / F
+per row, the paired F differences against ``hard`` and whether the full method beats ``hard`` by more than
+the seeds' spread; the ORT 1-thread latency of the seed-0 student and of the teacher are the printed
+export + benchmark commands.
+
 Writes to ``--out``: ``ablation.json`` (every run, mean / std per row, params, GFLOPs, paired differences
 against the reference row with paired t-tests), ``ablation.md`` (the table, the paired differences, whether
 the paper's ordering shows, the CPU latency commands) and ``ablation.png``.
@@ -27,12 +40,13 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtime.atomic import atomic_path, write_json_atomic, write_text_atomic
 from runtime.cli import ProductParser, command, fail
 from runtime.errors import unknown_name_error
+from runtime.sizes import size_text
 
 from . import ablate
 from .ablate import METRICS, Method
@@ -51,6 +65,14 @@ class Study:
     steps: tuple[str, ...]              # consecutive rows whose paired differences the note lists
     paper: dict                         # row -> the paper's number (mAP, VOC07 test)
     latency_rows: tuple[str, ...] = ()  # rows whose seed-0 checkpoint the latency commands export
+    task: str = "detect"                # "text": the text / non-text classifier (distill/text/train.py)
+    metrics: tuple[str, ...] = METRICS  # the summary keys every run reports, in the table's order
+    key: str = "mAP"                    # the metric of the verdict and the paired steps
+    paper_metric: str = "VOC07 mAP"
+    protocol: str = ("COCO metrics in points on the embedded dataset's validation split, last epoch, mean ± std "
+                     "over seeds. Every row trains plainly (no distillation) with the same seeds, data order and "
+                     "backbone start.")
+    overrides: dict = field(default_factory=dict)   # config under --config and the rows' own (the study's sizes)
 
 
 def _rd(name: str, label: str, **kwargs) -> Method:
@@ -72,7 +94,34 @@ REFINEDET = Study(
     reference="full", ordering=("full", "theta1", "no-two-step"), steps=("full", "theta1", "no-two-step", "no-tcb"),
     paper={"full": 80.0, "theta1": 79.5, "no-two-step": 77.3, "no-tcb": 76.2},
     latency_rows=("full", "ssdlite"))
-STUDIES: dict[str, Study] = {s.name: s for s in (REFINEDET,)}
+
+TEXT_METRICS = ("recall", "precision", "f1")
+# The text study's sizes on top of the text task's preset (distill/text/train.py text_presets): 96 px and 600
+# training images keep the VGG-16 teacher's forward passes, which every distilled student step pays for, to
+# minutes per run on one CPU thread; --config overrides them.
+TEXT_STUDY_SIZE = {"img_size": 96, "shapes_train": 600, "shapes_val": 200}
+
+
+def _tx(name: str, kd: str, label: str) -> Method:
+    return Method(name, label, kd, {}, {"model": "textnet_student"})
+
+
+TEXT = Study(
+    "text", "Text / non-text classification: the effect of knowledge distillation (Table II)",
+    rows=(_tx("hard", "none", "hard labels (no distillation)"), _tx("soft", "soft", "soft labels (eq. 3)"),
+          _tx("soft+began", "soft+began", "soft labels + adversarial (BEGAN, eqs. 2, 4-6)"),
+          _tx("ab+soft+began", "ab+soft+began", "AB pre-training + soft + adversarial (the full method)")),
+    default_rows=("hard", "soft", "soft+began", "ab+soft+began"), reference="hard",
+    ordering=("ab+soft+began", "soft+began", "soft", "hard"), steps=("hard", "soft", "soft+began", "ab+soft+began"),
+    paper={"hard": 89.5, "soft": 91.5, "soft+began": 92.5, "ab+soft+began": 93.0, "teacher": 95.7},
+    latency_rows=("ab+soft+began",), task="text", metrics=TEXT_METRICS, key="f1", paper_metric="TextDis F-measure",
+    protocol=("Image-level recall / precision / F-measure in points on the embedded text data's validation split "
+              "(threshold 0.5), last epoch, mean ± std over seeds. Every student row starts from the same "
+              "initialisation per seed and sees the same batches and flips in every epoch after the AB "
+              "pre-training; the distilled rows learn from the one teacher below (trained once, seed 0)."),
+    overrides=TEXT_STUDY_SIZE)
+TEACHER_ROW = Method("teacher", "teacher (VGG-16, hard labels)", "none", {}, {"model": "textnet_teacher"})
+STUDIES: dict[str, Study] = {s.name: s for s in (REFINEDET, TEXT)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,13 +132,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated subset of the study's rows (default: its standard rows)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per row, 0..N-1 (default: 3)")
     p.add_argument("--preset", default="quick",
-                   help="training recipe of every run (default: quick; see distill/presets.py)")
+                   help="training recipe of every run (default: quick; see distill/presets.py; --study text: the "
+                        "text task's preset at 96 px, 600 + 200 images: ~9 min per distilled run, ~23 min for "
+                        "the teacher on one CPU thread)")
     p.add_argument("--config", default=None, help="YAML of config overrides applied to every run (model_kwargs are "
                                                    "merged under each row's own)")
     p.add_argument("--out", default=None, help="output folder (default: runs/ablate-<study>)")
     p.add_argument("--pretrained-backbone", default=None,
                    help="ImageNet backbone weights of every row (default: the locally installed MobileNetV2 weights "
                         "when present; 'none': random init)")
+    p.add_argument("--teacher", default=None,
+                   help="--study text: the teacher checkpoint of the distilled rows (default: train "
+                        "textnet_teacher once, seed 0, in OUT/teacher/seed0)")
     p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' (default: auto)")
     p.add_argument("--aggregate-only", action="store_true",
                    help="train nothing: aggregate the finished runs found in --out (e.g. while the study is still "
@@ -97,8 +151,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def text_config(args, study: Study, row: Method, seed: int, out: Path):
+    """The TrainConfig of one text run: the text preset with the study's sizes <- --config <- the row's model,
+    ``--kd`` and (distilled rows) the teacher checkpoint."""
+    from .text.train import text_presets
+    cli = {"preset": args.preset, "task": "text", "model": row.overrides["model"], "kd": row.kd, "seed": seed,
+           "out": str(out), "device": args.device, "select_best": False}
+    if row.kd != "none":
+        cli["teacher"] = str(args.teacher_ckpt)
+    if args.config:
+        cli["config"] = args.config
+    return resolve(cli, {n: {**p, **study.overrides} for n, p in text_presets().items()})
+
+
 def run_config(args, row: Method, seed: int, out: Path):
     """The TrainConfig of one (row, seed): preset <- --config <- the row's model and kwargs (model_kwargs merged)."""
+    study = STUDIES.get(getattr(args, "study", None))
+    if study is not None and study.task == "text":
+        return text_config(args, study, row, seed, out)
     cli = {"preset": args.preset, "kd": row.kd, "seed": seed, "out": str(out), "device": args.device,
            "select_best": False, "model": row.overrides["model"]}
     if args.config:
@@ -129,26 +199,54 @@ def ordering_note(study: Study, agg: dict, runs: dict) -> str:
     chain = [n for n in study.ordering if n in agg]
     if len(chain) < 2:
         return f"The paper's ordering ({' > '.join(study.ordering)}): fewer than two of its rows finished, no verdict."
+    k = study.key
     paper = " > ".join(f"{n} ({study.paper[n]:.1f})" for n in chain)
-    ours = ", ".join(f"{n} {agg[n]['mAP']['mean']:.2f}" for n in chain)
-    wrong = [f"{a} <= {b}" for a, b in zip(chain, chain[1:]) if not agg[a]["mAP"]["mean"] > agg[b]["mAP"]["mean"]]
+    ours = ", ".join(f"{n} {agg[n][k]['mean']:.2f}" for n in chain)
+    wrong = [f"{a} <= {b}" for a, b in zip(chain, chain[1:]) if not agg[a][k]["mean"] > agg[b][k]["mean"]]
     done = [n for n in study.steps if n in agg]
-    steps = [f"{b} - {a}: {ablate._fmt_paired(ablate.paired_stats(runs, b, a))}" for a, b in zip(done, done[1:])]
-    ps = [ablate.paired_stats(runs, b, a)["p"] for a, b in zip(chain, chain[1:])]
+    steps = [f"{b} - {a}: {ablate._fmt_paired(ablate.paired_stats(runs, b, a, k))}" for a, b in zip(done, done[1:])]
+    ps = [ablate.paired_stats(runs, b, a, k)["p"] for a, b in zip(chain, chain[1:])]
     resolved = all(p is not None and p < 0.05 for p in ps)
-    head = (f"The paper's ordering {paper} (VOC07 mAP) SHOWS in the mean mAP here ({ours}), "
+    head = (f"The paper's ordering {paper} ({study.paper_metric}) SHOWS in the mean {k} here ({ours}), "
             + ("every step at paired p < 0.05." if resolved else "but not every step is resolved at paired p < 0.05.")
             if not wrong else
-            f"The paper's ordering {paper} (VOC07 mAP) does NOT show here ({ours}; out of order: {', '.join(wrong)}).")
-    return head + " Paired steps (p: paired t-test), mAP points: " + "; ".join(steps) + "."
+            f"The paper's ordering {paper} ({study.paper_metric}) does NOT show here ({ours}; out of order: "
+            f"{', '.join(wrong)}).")
+    return head + f" Paired steps (p: paired t-test), {k} points: " + "; ".join(steps) + "."
 
 
-def latency_commands(study: Study, out_root: Path, names: list[str]) -> list[str]:
+def spread_note(study: Study, agg: dict, runs: dict) -> str | None:
+    """Whether the study's best row (``ordering[0]``) beats the reference by more than the seeds' spread (the
+    larger of the two rows' std of ``key``), with the paired test; None when the two are the same row."""
+    best, ref, k = study.ordering[0], study.reference, study.key
+    if best == ref:
+        return None
+    if best not in agg or ref not in agg:
+        return f"{best} vs {ref}: not both finished, no verdict."
+    diff = agg[best][k]["mean"] - agg[ref][k]["mean"]
+    spread = max(agg[best][k]["std"], agg[ref][k]["std"])
+    paired = ablate._fmt_paired(ablate.paired_stats(runs, best, ref, k))
+    if min(agg[best]["seeds"], agg[ref]["seeds"]) < 2:
+        return f"{best} vs {ref}: {diff:+.2f} {k} points on one seed: no verdict before more seeds."
+    verdict = "beats" if diff > spread else "does NOT beat"
+    return (f"{best} vs {ref}: {diff:+.2f} {k} points, largest seed std {spread:.2f} -> {best} {verdict} {ref} by "
+            f"more than the seeds' spread (paired: {paired}).")
+
+
+def latency_commands(study: Study, out_root: Path, names: list[str], teacher: str | None = None) -> list[str]:
     """The commands that add ORT end-to-end batch-1 CPU latency of the seed-0 checkpoints to the comparison
-    (export and benchmarks sit above distill: this module prints them, it does not run them)."""
+    (export and benchmarks sit above distill: this module prints them, it does not run them). Text study: the
+    classifier's benchmark rows (model alone, one thread) of the seed-0 student and of ``teacher``."""
+    rows = [(n, out_root / n / "seed0" / "best.pt") for n in study.latency_rows if n in names]
+    if study.task == "text":
+        rows += [("teacher", Path(teacher))] if teacher else []
+        return [c for n, ck in rows for c in (
+            f"python -m export.onnx --checkpoint {ck} --out exports/{out_root.name}/{n}",
+            f"python benchmarks/run.py --checkpoint {ck} --exports exports/{out_root.name}/{n} --threads 1 "
+            f"--out reports/{out_root.name}/{n}")]
     cmds = []
-    for n in (n for n in study.latency_rows if n in names):
-        ck, ex = out_root / n / "seed0" / "best.pt", Path("exports") / out_root.name / n
+    for n, ck in rows:
+        ex = Path("exports") / out_root.name / n
         cmds += [f"python -m export.onnx --checkpoint {ck} --out {ex}",
                  f"python benchmarks/run.py --checkpoint {ck} --exports {ex} --only onnxruntime-cpu-nms "
                  f"--batch-sizes 1 --no-peer --out reports/{out_root.name}/{n}"]
@@ -162,27 +260,73 @@ def _cell(a: dict, k: str) -> str:
 
 def render_markdown(study: Study, agg: dict, costs: dict, runs: dict, names: list[str], meta: dict) -> str:
     labels = {r.name: r.label for r in study.rows}
+    ms = study.metrics
     lines = [f"# {study.title}", "",
-             f"Preset `{meta['preset']}`, {meta['img_size']} px, seeds 0-{meta['seeds'] - 1} asked; COCO metrics in "
-             "points on the embedded dataset's validation split, last epoch, mean ± std over seeds. Every row "
-             "trains plainly (no distillation) with the same seeds, data order and backbone start.", "",
-             "| row | model | seeds | " + " | ".join(METRICS) + " | params (M) | GFLOPs | paper mAP (VOC07) |",
-             "|---|---|---|" + "---|" * (len(METRICS) + 3)]
+             f"Preset `{meta['preset']}`, {size_text(meta['img_size'])} px, seeds 0-{meta['seeds'] - 1} asked. "
+             + study.protocol, "",
+             "| row | model | seeds | " + " | ".join(ms) + f" | params (M) | GFLOPs | paper {study.paper_metric} |",
+             "|---|---|---|" + "---|" * (len(ms) + 3)]
+    t = meta.get("teacher")
+    if t:
+        lines.append(f"| {TEACHER_ROW.label} | `{t['model']}` | 1 | " + " | ".join(ablate._num(t[k]) for k in ms)
+                     + f" | {ablate._num(t['params(M)'], '.3f')} | - | {study.paper.get('teacher', '')} |")
     for n in names:
         c, paper = costs[n], study.paper.get(n)
         lines.append(f"| {labels[n]} | `{c['model']}` | {agg[n]['seeds']} | "
-                     + " | ".join(_cell(agg[n], k) for k in METRICS)
+                     + " | ".join(_cell(agg[n], k) for k in ms)
                      + f" | {ablate._num(c['params(M)'], '.3f')} | {ablate._num(c['GFLOPs'], '.3f')} | "
                      + ("" if paper is None else f"{paper:.1f}") + " |")
     if study.reference in agg:
-        lines += ablate.paired_lines(runs, names, study.reference)
+        lines += ablate.paired_lines(runs, names, study.reference, (study.key, next(k for k in ms if k != study.key)))
     lines += ["", ordering_note(study, agg, runs)]
-    cmds = latency_commands(study, Path(meta["out"]), names)
+    spread = spread_note(study, agg, runs)
+    lines += ["", spread] if spread else []
+    cmds = latency_commands(study, Path(meta["out"]), names, meta.get("teacher_checkpoint"))
     if cmds:
-        lines += ["", "CPU latency (ONNX Runtime, end to end, batch 1) of the seed-0 checkpoints:", "", "```",
-                  *cmds, "```"]
+        what = ("the classifier alone, batch 1, one thread" if study.task == "text" else "end to end, batch 1")
+        lines += ["", f"CPU latency (ONNX Runtime, {what}) of the seed-0 checkpoints:", "", "```", *cmds, "```"]
     lines += ["", f"Wall time of all runs: {sum(a['minutes'] for a in agg.values()):.1f} min."]
     return "\n".join(lines) + "\n"
+
+
+def text_teacher(args, study: Study, out_root: Path) -> dict | None:
+    """The text study's teacher: ``--teacher`` scored on the study's validation images (cached in
+    teacher_eval.json), else textnet_teacher trained once (seed 0, OUT/teacher/seed0; skipped when finished,
+    resumed when stopped). Sets ``args.teacher_ckpt``; returns its row (recall / precision / f1, params(M),
+    model, run) or None (``--aggregate-only`` before the teacher finished)."""
+    if args.teacher:
+        return _scored_teacher(args, text_config(args, study, TEACHER_ROW, 0, out_root / "teacher-eval"), out_root)
+    cfg = text_config(args, study, TEACHER_ROW, 0, out_root / "teacher" / "seed0")
+    args.teacher_ckpt = str(Path(cfg.run.out) / "best.pt")
+    summary = Path(cfg.run.out) / "summary.json"
+    if args.aggregate_only and not summary.is_file():
+        return None
+    s = json.loads(summary.read_text()) if summary.is_file() else ablate.run_one(cfg)
+    return {**{k: s[k] for k in study.metrics}, "params(M)": s["params(M)"], "model": s["model"], "run": cfg.run.out}
+
+
+def _scored_teacher(args, cfg, out_root: Path) -> dict:
+    from .checkpoint import Checkpoint
+    from .runs import pick_device
+    from .text.models import count_parameters
+    from .text.train import build_text_datasets, evaluate_text, input_size
+    size = input_size(cfg)
+    key = {"teacher": str(Path(args.teacher).resolve()), "size": list(size),
+           "val": [cfg.data.data, cfg.data.val_data, cfg.data.shapes_val, cfg.data.shapes_seed]}
+    cache = out_root / "teacher_eval.json"
+    if cache.is_file() and json.loads(cache.read_text()).get("key") == key:
+        return json.loads(cache.read_text())["row"]
+    ck = Checkpoint.load(args.teacher)
+    if ck.extra.get("task") != "text":
+        raise ValueError(f"--teacher {args.teacher}: a {ck.model_name} checkpoint, expected a text classifier "
+                         "trained with --task text")
+    device = pick_device(cfg.run.device)
+    model = ck.build_model().to(device)
+    m = evaluate_text(model, build_text_datasets(cfg, size)[1], device, cfg.optim.batch_size)
+    row = {**{k: m[k] for k in TEXT_METRICS}, "params(M)": count_parameters(model) / 1e6, "model": ck.model_name,
+           "run": str(args.teacher)}
+    write_json_atomic(cache, {"key": key, "row": row})
+    return row
 
 
 def _rows(study: Study, spec: str | None) -> list[str]:
@@ -196,16 +340,18 @@ def _rows(study: Study, spec: str | None) -> list[str]:
 
 def write_report(study: Study, runs: dict, names: list[str], meta: dict, out_root: Path) -> dict:
     """Aggregate, then write ablation.json / .md / .png (each atomically); returns the JSON document."""
-    agg = ablate.aggregate(runs)
+    agg = ablate.aggregate(runs, study.metrics)
     costs = model_costs(runs)
-    paired = {n: {k: ablate.paired_stats(runs, n, study.reference, k) for k in METRICS}
+    paired = {n: {k: ablate.paired_stats(runs, n, study.reference, k) for k in study.metrics}
               for n in names if n != study.reference and study.reference in agg}
     doc = {"meta": meta, "runs": runs, "aggregate": agg, "costs": costs, "paired_vs_" + study.reference: paired,
-           "ordering": ordering_note(study, agg, runs), "latency_commands": latency_commands(study, out_root, names)}
+           "ordering": ordering_note(study, agg, runs), "spread": spread_note(study, agg, runs),
+           "latency_commands": latency_commands(study, out_root, names, meta.get("teacher_checkpoint"))}
     write_json_atomic(out_root / "ablation.json", doc)
     write_text_atomic(out_root / "ablation.md", render_markdown(study, agg, costs, runs, names, meta))
     with atomic_path(out_root / "ablation.png") as tmp:
-        ablate.plot(agg, None, names, tmp, title=f"{study.title} (mean ± std over seeds)")
+        ablate.plot(agg, meta.get("teacher"), names, tmp, title=f"{study.title} (mean ± std over seeds)",
+                    metrics=study.metrics, ylabel="points" if study.task == "text" else "COCO AP (points)")
     return doc
 
 
@@ -217,14 +363,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds < 1:
         return fail("--seeds must be >= 1")
     study = STUDIES[args.study]
+    if args.teacher and study.task != "text":
+        return fail(f"--teacher is for --study text (distilled rows); study '{study.name}' trains without one")
+    args.teacher_ckpt = args.teacher
     out_root = Path(args.out or f"runs/ablate-{study.name}")
     t0 = time.time()
     try:
         names = _rows(study, args.rows)
         out_root.mkdir(parents=True, exist_ok=True)
         rows = {r.name: r for r in study.rows}
+        teacher = text_teacher(args, study, out_root) if study.task == "text" else None
         cfg0 = run_config(args, rows[names[0]], 0, out_root / names[0] / "seed0")
-        runs = ablate.collect_runs(args, names, out_root, rows=rows, config=run_config)
+        runs = ablate.collect_runs(args, names, out_root, rows=rows, config=run_config, metrics=study.metrics)
     except ValueError as e:
         return fail(e)
     names = [n for n in names if n in runs]
@@ -233,7 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"study": study.name, "rows": names, "seeds": args.seeds, "preset": args.preset,
             "img_size": cfg0.data.img_size, "out": str(out_root), "config_file": args.config,
             "config": {k: v for k, v in cfg0.to_flat().items() if k not in ("seed", "out", "model", "model_kwargs")},
-            "row_models": {n: rows[n].overrides for n in names}, "wall_minutes": (time.time() - t0) / 60}
+            "row_models": {n: rows[n].overrides for n in names}, "wall_minutes": (time.time() - t0) / 60,
+            "teacher": teacher, "teacher_checkpoint": args.teacher_ckpt}
     write_report(study, runs, names, meta, out_root)
     print("\n" + (out_root / "ablation.md").read_text())
     print(f"wrote {out_root / 'ablation.md'}, ablation.json, ablation.png")

@@ -40,6 +40,7 @@ from torchvision.ops import box_iou
 
 from runtime.atomic import atomic_path, write_json_atomic, write_text_atomic
 from runtime.cli import ProductParser, command, out_folder
+from runtime.sizes import as_hw, size_text
 
 #: COCO's area buckets (px^2 of the network input here): name, lower bound (inclusive), upper bound (exclusive).
 SIZE_BUCKETS: tuple[tuple[str, float, float], ...] = (
@@ -64,15 +65,17 @@ def spread_indices(n: int, max_images: int | None) -> list[int]:
     return sorted({int(i * n / max_images) for i in range(max_images)})
 
 
-def input_boxes(records: Sequence[Any], img_size: int, resize_mode: str = "stretch",
+def input_boxes(records: Sequence[Any], img_size: int | Sequence[int], resize_mode: str = "stretch",
                 max_images: int | None = None) -> tuple[torch.Tensor, int]:
     """The non-ignored boxes of ``records`` (:class:`runtime.annotations.ImageRecord`, xyxy pixels of the
-    original image) after the training resize to ``img_size`` x ``img_size``: (float32 [M, 4] xyxy normalised
+    original image) after the training resize to ``img_size`` (S x S or (H, W)): (float32 [M, 4] xyxy normalised
     to the input, number of boxes the resize drops as degenerate). At most ``max_images`` records, spread
     over the set. No image is read: the transform runs on a blank image of the record's size."""
     from .data.transforms import build_train_transform
 
     tf = build_train_transform(img_size, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), augment=False, resize_mode=resize_mode)
+    h_in, w_in = as_hw(img_size)
+    scale = torch.tensor([w_in, h_in, w_in, h_in], dtype=torch.float32)  # x over W, y over H
     out, dropped = [], 0
     for i in spread_indices(len(records), max_images):
         rec = records[i]
@@ -86,7 +89,7 @@ def input_boxes(records: Sequence[Any], img_size: int, resize_mode: str = "stret
                   "labels": torch.zeros(len(boxes), dtype=torch.int64),
                   "ignore": torch.zeros(len(boxes), dtype=torch.bool)}
         _, target = tf(blank, target)
-        got = target["boxes"].as_subclass(torch.Tensor) / float(img_size)
+        got = target["boxes"].as_subclass(torch.Tensor) / scale
         dropped += len(boxes) - len(got)
         out.append(got.clamp(0.0, 1.0))
     return (torch.cat(out) if out else torch.zeros(0, 4)), dropped
@@ -184,8 +187,9 @@ def fit_warning(dataset: Any, anchors_cxcywh: torch.Tensor, match_iou: float,
         return None
     n = len(spread_indices(len(dataset.records), max_images))
     return (f"warning: {100 * missed:.0f} % of the training boxes ({len(boxes)} boxes of {n} images) have no anchor "
-            f"at IoU >= {match_iou:g} at {dataset.img_size} px: small objects are learned poorly; see python -m "
-            f"distill.anchors --data {spec} --img-size {dataset.img_size} for a better input size and anchor ratios")
+            f"at IoU >= {match_iou:g} at {size_text(dataset.img_size)} px: small objects are learned poorly; see "
+            f"python -m distill.anchors --data {spec} --img-size {size_text(dataset.img_size)} for a better input "
+            "size and anchor ratios")
 
 
 def print_fit_warning(anchors_cxcywh: torch.Tensor, dataset: Any, match_iou: float, spec: str = "SPEC") -> None:

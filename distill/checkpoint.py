@@ -29,6 +29,7 @@ from torch import nn
 
 from runtime.atomic import atomic_path
 from runtime.metadata import ModelMeta, NMSConfig, library_versions
+from runtime.sizes import as_hw
 
 from .config import TrainConfig, flatten_config, nest_config
 from .models import SSD, create_model
@@ -210,7 +211,7 @@ def meta_from_checkpoint(ckpt: Checkpoint | dict[str, Any]) -> ModelMeta:
         raise ValueError(f"{ck.path or 'checkpoint'} has no training config (config.data: img_size, mean, std): "
                          f"its input size and normalisation are unknown; expected a checkpoint written by training")
     return ModelMeta(model_name=ck.model_name, class_names=list(ck.class_names),
-                     category_ids=[int(c) for c in ck.category_ids], input_size=(data["img_size"], data["img_size"]),
+                     category_ids=[int(c) for c in ck.category_ids], input_size=as_hw(data["img_size"]),
                      mean=tuple(data["mean"]), std=tuple(data["std"]),
                      resize_mode=data.get("resize_mode", "stretch"),  # runs before --resize existed stretched
                      nms=NMSConfig(**ck.nms), graph="checkpoint", precision="fp32", onnx_sha256=None,

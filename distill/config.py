@@ -27,6 +27,7 @@ from runtime.atomic import write_text_atomic
 from runtime.cli import ProductParser
 from runtime.errors import did_you_mean, unknown_name_error
 from runtime.metadata import NMSConfig
+from runtime.sizes import EXPECTED as SIZE_EXPECTED, is_size, size_value
 
 from .presets import MODEL_DEFAULTS
 
@@ -64,10 +65,11 @@ class DataConfig:
     shapes_seed: int = _f(0, "embedded dataset: generator seed")
     on_bad_sample: str = _f("error", "bad image/annotation: 'error' (stop, naming it) or 'skip' (warn and count)",
                             choices=("error", "skip"))
-    img_size: int = _f(300, "square network input side in pixels")
-    text_size: str | None = _f(None, "--task text: input size HxW, e.g. 128x192 (default: --img-size square)")
+    img_size: int | list[int] = _f(300, "network input size in pixels: S (square S x S) or HxW, height first "
+                                   "(384x512: 384 high, 512 wide); the anchors follow the input")
+    text_size: str | None = _f(None, "--task text: input size HxW, e.g. 128x192 (default: --img-size)")
     resize_mode: str = _f("stretch", "resize to the input: 'stretch' (warp the whole image, SSD's) or 'letterbox' "
-                          "(keep the aspect ratio, pad to a square); used by training, evaluation and written to "
+                          "(keep the aspect ratio, pad to the input); used by training, evaluation and written to "
                           "every export's sidecar", flag="resize", choices=("stretch", "letterbox"))
     augment: str = _f("ssd", "training augmentation: 'ssd' (photometric, zoom-out, IoU crop, flip: SSD's recipe), "
                       "'light' (photometric + flip: learns several times faster on short schedules), 'none' "
@@ -106,7 +108,7 @@ class KDConfig:
     run is plain training and nothing in this section changes it."""
     methods: str = _f("none", "distillation methods joined by '+': gan (GAN-KD, the paper's method), soft (Hinton "
                       "soft labels), fitnet (L2 hints), began (BEGAN discriminator), ab (activation-boundary "
-                      "pre-training); 'none': plain training", flag="kd")
+                      "pre-training), sr (feature super-resolution); 'none': plain training", flag="kd")
     teacher: str | None = _f(None, "teacher checkpoint (best.pt / last.pt or its run folder); required with --kd")
     weights: dict[str, float] = _f({}, "per-method weights as JSON, e.g. '{\"gan\": 1, \"soft\": 1}': each method "
                                    "steps with its own Adam state at --kd-lr x its weight (missing ones: 1, began 0.2 "
@@ -174,6 +176,19 @@ class KDConfig:
                                "the detection loss")
     clip_grad: float | None = _f(None, "distillation runs: max gradient norm of every optimizer step (None: no "
                                  "clipping, as in the paper)", flag="kd_clip_grad")
+    sr_maps: list[int] = _f([0, 1], "--kd ...+sr: feature maps of the super-resolution term (0: the highest resolution)")
+    sr_source: str = _f("teacher", "--kd ...+sr: z_HR from the frozen 'teacher' or the 'student' itself (no gradient) "
+                        "on the batch at twice the resolution", choices=("teacher", "student"))
+    sr_target: str = _f("teacher", "--kd ...+sr: p* of D_cls per location: 'teacher' (the teacher's object probability) "
+                        "or 'gt' (1 inside a ground-truth box)", choices=("teacher", "gt"))
+    sr_alpha: float = _f(1e-3, "--kd ...+sr: alpha, weight of L_adv (the slides give none: SRGAN's 1e-3)")
+    sr_beta: float = _f(1.0, "--kd ...+sr: beta, weight of L_cls (the slides give none)")
+    sr_gamma: float = _f(1.0, "--kd ...+sr: gamma, weight of L_reg (the slides give none)")
+    sr_width: int = _f(32, "--kd ...+sr: hidden width of the generator and the discriminator (G at 300 px, "
+                       "ssdlite_mobilenetv2: 0.29 M params, 60 M MACs, 9 %% of the student's)")
+    sr_blocks: int = _f(2, "--kd ...+sr: residual blocks of the generator")
+    sr_small: float = _f(32.0, "--kd ...+sr: L_reg counts anchors matched to boxes of side sqrt(w h) below this (px; "
+                         "COCO small: 32)")
 
 
 # The nms section is the runtime's own NMSConfig (the sidecar schema); its fields' help texts:
@@ -328,10 +343,12 @@ def _coerce(name: str, value: Any) -> Any:
         if "None" not in t:
             raise ValueError(f"config key '{name}' cannot be null")
         return None
+    convert = size_value if name == "img_size" else _CONVERT[t.split("[")[0].split(" ")[0]]
     try:
-        return _CONVERT[t.split("[")[0].split(" ")[0]](value)
+        return convert(value)
     except (ValueError, TypeError, json.JSONDecodeError):
-        raise ValueError(f"config key '{name}': cannot use {value!r} as {t}") from None
+        hint = f": expected {SIZE_EXPECTED}" if convert is size_value else ""
+        raise ValueError(f"config key '{name}': cannot use {value!r} as {t}{hint}") from None
 
 
 def _to_bool(value: Any) -> bool:
@@ -378,7 +395,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
                                      "evaluated)"),
     "eval_images": (lambda v: v is None or v >= 1, "an integer >= 1 or null (all)"),
     "workers": (lambda v: v >= 0, "an integer >= 0"),
-    "img_size": (lambda v: v >= 1, "an integer >= 1 (pixels)"),
+    "img_size": (is_size, SIZE_EXPECTED),
     "lr": (lambda v: _finite(v) and v > 0, "a finite number > 0"),
     "momentum": (lambda v: _finite(v) and 0 <= v < 1, "a number in [0, 1)"),
     "weight_decay": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
@@ -400,6 +417,11 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "gan_post_lr": (lambda v: _finite(v) and v > 0, "a finite number > 0"),
     "ab_epochs": (lambda v: v >= 0, "an integer >= 0"),
     "began_b": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
+    "sr_alpha": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
+    "sr_beta": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
+    "sr_gamma": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
+    "sr_width": (lambda v: v >= 1, "an integer >= 1"),
+    "sr_blocks": (lambda v: v >= 0, "an integer >= 0"),
 }
 
 

@@ -9,6 +9,7 @@ run's resize mode (stretch or letterbox) -- and scores with ``runtime.metrics.Co
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -18,6 +19,7 @@ from tqdm import tqdm
 from runtime.evaluation import eval_subset, inference_on_dataset
 from runtime.metrics import CocoEvaluator
 from runtime.preprocess import preprocess_batch, scale_boxes
+from runtime.sizes import as_hw
 
 from . import distributed
 from .postprocess import postprocess
@@ -123,15 +125,16 @@ def train_one_epoch(loader, step: Callable, device, epoch: int, *, model, before
 
 
 @torch.no_grad()
-def predict(model, images: list, device, *, img_size: int, mean, std, nms_cfg,
+def predict(model, images: list, device, *, img_size: int | Sequence[int], mean, std, nms_cfg,
             resize_mode: str = "stretch") -> list[dict]:
     """HWC uint8 RGB images of any sizes -> per image {"boxes" [K,4] xyxy original pixels, "scores", "labels" 1..C}
-    (numpy), preprocessed and mapped back with ``resize_mode`` ("stretch" or "letterbox") as a deployed model is."""
-    size = (img_size, img_size)
+    (numpy), preprocessed to ``img_size`` (S or (H, W)) and mapped back with ``resize_mode`` ("stretch" or
+    "letterbox") as a deployed model is."""
+    size = as_hw(img_size)
     x, orig = preprocess_batch(images, size, mean, std, resize_mode)
     x = torch.from_numpy(x).to(device)
     loc, conf = model(x)
-    dets = postprocess(loc, conf, model.anchors(img_size).to(device), model.box_coder, nms_cfg)
+    dets = postprocess(loc, conf, model.anchors(size).to(device), model.box_coder, nms_cfg)
     out = []
     for d, hw in zip(dets, orig):
         out.append({"boxes": scale_boxes(d["boxes"].cpu().numpy(), hw, resize_mode, size),
@@ -141,8 +144,8 @@ def predict(model, images: list, device, *, img_size: int, mean, std, nms_cfg,
 
 
 @torch.no_grad()
-def evaluate(model, dataset, device, *, img_size: int, mean, std, nms_cfg, batch_size: int = 16, workers: int = 0,
-             max_images: int | None = None, per_class: bool = False, desc: str = "eval",
+def evaluate(model, dataset, device, *, img_size: int | Sequence[int], mean, std, nms_cfg, batch_size: int = 16,
+             workers: int = 0, max_images: int | None = None, per_class: bool = False, desc: str = "eval",
              resize_mode: str | None = None) -> dict:
     """COCO metrics (mAP, AP50, AP75, APs, APm, APl in points) of ``model`` on an eval-mode dataset,
     through the one evaluation path (``runtime.evaluation.inference_on_dataset``), plus

@@ -83,7 +83,7 @@ def checkpoint_dataset(cfg: dict, split: str = "val", *, allow_generate: bool = 
                               f"distill.data.shapes --out {cfg.get('data_root', 'data')} makes it)")
         shapes_kwargs = {"num_train": cfg.get("shapes_train"), "num_val": cfg.get("shapes_val"),
                          "seed": cfg.get("shapes_seed")}
-        ds = build_dataset(spec, split, img_size=int(cfg["img_size"]), mean=cfg["mean"], std=cfg["std"], train=False,
+        ds = build_dataset(spec, split, img_size=cfg["img_size"], mean=cfg["mean"], std=cfg["std"], train=False,
                            on_bad_sample=cfg.get("on_bad_sample", "error"), data_root=cfg.get("data_root", "data"),
                            resize_mode=cfg.get("resize_mode", "stretch"),
                            shapes_kwargs={k: v for k, v in shapes_kwargs.items() if v is not None})

@@ -64,6 +64,7 @@ from export.graphs import PLUGIN_DOMAIN
 from export.report import format_report, write_report
 from export.verify import RAW_ATOL, RAW_RTOL, VERIFY_BATCHES
 from runtime.cli import command, fail, ProductParser
+from runtime.sizes import as_hw, size_value
 
 Log = Callable[[str], None]
 
@@ -89,8 +90,13 @@ class ExportSource:
     anchors: Any
     variances: tuple[float, ...]
     config: dict[str, Any]
-    img_size: int
+    img_size: int | list[int]   # the config's: S (square) or [H, W]
     num_classes: int
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        """(H, W) of the graphs' fixed input."""
+        return as_hw(self.img_size)
 
     @property
     def num_anchors(self) -> int:
@@ -104,10 +110,10 @@ class ExportSource:
         cfg = ck.flat_config()
         if "img_size" not in cfg:
             raise ValueError(f"checkpoint {checkpoint} has no config.img_size: cannot fix the input size")
-        img_size = int(cfg["img_size"])
+        img_size = size_value(cfg["img_size"], f"checkpoint {checkpoint}: config img_size")
         model = ck.build_model()
         return cls(path=str(ck.path), model_name=ck.model_name, model=model, meta=meta_from_checkpoint(ck),
-                   anchors=model.anchors(img_size), variances=tuple(model.box_coder.variances), config=cfg,
+                   anchors=model.anchors(as_hw(img_size)), variances=tuple(model.box_coder.variances), config=cfg,
                    img_size=img_size, num_classes=int(ck.num_classes))
 
 
@@ -136,12 +142,13 @@ def check_graph_options(opset: int, plugin_domain: str) -> None:
 
 
 # --------------------------------------------------------------------------- building blocks
-def export_trunk(model: Any, img_size: int, opset: int) -> Any:
-    """The PyTorch model alone: ``images`` [B,3,H,W] -> ``loc`` [B,N,4], ``conf`` [B,N,C+1] (a ModelProto)."""
+def export_trunk(model: Any, img_size: int | Sequence[int], opset: int) -> Any:
+    """The PyTorch model alone: ``images`` [B,3,H,W] (``img_size``: S or (H, W)) -> ``loc`` [B,N,4], ``conf``
+    [B,N,C+1] (a ModelProto)."""
     import onnx
     import torch
     buf = io.BytesIO()
-    x = torch.zeros(2, 3, img_size, img_size)
+    x = torch.zeros(2, 3, *as_hw(img_size))
     dyn = {"images": {0: "batch"}, "loc": {0: "batch"}, "conf": {0: "batch"}}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
@@ -245,14 +252,14 @@ def export_graphs(checkpoint: str | os.PathLike[str] | ExportSource, out_dir: st
     head = G.HeadSpec.of(src.model, refinedet_plugin_boxes)  # SSD, or RefineDet's packed ARM + ODM heads
     meta_for = _meta_factory(src, opset, head)
     anchors = src.anchors.numpy().astype(np.float32)
-    log(f"export: {src.model_name} ({src.num_classes} classes, {src.img_size}x{src.img_size}, "
+    log(f"export: {src.model_name} ({src.num_classes} classes, {src.input_hw[0]}x{src.input_hw[1]} (H x W), "
         f"{src.num_anchors} anchors) from {src.path} -> {out}/")
 
     def write(graph: str, model: Any, meta: Any, what: str = "") -> None:
         art.graphs[graph] = save_with_meta(model, out / GRAPH_FILES[graph], meta)
         log(f"  wrote {art.graphs[graph].onnx}{what}")
 
-    trunk = export_trunk(src.model, src.img_size, opset)  # the only PyTorch export
+    trunk = export_trunk(src.model, src.input_hw, opset)  # the only PyTorch export
     raw_tail = G.add_raw_tail(_gs(trunk), anchors, src.variances, head=head)
     raw = check_simplify_check(_to_model(raw_tail, trunk.ir_version), simplify_graphs, art.notes["raw"])
     write("raw", raw, meta_for("raw"))

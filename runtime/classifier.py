@@ -5,6 +5,7 @@
     clf = load_classifier("exports/text_kd/model.onnx")                      # ONNX Runtime, CPU
     clf = load_classifier("exports/text_kd/model.onnx", backend="openvino")  # OpenVINO's CPU plugin
     clf = load_classifier("runs/text_kd/best.pt")                             # PyTorch
+    clf = load_classifier("exports/text_kd/model_fp16.engine")                # TensorRT (python -m export.trt)
     for r in clf.predict(images):       # images: uint8 [H, W, 3] RGB arrays (or paths), any sizes
         r["text_prob"], r["is_text"], r["regions"][3]   # float, bool, float32 [3, 3] region probabilities
 
@@ -28,11 +29,13 @@ from typing import Any
 
 import numpy as np
 
+from runtime.backends.trt_backend import EngineIO, IOPlan, TensorSpec, batch_plan, engine_device_index, split_io
 from runtime.errors import check_choice
 from runtime.integrity import check_file_hash
 from runtime.metadata import ModelMeta, read_model_meta, read_sidecar, sidecar_path
 from runtime.outputs import INPUT_NAME
 from runtime.preprocess import Preprocessor
+from runtime.sizes import as_hw
 
 __all__ = ["BACKENDS", "Classifier", "TEXT_PROB", "load_classifier", "model_task", "refuse_text_export",
            "region_output", "text_meta", "text_output_names", "text_meta_problem"]
@@ -73,8 +76,7 @@ def text_meta(model_name: str, extra: dict[str, Any], source: str) -> ModelMeta:
     if missing:
         raise ValueError(f"{source}: a text checkpoint needs extra {missing} (its input size, normalisation and "
                          f"grids); expected a checkpoint written by python -m distill.train --task text")
-    size = extra["img_size"]
-    hw = (int(size), int(size)) if isinstance(size, (int, float)) else tuple(int(v) for v in size)
+    hw = as_hw(extra["img_size"], f"{source}: extra img_size")
     return ModelMeta(model_name=model_name, class_names=["text"], category_ids=[1], input_size=hw,
                      mean=tuple(extra["mean"]), std=tuple(extra["std"]), graph="checkpoint", task="text",
                      extra={"grids": [int(g) for g in extra["grids"]],
@@ -244,6 +246,36 @@ class OVClassifier(Classifier):
         self.request = self.compiled = None
 
 
+def plan_text_io(specs: Sequence[TensorSpec], meta: ModelMeta, where: str = "engine") -> IOPlan:
+    """The I/O plan of a text classifier engine: the detectors' input checks (``images`` float32 [B, 3, H, W] at
+    the sidecar's size), the outputs :func:`check_text_graph` asks for; kind "text"."""
+    inp, outputs = split_io(specs, meta, where)
+    check_text_graph(where, meta, [inp.name], [s.name for s in outputs])
+    return batch_plan(inp, outputs, "text", where)
+
+
+class TRTClassifier(EngineIO, Classifier):
+    """A text classifier engine (``python -m export.trt --onnx model.onnx``) on a CUDA device, through the
+    detectors' engine I/O (:class:`runtime.backends.trt_backend.EngineIO`). ``device``: "cuda" / "cuda:N"
+    ("cpu", the default of :func:`load_classifier`, means cuda:0); ``cuda_graph``: capture and replay per
+    batch size. Batches below the engine's smallest profile batch are padded, larger ones split."""
+
+    def __init__(self, path: Path, meta: ModelMeta, device: str = "cuda", cuda_graph: bool = False) -> None:
+        index = engine_device_index(device)
+        Classifier.__init__(self, meta, path.name)
+        self.path, self.cuda_graph = path, bool(cuda_graph)
+        self.open_engine(meta, index, plan_text_io)
+        self.name = f"tensorrt-{meta.precision}"
+        self.batch_size = min(self.batch_size, self.max_batch or self.batch_size)
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        n = batch.shape[0]
+        if n < self.plan.min_batch:
+            pad = np.zeros((self.plan.min_batch - n, *batch.shape[1:]), np.float32)
+            return {k: v[:n] for k, v in EngineIO.infer(self, np.concatenate([batch, pad])).items()}
+        return EngineIO.infer(self, batch)
+
+
 def _backend_of(p: Path, backend: str) -> str:
     check_choice("backend", backend, BACKENDS)
     suffix = p.suffix.lower()
@@ -260,10 +292,11 @@ def _backend_of(p: Path, backend: str) -> str:
 def load_classifier(path: str | os.PathLike[str], backend: str = "auto", device: str = "cpu",
                     accept_modified: bool = False, **kwargs: Any) -> Classifier:
     """Open a text / non-text classifier: a checkpoint (``.pt`` / run folder: PyTorch), an exported ``.onnx``
-    (ONNX Runtime; ``backend="openvino"``: OpenVINO's CPU plugin) or an OpenVINO IR ``.xml``.
+    (ONNX Runtime; ``backend="openvino"``: OpenVINO's CPU plugin), an OpenVINO IR ``.xml`` or a TensorRT engine
+    ``.engine`` (``python -m export.trt``; ``device`` "cpu" means cuda:0).
 
     ``kwargs`` go to the backend (``threads=``; ONNX Runtime ``provider=``; OpenVINO ``hint=``,
-    ``precision=``). A detector export, a file changed since export (unless ``accept_modified``) or a
+    ``precision=``; TensorRT ``cuda_graph=``). A detector export, a file changed since export (unless ``accept_modified``) or a
     malformed sidecar raise ValueError with one line; a runtime this machine lacks raises
     :class:`~runtime.errors.BackendUnavailable`.
     """
@@ -274,9 +307,6 @@ def load_classifier(path: str | os.PathLike[str], backend: str = "auto", device:
     if which == "pytorch":
         # by name, as runtime.load opens its backends: the PyTorch backend imports this module
         return importlib.import_module(_TORCH_BACKEND).TorchClassifier(p, device=device, **kwargs)
-    if which == "tensorrt":
-        raise ValueError(f"{p.name}: running a text classifier engine is not supported by this runtime yet; "
-                         f"run model.onnx with ONNX Runtime (or its TensorRT provider)")
     meta = read_model_meta(p)
     if meta.task != "text":
         raise ValueError(f"{p.name} is a {meta.task} export ({meta.model_name}), not a text / non-text classifier: "
@@ -284,4 +314,6 @@ def load_classifier(path: str | os.PathLike[str], backend: str = "auto", device:
     check_file_hash(p, accept_modified=accept_modified)
     if which == "openvino":
         return OVClassifier(p, meta, **kwargs)
+    if which == "tensorrt":
+        return TRTClassifier(p, meta, device=device, **kwargs)
     return ORTClassifier(p, meta, device=device, **kwargs)

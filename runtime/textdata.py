@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from runtime.preprocess import load_image
+from runtime.sizes import as_hw
 from runtime.sources import IMAGE_SUFFIXES
 
 __all__ = ["CLASS_DIRS", "TextFolder", "parse_text_spec", "read_box_file", "text_prf"]
@@ -90,12 +91,7 @@ def _read_boxes_json(path: Path) -> dict[str, np.ndarray]:
 
 
 def _size_hw(img_size: int | tuple[int, int] | list[int] | None) -> tuple[int, int] | None:
-    if img_size is None:
-        return None
-    hw = (int(img_size), int(img_size)) if isinstance(img_size, (int, np.integer)) else tuple(int(v) for v in img_size)
-    if len(hw) != 2 or min(hw) < 1:
-        raise ValueError(f"img_size must be an int or (H, W) of positive pixels, got {img_size!r}")
-    return hw
+    return None if img_size is None else as_hw(img_size)
 
 
 class TextFolder:

@@ -26,7 +26,7 @@ __all__ = [
     "ImageRecord", "collate_train", "collate_eval", "SPEC_FORMS", "check_training_sets",
 ]
 
-def build_dataset(spec: str, split: str, *, img_size: int, mean: Sequence[float],
+def build_dataset(spec: str, split: str, *, img_size: int | Sequence[int], mean: Sequence[float],
                   std: Sequence[float], train: bool, augment: bool | str = True,
                   on_bad_sample: str = "error", data_root: str = "data",
                   shapes_kwargs: dict[str, Any] | None = None,
@@ -34,7 +34,7 @@ def build_dataset(spec: str, split: str, *, img_size: int, mean: Sequence[float]
     """Build a :class:`DetectionDataset` from a spec (module docstring).
 
     ``split``: "train"/"val" for a bare ``shapes`` spec; coco/voc specs name their split
-    themselves and ignore it. ``img_size`` S, ``mean``/``std`` (RGB, [0, 1] units) and
+    themselves and ignore it. ``img_size`` S or (H, W), ``mean``/``std`` (RGB, [0, 1] units) and
     ``augment`` (True/"ssd", "light", False/"none"; see transforms.AUGMENT_POLICIES) matter for ``train=True`` only. ``on_bad_sample``: "error" (ValueError naming the
     file and annotation) or "skip" (warn + count in ``dataset.bad_samples``). ``data_root`` and
     ``shapes_kwargs`` (num_train, num_val, seed, size_range) locate/parameterise the generated

@@ -4,9 +4,9 @@ Box convention inside this package (DESIGN.md): ``xyxy`` float32 in absolute pix
 ORIGINAL image, clipped to it. Labels are contiguous ``1..C``; ``category_ids[L - 1]`` is the
 dataset's own id of label ``L``.
 
-* ``train=True``:  ``(image float32 [3, S, S] normalised, {"boxes": float32 [M, 4] xyxy in [0, 1]
-  of the resized (``resize_mode``: stretched or letterboxed) image, "labels": int64 [M] in 1..C,
-  "ignore": bool [M], "image_id": int})``
+* ``train=True``:  ``(image float32 [3, H, W] normalised (``img_size``: S or (H, W)), {"boxes": float32
+  [M, 4] xyxy in [0, 1] (x over W, y over H) of the resized (``resize_mode``: stretched or letterboxed)
+  image, "labels": int64 [M] in 1..C, "ignore": bool [M], "image_id": int})``
 * ``train=False``: ``(image uint8 [H, W, 3] RGB original size, {"image_id": int,
   "orig_size": (H, W)})``; the evaluator preprocesses with runtime.preprocess itself, with the
   dataset's ``resize_mode`` unless told otherwise.
@@ -26,6 +26,7 @@ from runtime.annotations import ImageRecord, clip_box_xyxy, records_coco_gt  # n
 from runtime.errors import check_choice
 from runtime.metadata import RESIZE_MODES
 from runtime.preprocess import load_image
+from runtime.sizes import as_hw, size_value
 
 ON_BAD_SAMPLE = ("error", "skip")
 _MAX_WARNINGS_PER_REASON = 10
@@ -66,7 +67,7 @@ class DetectionDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, records: Sequence[ImageRecord], class_names: Sequence[str],
-                 category_ids: Sequence[int], *, train: bool, img_size: int,
+                 category_ids: Sequence[int], *, train: bool, img_size: int | Sequence[int],
                  mean: Sequence[float], std: Sequence[float], augment: bool | str = True,
                  on_bad_sample: str = "error", name: str = "dataset",
                  bad_samples: dict[str, int] | None = None, zoom_out_max: float = 4.0,
@@ -84,7 +85,8 @@ class DetectionDataset(torch.utils.data.Dataset):
             raise ValueError(f"augment must be one of {list(AUGMENT_POLICIES)}, got {augment!r}")
         self.augment_policy = policy
         self.augment = policy != "none"
-        self.img_size = int(img_size)
+        self.img_size = size_value(img_size)  # S (square) or [H, W], as the config holds it
+        self.input_hw = as_hw(img_size)
         # "stretch" | "letterbox": the training resize and the geometry the evaluator preprocesses with
         check_choice("resize_mode", resize_mode, RESIZE_MODES)
         self.resize_mode = resize_mode
@@ -175,8 +177,9 @@ class DetectionDataset(torch.utils.data.Dataset):
         else:
             tf = self._tf_aug if len(rec.boxes) and self._croppable(rec, h, w) else self._tf_aug_nocrop
         image, target = tf(image, target)
-        s = float(self.img_size)
-        boxes = (target["boxes"].as_subclass(torch.Tensor) / s).clamp_(0.0, 1.0).to(torch.float32)
+        h_in, w_in = self.input_hw
+        scale = torch.tensor([w_in, h_in, w_in, h_in], dtype=torch.float32)
+        boxes = (target["boxes"].as_subclass(torch.Tensor) / scale).clamp_(0.0, 1.0).to(torch.float32)
         return image.as_subclass(torch.Tensor), {
             "boxes": boxes.reshape(-1, 4),
             "labels": target["labels"],

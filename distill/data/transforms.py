@@ -2,19 +2,19 @@
 
 Input to every pipeline: ``(image, target)`` with ``image`` a ``tv_tensors.Image`` uint8
 [3, H, W] RGB and ``target = {"boxes": tv_tensors.BoundingBoxes xyxy absolute pixels of that
-image, "labels": int64 [M], "ignore": bool [M]}``. Output: image float32 [3, S, S] normalised as
-``(x / 255 - mean) / std``, boxes xyxy absolute pixels of the S x S image, with labels and ignore
+image, "labels": int64 [M], "ignore": bool [M]}``. Output: image float32 [3, H, W] normalised as
+``(x / 255 - mean) / std``, boxes xyxy absolute pixels of the H x W input, with labels and ignore
 flags filtered together with the boxes by ``SanitizeBoundingBoxes``.
 
 The recipe (torchvision's SSD reference): RandomPhotometricDistort, RandomZoomOut filled with the
-dataset mean, RandomIoUCrop, RandomHorizontalFlip, Resize to S x S, ClampBoundingBoxes,
+dataset mean, RandomIoUCrop, RandomHorizontalFlip, Resize to H x W, ClampBoundingBoxes,
 SanitizeBoundingBoxes, ToDtype(float32, scale), Normalize. RandomIoUCrop only makes sense with
 boxes (with none it never crops and burns its trials), so images without boxes get the same
 pipeline minus that step.
 
 The final resize follows the run's ``resize_mode`` (``--resize``), the geometry the deployed model's
-preprocessing declares in its sidecar: "stretch" warps to S x S, "letterbox" (:class:`Letterbox`) scales the
-image to fit with its aspect ratio kept and centres it on a grey square, exactly where
+preprocessing declares in its sidecar: "stretch" warps to H x W, "letterbox" (:class:`Letterbox`) scales the
+image to fit with its aspect ratio kept and centres it on a grey H x W canvas, exactly where
 ``runtime.preprocess.letterbox_geometry`` puts it; boxes follow through the tv_tensors kernels.
 """
 
@@ -30,6 +30,7 @@ from torchvision.transforms.v2 import functional as F
 from runtime.errors import check_choice
 from runtime.metadata import RESIZE_MODES
 from runtime.preprocess import LETTERBOX_FILL, letterbox_geometry
+from runtime.sizes import as_hw
 
 
 #: Training augmentation policies: "ssd" the full recipe above (SSD's; slow to learn from on short
@@ -48,12 +49,12 @@ def labels_and_ignore(inputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Letterbox(T.Transform):
-    """Resize to fit ``size x size`` with the aspect ratio kept, centred on a grey canvas: the geometry of
-    :func:`runtime.preprocess.letterbox_geometry`, so a box lands where the deployed preprocessing puts it."""
+    """Resize to fit ``size`` (S, or (H, W)) with the aspect ratio kept, centred on a grey canvas: the geometry
+    of :func:`runtime.preprocess.letterbox_geometry`, so a box lands where the deployed preprocessing puts it."""
 
-    def __init__(self, size: int):
+    def __init__(self, size: int | Sequence[int]):
         super().__init__()
-        self.size = (int(size), int(size))
+        self.size = as_hw(size, "letterbox size")
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         nh, nw, top, left = letterbox_geometry(T.query_size(flat_inputs), self.size)
@@ -75,7 +76,7 @@ def _check_mean_std(mean: Sequence[float], std: Sequence[float]) -> tuple[list, 
     return mean, std
 
 
-def build_train_transform(img_size: int, mean: Sequence[float], std: Sequence[float], *,
+def build_train_transform(img_size: int | Sequence[int], mean: Sequence[float], std: Sequence[float], *,
                           augment: bool = True, iou_crop: bool = True,
                           zoom_out_side: tuple[float, float] = (1.0, 4.0), resize_mode: str = "stretch") -> T.Compose:
     """The training pipeline for ``(image, target)`` (see the module docstring).
@@ -83,13 +84,12 @@ def build_train_transform(img_size: int, mean: Sequence[float], std: Sequence[fl
     ``augment=False``: only Resize + sanitize + ToDtype + Normalize (deterministic).
     ``iou_crop=False``: the augmenting pipeline without RandomIoUCrop (images without boxes).
     ``mean``/``std``: RGB in [0, 1] units; the zoom-out canvas is filled with ``mean``.
-    ``resize_mode``: the final resize to S x S, "stretch" or "letterbox" (:class:`Letterbox`).
+    ``img_size``: the input, S (square) or (H, W) (:func:`runtime.sizes.as_hw`).
+    ``resize_mode``: the final resize to H x W, "stretch" or "letterbox" (:class:`Letterbox`).
     """
-    if int(img_size) < 1:
-        raise ValueError(f"img_size must be a positive int, got {img_size!r}")
+    size = as_hw(img_size)
     check_choice("resize_mode", resize_mode, RESIZE_MODES)
     mean, std = _check_mean_std(mean, std)
-    size = (int(img_size), int(img_size))
     steps: list = []
     if augment:
         fill = tuple(int(round(m * 255)) for m in mean)
@@ -101,7 +101,7 @@ def build_train_transform(img_size: int, mean: Sequence[float], std: Sequence[fl
             steps.append(T.RandomIoUCrop())
         steps.append(T.RandomHorizontalFlip(p=0.5))
     steps += [
-        Letterbox(size[0]) if resize_mode == "letterbox" else T.Resize(size, antialias=True),
+        Letterbox(size) if resize_mode == "letterbox" else T.Resize(size, antialias=True),
         T.ClampBoundingBoxes(),
         T.SanitizeBoundingBoxes(labels_getter=labels_and_ignore),
         T.ToDtype(torch.float32, scale=True),  # images only; boxes/labels untouched

@@ -56,7 +56,7 @@ from .methods import (METHODS, DiscriminatorStep, LazyOutputs, StudentStep, buil
 from .schedule import ITERATION_STAGES, GanSchedule
 
 # Terms that make up the logged "total" of an epoch.
-TOTAL_TERMS = ("loc", "cls", "gan", "rec", "soft", "fitnet", "began")
+TOTAL_TERMS = ("loc", "cls", "gan", "rec", "soft", "fitnet", "began", "sr_adv", "sr_cls", "sr_reg", "sr_tv", "sr_mse")
 STANDARDIZE_BATCHES = 4        # batches of teacher maps the frozen standardisation statistics are measured on
 SESSION_FORMAT = 2             # gan_state["format"]: optimizer layout of this session
 
@@ -125,10 +125,12 @@ class KDSession:
                              "(adversarial stages = epochs - post epochs; paper: 180 + 80)")
         sizes = [min(hw) for hw in student.feature_sizes(cfg.data.img_size)]
         t_ch, s_ch = list(teacher.feature_channels), list(student.feature_channels)
-        self.methods = nn.ModuleDict({m: build_method(m, self.kd, t_ch, sizes) for m in self.weights}).to(device)
+        self.methods = nn.ModuleDict({m: build_method(m, self.kd, t_ch, sizes, s_ch) for m in self.weights}).to(device)
         need_feats = any(m.uses_features for m in self.methods.values())
         self.adapters = Adapters(s_ch, t_ch, self.kd.adapters).to(device) if need_feats else None
         self.standardizer = FeatureStandardizer(t_ch).to(device) if need_feats else None
+        for method in self.methods.values():
+            method.attach(self, frozen_bn_stats)
         distributed.broadcast_modules(self.methods, self.adapters)      # rank 0's initial weights, as DDP does
         self.iters_per_epoch = max(1, len(train_set) // cfg.optim.batch_size) if train_set is not None else 1
         self._build_optimizers()
@@ -159,9 +161,9 @@ class KDSession:
         kd_params = student_params + (list(self.adapters.parameters()) if self.adapters is not None else [])
         self.kd_lr = kd.lr if kd.lr is not None else kd.gan_lr
         # One Adam state per distillation method; its step size is --kd-lr x the method's weight.
-        self.kd_opts = {m: torch.optim.Adam(kd_params, lr=self.kd_lr * self.weights[m], betas=betas)
-                        for m in self.methods}
-        d_params = [p for m in self.methods.values() if m.has_discriminator for p in m.parameters()]
+        self.kd_opts = {m: torch.optim.Adam(kd_params + self.methods[m].student_side_parameters(),
+                                            lr=self.kd_lr * self.weights[m], betas=betas) for m in self.methods}
+        d_params = [p for m in self.methods.values() for p in m.discriminator_parameters()]
         self.d_lr = kd.gan_d_lr if kd.gan_d_lr is not None else kd.gan_lr
         self.d_opt = torch.optim.Adam(d_params, lr=self.d_lr, betas=betas) if d_params else None
         self.post_opt = torch.optim.SGD(param_groups(self.student, kd.gan_post_weight_decay), lr=kd.gan_post_lr,
@@ -308,13 +310,13 @@ class KDSession:
                 m.after_discriminator_step(info)
         return info
 
-    def discriminator_step(self, images) -> dict:
+    def discriminator_step(self, images, targets=None) -> dict:
         """Stages 1 and 3: discriminators only, adversarial loss (2), student frozen."""
         if self.d_opt is None:
             return {}                  # nothing to train: the student just waits (same schedule as GAN-KD)
         t_maps, s_maps = self.maps(images)
         return self._d_update([m for m in self.methods.values() if m.has_discriminator],
-                              DiscriminatorStep(images, t_maps, s_maps), "discriminator")
+                              DiscriminatorStep(images, t_maps, s_maps, targets), "discriminator")
 
     def _ab_step(self, images) -> dict:
         """Activation-boundary pre-training (text-nontext eq. (1)) of student + adapters."""
@@ -390,8 +392,9 @@ class KDSession:
             else:
                 if bar is None or bar.desc != stage:
                     bar = self._stage_bar(bar, stage)
-                images = next(batches)[0].to(self.device, non_blocking=True)
-                out = self._ab_step(images) if stage == "ab_init" else self.discriminator_step(images)
+                images, targets = next(batches)[:2]
+                images = images.to(self.device, non_blocking=True)
+                out = self._ab_step(images) if stage == "ab_init" else self.discriminator_step(images, targets)
                 bar.update()
                 bar.set_postfix({k: f"{v:.3f}" for k, v in out.items() if k in ("d_gan", "d_acc_real", "d_acc_fake", "ab")})
             if log is not None:
@@ -450,14 +453,15 @@ class KDSession:
     def _reset_discriminators(self, epoch: int) -> None:
         self.methods["gan"].reset_discriminators()
         self.d_lr *= 0.5
-        d_params = [p for m in self.methods.values() if m.has_discriminator for p in m.parameters()]
+        d_params = [p for m in self.methods.values() for p in m.discriminator_parameters()]
         self.d_opt = torch.optim.Adam(d_params, lr=self.d_lr, betas=tuple(self.kd.gan_betas))
         self.schedule.restart(epoch, "collapse recovery")
 
     def summary(self, tr: dict) -> str:
         info = self.last_info
         parts = [f"stages {'/'.join(f'{k}:{v}' for k, v in info['stages'].items())} -> {info['stage_now']}"]
-        for k in ("det", "adv", *TOTAL_TERMS[2:], "ab", "d_gan", "d_acc_real", "d_acc_fake", "d_acc_student"):
+        for k in ("det", "adv", *TOTAL_TERMS[2:], "ab", "d_gan", "d_acc_real", "d_acc_fake", "d_acc_student",
+                  "d_sr_adv", "d_sr_cls"):
             if k in tr:
                 parts.append(f"{k} {tr[k]:.3f}")
         return "  ".join(parts)
@@ -508,7 +512,8 @@ class KDSession:
             "kd_modules": {"adapters": self.adapters.state_dict() if self.adapters is not None else {},
                            "standardizer": self.standardizer.state_dict() if self.standardizer is not None else {}},
             "discriminators": {"patch": gan.state_dict() if gan is not None else {},
-                               "began": began.state_dict() if began is not None else {}},
+                               "began": began.state_dict() if began is not None else {},
+                               "sr": self.methods["sr"].state_dict() if "sr" in self.methods else {}},
             "gan_state": {"format": SESSION_FORMAT, "schedule": self.schedule.state_dict(),
                           "monitor": self.monitor.state_dict(), **extra_state, "step": self.step,
                           "student_iters": self.student_iters, "methods": list(self.methods_named),
@@ -533,6 +538,8 @@ class KDSession:
             self.discs.load_state_dict(ck["discriminators"]["patch"])
         if self.began is not None:
             self.began.load_state_dict(ck["discriminators"]["began"])
+        if "sr" in self.methods:
+            self.methods["sr"].load_state_dict(ck["discriminators"]["sr"])
         opts = ck["kd_optimizers"]
         self.det_opt.load_state_dict(opts["detection"])
         for m, o in self.kd_opts.items():
@@ -552,7 +559,8 @@ class KDSession:
         s = f"kd {' + '.join(parts) or 'none (baseline)'}, lambda(mbox)={self.kd.mbox_weight:g}"
         if dropped:
             s += f" [weight 0: {', '.join(dropped)}]"
-        return s + f"; schedule starts at '{self.schedule.stage}'"
+        notes = "".join(f"; {m.describe()}" for m in self.methods.values() if m.describe())
+        return s + f"; schedule starts at '{self.schedule.stage}'" + notes
 
 
 __all__ = ["KDSession", "METHODS", "parse_kd", "resolve_weights", "frozen_bn_stats"]

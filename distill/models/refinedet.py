@@ -30,6 +30,8 @@ from torch import nn
 from torchvision.models.vgg import cfgs as vgg_cfgs
 from torchvision.models.vgg import make_layers
 
+from runtime.sizes import as_hw
+
 from .anchors import DefaultBoxGenerator
 from .box_coder import DEFAULT_VARIANCES, BoxCoder, xyxy_to_cxcywh
 from .layers import conv_bn_act, separable_conv
@@ -42,13 +44,6 @@ ANCHOR_SCALE = 4.0          # anchor side = 4 x the map's stride (sec. 4)
 THETA = 0.99                # negative anchor filtering threshold (sec. 3)
 
 
-def _hw(img_size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(img_size, int):
-        return img_size, img_size
-    h, w = (int(v) for v in img_size)
-    return h, w
-
-
 class RefineDetAnchors(DefaultBoxGenerator):
     """Tiled anchors of one input size: on map k (stride s_k) one scale 4 s_k pixels, ratios w/h = 0.5, 1, 2.
 
@@ -59,7 +54,7 @@ class RefineDetAnchors(DefaultBoxGenerator):
     def __init__(self, img_size: int | Sequence[int], strides: Sequence[int] = STRIDES,
                  aspect_ratios: Sequence[float] = ASPECT_RATIOS, scale: float = ANCHOR_SCALE, clip: bool = True):
         # the parent's linear scale schedule does not apply: its __call__ only needs these four attributes
-        self.img_hw = _hw(img_size)
+        self.img_hw = as_hw(img_size)
         self.strides = tuple(int(s) for s in strides)
         self.ratios = tuple(float(r) for r in aspect_ratios)
         self.scale = float(scale)
@@ -319,7 +314,7 @@ class RefineDet(nn.Module):
 
     def feature_sizes(self, img_size: int | Sequence[int]) -> list[tuple[int, int]]:
         """(h, w) of the four maps: each stride-2 step of the network maps h to ceil(h / 2)."""
-        h, w = _hw(img_size)
+        h, w = as_hw(img_size)
         sizes = []
         for s in STRIDES:
             steps = int(math.log2(s))
@@ -328,7 +323,7 @@ class RefineDet(nn.Module):
 
     def anchors(self, img_size: int | Sequence[int]) -> torch.Tensor:
         """float32 [N, 4] normalised cxcywh tiled anchors for a square (or (H, W)) input, cached per size."""
-        key = _hw(img_size)
+        key = as_hw(img_size)
         cache = self.__dict__.setdefault("_anchor_cache", {})
         if key not in cache:
             cache[key] = RefineDetAnchors(key)(self.feature_sizes(key))

@@ -5,6 +5,7 @@ Builders hold the recipe constants and let the caller's kwargs win; ``None`` kwa
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Callable
 
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from runtime.errors import unknown_name_error
+from runtime.sizes import as_hw
 
 from .anchors import SSDLITE_ASPECT_RATIOS, DefaultBoxGenerator
 from .darknet53 import DarkNet53Backbone
@@ -148,15 +150,16 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_gflops(model: nn.Module, img_size: int) -> float:
-    """GFLOPs of one forward pass on a 1x3xSxS input (multiply-add = 2 FLOPs), via torch's FlopCounterMode."""
+def count_gflops(model: nn.Module, img_size: int | Sequence[int]) -> float:
+    """GFLOPs of one forward pass on a 1x3xHxW input (``img_size``: S or (H, W); multiply-add = 2 FLOPs), via
+    torch's FlopCounterMode."""
     from torch.utils.flop_counter import FlopCounterMode
     p = next(model.parameters())
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as fc:
-            model(torch.zeros(1, 3, img_size, img_size, device=p.device, dtype=p.dtype))
+            model(torch.zeros(1, 3, *as_hw(img_size), device=p.device, dtype=p.dtype))
     finally:
         model.train(was_training)
     return fc.get_total_flops() / 1e9

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from runtime.sizes import as_hw
+
 from .anchors import DefaultBoxGenerator
 from .box_coder import BoxCoder
 from .layers import conv_bn_act, separable_conv
@@ -106,7 +108,7 @@ class SSD(nn.Module):
 
     @torch.no_grad()
     def feature_sizes(self, img_size: int | tuple[int, int]) -> list[tuple[int, int]]:
-        h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
+        h, w = as_hw(img_size)
         was_training = self.training
         self.eval()
         try:
@@ -118,7 +120,7 @@ class SSD(nn.Module):
 
     def anchors(self, img_size: int | tuple[int, int]) -> torch.Tensor:
         """float32 [N, 4] normalised cxcywh anchors for a square (or (H, W)) input, cached per size."""
-        key = img_size if isinstance(img_size, int) else tuple(img_size)
+        key = as_hw(img_size)
         cache = self.__dict__.setdefault("_feature_size_cache", {})
         if key not in cache:
             cache[key] = self.feature_sizes(img_size)

@@ -38,6 +38,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from runtime.atomic import write_json_atomic
+from runtime.sizes import as_hw
 from runtime.textdata import TextFolder, parse_text_spec, text_prf
 
 from ..checkpoint import Checkpoint, rng_state, save_last, set_aside_unreadable, set_rng_state
@@ -95,10 +96,10 @@ def is_text_run(args: dict[str, Any]) -> bool:
 
 
 def input_size(cfg: TrainConfig) -> tuple[int, int]:
-    """(H, W): ``--text-size HxW``, else ``--img-size`` square. ValueError below 32 px."""
+    """(H, W): ``--text-size HxW``, else ``--img-size`` (S or HxW). ValueError below 32 px."""
     spec = cfg.data.text_size
     try:
-        hw = tuple(int(v) for v in spec.lower().split("x")) if spec else (cfg.data.img_size,) * 2
+        hw = as_hw(spec if spec else cfg.data.img_size)
     except ValueError:
         hw = ()
     if len(hw) != 2 or min(hw) < 32:
@@ -390,7 +391,10 @@ def run_epoch(run: TextRun, epoch: int, signals: StopSignals) -> tuple[dict[str,
     from tqdm import tqdm
     partial = run.partial if run.partial and run.partial["epoch"] == epoch else None
     done = int(partial["batches"]) if partial else 0
-    loader = epoch_loader(run.cfg, run.train_set, epoch, skip=done)
+    # main-stage epochs count from 0 after the pre-training: a seed's rows with and without --kd ab+... then
+    # see the same batches and flips in their main epochs (paired comparisons)
+    order = epoch - run.plan.ab_epochs if run.plan.stage(epoch) == "main" else epoch
+    loader = epoch_loader(run.cfg, run.train_set, order, skip=done)
     if partial:
         set_rng_state(partial["rng"])          # where the epoch stopped (epoch_loader seeded its start)
     run.partial = None

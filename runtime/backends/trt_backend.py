@@ -95,6 +95,16 @@ class IOPlan:
 
 def plan_io(specs: Sequence[TensorSpec], meta: ModelMeta, where: str = "engine") -> IOPlan:
     """Check the discovered I/O against the sidecar and DESIGN's graph contract."""
+    inp, outputs = split_io(specs, meta, where)
+    kind = output_kind([s.name for s in outputs])
+    check_io_shapes(where, meta, inp.shape, {s.name: s.shape for s in outputs})
+    return batch_plan(inp, outputs, kind, where)
+
+
+def split_io(specs: Sequence[TensorSpec], meta: ModelMeta, where: str = "engine") -> tuple[TensorSpec,
+                                                                                           tuple[TensorSpec, ...]]:
+    """(the input, the outputs) after checking the one input: ``images`` float32 [B, 3, H, W] at the sidecar's
+    input size (or a profile reaching it); ValueError naming ``where`` otherwise."""
     inputs = [s for s in specs if s.is_input]
     outputs = tuple(s for s in specs if not s.is_input)
     if len(inputs) != 1 or inputs[0].name != INPUT_NAME:
@@ -107,8 +117,11 @@ def plan_io(specs: Sequence[TensorSpec], meta: ModelMeta, where: str = "engine")
     h, w = meta.input_size
     if inp.shape[2:] != (h, w) and not (inp.profile and inp.profile[2][2:] == (h, w)):
         raise ValueError(f"{where}: input is {list(inp.shape)} but the sidecar says input_size {h}x{w}")
-    kind = output_kind([s.name for s in outputs])
-    check_io_shapes(where, meta, inp.shape, {s.name: s.shape for s in outputs})
+    return inp, outputs
+
+
+def batch_plan(inp: TensorSpec, outputs: tuple[TensorSpec, ...], kind: str, where: str = "engine") -> IOPlan:
+    """The :class:`IOPlan` of checked I/O: a static batch dim is the only batch size, else the profile's range."""
     if inp.shape[0] > 0:
         return IOPlan(inp, outputs, kind, fixed_batch=inp.shape[0], max_batch=inp.shape[0], min_batch=inp.shape[0])
     if inp.profile is None:
@@ -273,49 +286,46 @@ class _Slot:
         self.graph: Any = None
 
 
-class TRTDetector(Detector):
-    """A TensorRT engine file + its sidecar (``x.engine`` -> ``x.json``).
+def engine_device_index(device: str) -> int:
+    """The CUDA device index of ``device`` ("cuda", "cuda:N"; "cpu", the loaders' default, means cuda:0:
+    engines run on GPUs only); ValueError for anything else."""
+    dev = "cuda:0" if device in ("cpu", "cuda") else str(device)
+    if not dev.startswith("cuda:") or not dev[5:].isdigit():
+        raise ValueError(f"device for a TensorRT engine must be 'cuda' or 'cuda:N', got {device!r}")
+    return int(dev[5:])
 
-    ``device``: "cuda" / "cuda:N" ("cpu", the load_detector default, means cuda:0: engines run on
-    GPUs only). ``fp16``: only a check that the engine was built in FP16 (precision is chosen at
-    build time). ``cuda_graph``: capture copy-in + enqueue + copy-out per batch size and replay.
-    """
 
-    def __init__(self, path: Any, device: str = "cuda", fp16: bool = False, cuda_graph: bool = False,
-                 meta: ModelMeta | None = None) -> None:
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"engine file not found: {path}")
-        meta = meta or read_sidecar(path)
-        if fp16 and meta.precision not in ("fp16", "best"):
-            raise ValueError(f"{path.name} was built with precision {meta.precision!r}; fp16 is chosen when "
-                             f"the engine is built (python -m export.trt --fp16)")
-        dev = "cuda:0" if device in ("cpu", "cuda") else str(device)
-        if not dev.startswith("cuda:") or not dev[5:].isdigit():
-            raise ValueError(f"device for a TensorRT engine must be 'cuda' or 'cuda:N', got {device!r}")
-        super().__init__(meta)
-        self.path = path
-        self.name = f"tensorrt-{meta.precision}"
-        self.cuda_graph = bool(cuda_graph)
+class EngineIO:
+    """A deserialized engine run with name-based I/O, shared by the detector and the text classifier:
+    :meth:`open_engine` (TensorRT, CUDA, I/O discovery and planning), one set of page-locked host and device
+    buffers per batch size (optionally a CUDA graph), :meth:`infer` and :meth:`close`. Set ``path`` and
+    ``cuda_graph`` before :meth:`open_engine`."""
+
+    path: Path
+    cuda_graph: bool = False
+
+    def open_engine(self, meta: ModelMeta, device_index: int, plan: Any = plan_io) -> None:
+        """Load ``self.path`` on CUDA device ``device_index``; ``plan(specs, meta, where) -> IOPlan`` checks the
+        engine's I/O against the sidecar. BackendUnavailable (one line) without TensorRT or a CUDA device."""
         trt = import_tensorrt()
         self.cuda = cuda_api()
-        self.device_index = int(dev[5:])
+        self.device_index = device_index
         self.cuda.set_device(self.device_index)
         self.logger = trt.Logger(trt.Logger.WARNING)
         trt.init_libnvinfer_plugins(self.logger, "")  # EfficientNMS_TRT lives in the plugin library
         runtime = trt.Runtime(self.logger)
-        engine = runtime.deserialize_cuda_engine(path.read_bytes())
+        engine = runtime.deserialize_cuda_engine(self.path.read_bytes())
         if engine is None:
-            raise RuntimeError(deserialize_failure(path.name, meta, str(getattr(trt, "__version__", "?"))))
+            raise RuntimeError(deserialize_failure(self.path.name, meta, str(getattr(trt, "__version__", "?"))))
         self._runtime, self.engine = runtime, engine
         self.specs = discover_io(engine, trt)
-        self.plan = plan_io(self.specs, meta, where=path.name)
+        self.plan = plan(self.specs, meta, self.path.name)
         self.kind = self.plan.kind
         self.fixed_batch = self.plan.fixed_batch
         self.max_batch = self.plan.max_batch
         self.context = engine.create_execution_context()
         if self.context is None:
-            raise RuntimeError(f"TensorRT could not create an execution context for {path.name}")
+            raise RuntimeError(f"TensorRT could not create an execution context for {self.path.name}")
         if self.cuda_graph and not hasattr(self.cuda, "begin_capture"):
             raise ValueError(f"cuda_graph=True needs cuda-python; this host has {self.cuda.name}")
         self.stream = self.cuda.stream()
@@ -380,6 +390,31 @@ class TRTDetector(Detector):
         self._slots = {}
         self.context = None
         self.engine = None
+
+
+class TRTDetector(EngineIO, Detector):
+    """A TensorRT engine file + its sidecar (``x.engine`` -> ``x.json``).
+
+    ``device``: "cuda" / "cuda:N" ("cpu", the load_detector default, means cuda:0: engines run on
+    GPUs only). ``fp16``: only a check that the engine was built in FP16 (precision is chosen at
+    build time). ``cuda_graph``: capture copy-in + enqueue + copy-out per batch size and replay.
+    """
+
+    def __init__(self, path: Any, device: str = "cuda", fp16: bool = False, cuda_graph: bool = False,
+                 meta: ModelMeta | None = None) -> None:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"engine file not found: {path}")
+        meta = meta or read_sidecar(path)
+        if fp16 and meta.precision not in ("fp16", "best"):
+            raise ValueError(f"{path.name} was built with precision {meta.precision!r}; fp16 is chosen when "
+                             f"the engine is built (python -m export.trt --fp16)")
+        index = engine_device_index(device)
+        Detector.__init__(self, meta)
+        self.path = path
+        self.name = f"tensorrt-{meta.precision}"
+        self.cuda_graph = bool(cuda_graph)
+        self.open_engine(meta, index)
 
 
 def deserialize_failure(name: str, meta: ModelMeta, installed: str) -> str:

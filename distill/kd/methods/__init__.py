@@ -8,6 +8,7 @@
 | fitnet | L2 hints on all maps                                     | Romero et al. 2014                 |
 | began  | BEGAN auto-encoder discriminators with k_t control       | text-nontext eqs. (4)-(6)          |
 | ab     | activation-boundary pre-training stage                   | text-nontext eq. (1)               |
+| sr     | feature super-resolution: generator G, two-head D        | small-object gen./discr. slides    |
 """
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from runtime.errors import unknown_name_error
 from .base import DiscriminatorStep, KDMethod, LazyOutputs, StudentStep, set_requires_grad
 from .classic import ActivationBoundary, Began, FitNets, Reconstruction, SoftLabels
 from .gan import GanKD
+from .sr import SuperResolutionKD
 
 METHOD_CLASSES: dict[str, type[KDMethod]] = {c.name: c for c in (GanKD, Reconstruction, SoftLabels, FitNets, Began,
-                                                                   ActivationBoundary)}
+                                                                   ActivationBoundary, SuperResolutionKD)}
 # Method -> default weight (began's 0.2 is b of the text-nontext paper, eq. (2)).
 METHODS: dict[str, float] = {name: cls.default_weight for name, cls in METHOD_CLASSES.items()}
 
@@ -44,7 +46,8 @@ def resolve_weights(methods: list[str], given: dict) -> dict[str, float]:
     return {m: float(given.get(m, METHODS[m])) for m in methods}
 
 
-def build_method(name: str, kd, teacher_channels: list[int], sizes: list[int]) -> KDMethod:
+def build_method(name: str, kd, teacher_channels: list[int], sizes: list[int],
+                 student_channels: list[int] | None = None) -> KDMethod:
     """One method from the config's ``kd`` section (field names: distill/config.py)."""
     if name == "gan":
         return GanKD(teacher_channels, sizes, max_width=kd.disc_max_width, conditional=kd.gan_conditional,
@@ -62,9 +65,17 @@ def build_method(name: str, kd, teacher_channels: list[int], sizes: list[int]) -
         return Began(teacher_channels, kd.began_gamma, kd.began_fk)
     if name == "ab":
         return ActivationBoundary(kd.ab_margin)
+    if name == "sr":
+        bad = [k for k in kd.sr_maps if not 0 <= int(k) < len(teacher_channels)]
+        if bad or not kd.sr_maps:
+            raise ValueError(f"--sr-maps {kd.sr_maps}: map indices must be in 0..{len(teacher_channels) - 1}")
+        return SuperResolutionKD(student_channels or teacher_channels, teacher_channels,
+                                 maps=[int(k) for k in kd.sr_maps], source=kd.sr_source, target=kd.sr_target,
+                                 alpha=kd.sr_alpha, beta=kd.sr_beta, gamma=kd.sr_gamma, width=kd.sr_width,
+                                 blocks=kd.sr_blocks, small=kd.sr_small)
     raise unknown_name_error("method", name, METHODS)
 
 
 __all__ = ["METHOD_CLASSES", "METHODS", "parse_kd", "resolve_weights", "build_method", "KDMethod", "StudentStep",
            "DiscriminatorStep", "LazyOutputs", "set_requires_grad", "GanKD", "Reconstruction", "SoftLabels", "FitNets",
-           "Began", "ActivationBoundary"]
+           "Began", "ActivationBoundary", "SuperResolutionKD"]

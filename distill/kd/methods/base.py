@@ -59,8 +59,9 @@ class DiscriminatorStep:
     """One discriminator iteration: ``images``, ``teacher_maps`` (real) and ``student_maps`` (fake, detached),
     both standardised in the teacher's space, as in :class:`StudentStep`."""
 
-    def __init__(self, images, teacher_maps: list[torch.Tensor], student_maps: list[torch.Tensor]):
+    def __init__(self, images, teacher_maps: list[torch.Tensor], student_maps: list[torch.Tensor], targets=None):
         self.images, self.teacher_maps, self.student_maps = images, teacher_maps, student_maps
+        self.targets = targets          # the batch's targets where the stage has them (else None)
 
 
 class KDMethod(nn.Module, abc.ABC):
@@ -88,6 +89,22 @@ class KDMethod(nn.Module, abc.ABC):
 
     def load_extra_state(self, state: dict) -> None:
         pass
+
+    def attach(self, session, frozen_bn) -> None:
+        """Called once by the session after its adapters and standardisation exist (``frozen_bn``: the
+        context manager that keeps a model's BatchNorm running statistics untouched)."""
+
+    def discriminator_parameters(self) -> list[nn.Parameter]:
+        """What the discriminator optimizer steps: all parameters of a method with a discriminator."""
+        return list(self.parameters()) if self.has_discriminator else []
+
+    def student_side_parameters(self) -> list[nn.Parameter]:
+        """Training-only parameters stepped with the method's distillation optimizer (e.g. a generator)."""
+        return []
+
+    def describe(self) -> str:
+        """One line for the run's start message ('' for none)."""
+        return ""
 
 
 def set_requires_grad(module: nn.Module | None, flag: bool) -> None:

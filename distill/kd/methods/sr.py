@@ -1,0 +1,211 @@
+"""Feature super-resolution distillation (papers/small-object-generative-discriminative.txt): ``--kd sr``.
+
+On the student's two highest-resolution maps (``--sr-maps``, default 0 and 1) a light generator G turns the
+student's map z_LR into G(z_LR), which must look like z_HR, the same image's map at twice the input
+resolution (the frozen teacher's by default, ``--sr-source student`` for the student's own, no gradient).
+A discriminator D with two heads judges real (z_HR) vs generated, and per location object / no object
+(D_cls). The slides' objective::
+
+    max_D min_G  1/m sum_i log D(z_HR_i) + alpha L_adv + beta L_cls + gamma L_reg + L_TV + L_MSE
+
+Student steps minimise, over G, the adapters and the student (through z_LR), the terms logged as
+``sr_adv`` (alpha L_adv), ``sr_cls`` (beta L_cls), ``sr_reg`` (gamma L_reg), ``sr_tv`` and ``sr_mse``, with D
+frozen, all in one distillation optimizer state (the method's). D is trained in the schedule's
+discriminator stages, as GAN-KD's are, on ``d_sr_adv`` (-[log D(z_HR) + log(1 - D(G(z_LR)))], the max over
+D of the game's first two terms) and ``d_sr_cls`` (L_cls: D_cls must be right on both z_HR and G(z_LR),
+as in SOD-MTGAN; maximising the slides' L_cls over D would train D_cls to be wrong).
+
+Comparison space: with the teacher as source, G(z_LR) goes through the student's 1x1 adapter into the
+teacher's channels and both sides are standardised with the teacher's frozen statistics, as every feature
+term is; with the student as source both sides stay in the student's channels, standardised with the
+statistics of the first batch of z_HR (frozen, saved with the method).
+
+L_reg reads G(z_LR) (student channels) with the student's own regression head (its weights detached: only
+G and the student's features learn from it) on the anchors of those maps matched to a small object
+(box side sqrt(w h) < ``--sr-small`` px), against the multibox targets. Students whose detection head is
+two-step (RefineDet: the ODM regresses refined anchors of the ARM) get no L_reg (logged 0).
+G and D are training-only: the exported student is the student alone.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from ...models.refinedet import TwoStepBoxCoder
+from .. import sr_modules as S
+from ..features import FeatureStandardizer
+from ..losses import box_masks
+from .base import DiscriminatorStep, KDMethod, StudentStep, set_requires_grad
+
+SOURCES = ("teacher", "student")
+TARGETS = ("teacher", "gt")
+
+
+class _Context:
+    """What the method reads from its session (plain references, not sub-modules)."""
+
+    def __init__(self, session, frozen_bn):
+        self.session, self.frozen_bn = session, frozen_bn
+        self.reg_head: nn.Module | None = None
+
+
+class SuperResolutionKD(KDMethod):
+    name = "sr"
+    uses_features = True
+    has_discriminator = True
+
+    def __init__(self, student_channels: list[int], teacher_channels: list[int], *, maps: list[int],
+                 source: str = "teacher", target: str = "teacher", alpha: float = 1e-3, beta: float = 1.0,
+                 gamma: float = 1.0, width: int = 32, blocks: int = 2, small: float = 32.0):
+        super().__init__()
+        if source not in SOURCES:
+            raise ValueError(f"--sr-source must be one of {', '.join(SOURCES)}, got {source!r}")
+        if target not in TARGETS:
+            raise ValueError(f"--sr-target must be one of {', '.join(TARGETS)}, got {target!r}")
+        self.maps, self.source, self.target = list(maps), source, target
+        self.alpha, self.beta, self.gamma, self.small = float(alpha), float(beta), float(gamma), float(small)
+        self.generators = nn.ModuleList(S.SRGenerator(student_channels[k], width, blocks) for k in self.maps)
+        space = teacher_channels if source == "teacher" else student_channels
+        self.disc = S.SRDiscriminator([space[k] for k in self.maps], width)
+        self.own_std = FeatureStandardizer([student_channels[k] for k in self.maps]) if source == "student" else None
+        self._ctx: _Context | None = None
+        self._cost = ""
+
+    # ------------------------------------------------------------------------------------------- wiring
+    def attach(self, session, frozen_bn) -> None:
+        self._ctx = _Context(session, frozen_bn)
+        model = session.teacher if self.source == "teacher" else session.student
+        self.hr = S.HighResolution(model, self.maps, 2.0, None if self.source == "teacher" else frozen_bn)
+        self.teacher_apl = S.anchors_per_location(session.teacher)
+        self.student_apl = S.anchors_per_location(session.student)
+        st = session.student
+        self._ctx.reg_head = None if isinstance(st.box_coder, TwoStepBoxCoder) else getattr(st, "loc_head", None)
+        self._cost = self._measure_cost(session.cfg.data.img_size)
+
+    def _measure_cost(self, img_size) -> str:
+        st = self._ctx.session.student
+        p = next(st.parameters())
+        sizes = st.feature_sizes(img_size)
+        z = [torch.zeros(1, st.feature_channels[k], *sizes[k], device=p.device) for k in self.maps]
+        g_params, g_macs = S.conv_cost(self.generators, z, lambda zs: [g(x) for g, x in zip(self.generators, zs)])
+        h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
+        was = st.training
+        st.eval()
+        try:
+            s_params, s_macs = S.conv_cost(st, [torch.zeros(1, 3, h, w, device=p.device)], lambda x: st(x[0]))
+        finally:
+            st.train(was)
+        return (f"sr: G {g_params / 1e6:.3f} M params, {g_macs / 1e6:.1f} M MACs per image "
+                f"({100 * g_macs / max(s_macs, 1):.0f} % of the student's {s_macs / 1e6:.1f} M; training only, "
+                "not in the exported student)")
+
+    def describe(self) -> str:
+        return self._cost
+
+    def student_side_parameters(self) -> list[nn.Parameter]:
+        return list(self.generators.parameters())
+
+    def discriminator_parameters(self) -> list[nn.Parameter]:
+        return list(self.disc.parameters())
+
+    # ------------------------------------------------------------------------------------------- spaces
+    def _space(self, j: int, x: torch.Tensor, adapt: bool) -> torch.Tensor:
+        """Map ``self.maps[j]`` into the comparison space (see the module docstring)."""
+        k, ses = self.maps[j], self._ctx.session
+        if self.source == "student":
+            return self._standardize(self.own_std, j, x)
+        if adapt and ses.adapters is not None:
+            x = ses.adapters.maps[k](x)
+        if ses.standardizer is not None and ses.kd.standardize:
+            x = self._standardize(ses.standardizer, k, x)
+        return x
+
+    @staticmethod
+    def _standardize(std: FeatureStandardizer, k: int, x: torch.Tensor) -> torch.Tensor:
+        m, s = getattr(std, f"mean_{k}"), getattr(std, f"std_{k}")
+        return (x - m.view(1, -1, 1, 1)) / s.view(1, -1, 1, 1)
+
+    def high_res(self, images: torch.Tensor, sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
+        """z_HR in the comparison space, no gradient: float32 [B, C_k, H_k, W_k] per SR map."""
+        hr = self.hr(images, [sizes[k] for k in self.maps])
+        with torch.no_grad():
+            if self.own_std is not None and not self.own_std.is_fitted:
+                self.own_std.fit([hr])
+            return [self._space(j, x, adapt=False) for j, x in enumerate(hr)]
+
+    def _p_star(self, images, targets, sizes, teacher_logits) -> list[torch.Tensor]:
+        """p* [B, H_k, W_k] per SR map: the teacher's object probability at the location, or 1 inside a
+        ground-truth box (``--sr-target gt``)."""
+        if self.target == "gt" and targets is not None:
+            return [m.squeeze(1) for m in box_masks(targets, [sizes[k] for k in self.maps], images.device)]
+        return S.object_probability(teacher_logits(), sizes, self.teacher_apl, self.maps)
+
+    def _teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
+        ses = self._ctx.session
+        conf = ses.teacher_outputs(images)[1]
+        return TwoStepBoxCoder.class_logits(conf) if isinstance(ses.teacher.box_coder, TwoStepBoxCoder) else conf
+
+    # ------------------------------------------------------------------------------------------- terms
+    def student_terms(self, step: StudentStep):
+        sizes = [tuple(f.shape[-2:]) for f in step.feats]
+        hr = self.high_res(step.images, sizes)
+        gen = [g(step.feats[k]) for g, k in zip(self.generators, self.maps)]
+        gen_c = [self._space(j, x, adapt=True) for j, x in enumerate(gen)]
+        p_star = self._p_star(step.images, step.targets, sizes, lambda: step.teacher_logits)
+        set_requires_grad(self.disc, False)
+        try:
+            fake = [self.disc(x, j) for j, x in enumerate(gen_c)]
+            with torch.no_grad():
+                real = [self.disc(x, j) for j, x in enumerate(hr)]
+        finally:
+            set_requires_grad(self.disc, True)
+        terms = {"sr_adv": self.alpha * sum(S.sr_adv(f[0]) for f in fake),
+                 "sr_cls": self.beta * sum(S.sr_cls(f[1], r[1], p) for f, r, p in zip(fake, real, p_star)),
+                 "sr_reg": self.gamma * self._reg(gen, step, sizes),
+                 "sr_tv": sum(S.sr_tv(x) for x in gen_c),
+                 "sr_mse": sum(S.sr_mse(h, x) for h, x in zip(hr, gen_c))}
+        info = {"sr_d_gen": sum(torch.sigmoid(f[0]).mean().item() for f in fake) / len(fake),
+                "sr_d_real": sum(torch.sigmoid(r[0]).mean().item() for r in real) / len(real)}
+        return terms, info
+
+    def _reg(self, gen: list[torch.Tensor], step: StudentStep, sizes) -> torch.Tensor:
+        """L_reg on the anchors of the SR maps matched to a small object (0 for two-step heads)."""
+        if self._ctx.reg_head is None:
+            return gen[0].sum() * 0.0
+        ses, at = self._ctx.session, step.anchor_targets
+        slices = S.map_slices(sizes, self.student_apl)
+        h_img, w_img = step.images.shape[-2:]
+        t_sr, t_star, masks = [], [], []
+        for j, k in enumerate(self.maps):
+            layer = self._ctx.reg_head.layers[k]
+            frozen = {n: p.detach() for n, p in layer.named_parameters()}
+            y = functional_call(layer, {**frozen, **dict(layer.named_buffers())}, (gen[j],))   # [B, A*4, H, W]
+            b, _, h, w = y.shape
+            t_sr.append(y.view(b, -1, 4, h, w).permute(0, 3, 4, 1, 2).reshape(b, -1, 4))
+            sl = slices[k]
+            boxes = ses.student.box_coder.decode(at.loc[:, sl], ses.anchors[sl])       # the matched ground truths
+            side = ((boxes[..., 2] - boxes[..., 0]).clamp_min(0) * w_img
+                    * (boxes[..., 3] - boxes[..., 1]).clamp_min(0) * h_img).sqrt()
+            t_star.append(at.loc[:, sl])
+            masks.append((at.labels[:, sl] > 0) & (side < self.small))
+        return S.sr_reg(torch.cat(t_sr, 1), torch.cat(t_star, 1), torch.cat(masks, 1))
+
+    def discriminator_terms(self, step: DiscriminatorStep):
+        ses, images = self._ctx.session, step.images
+        with torch.no_grad(), self._ctx.frozen_bn(ses.student):
+            feats = ses.student.forward_features(images)[2]
+        sizes = [tuple(f.shape[-2:]) for f in feats]
+        hr = self.high_res(images, sizes)
+        with torch.no_grad():
+            gen_c = [self._space(j, g(feats[k]), adapt=True)
+                     for j, (g, k) in enumerate(zip(self.generators, self.maps))]
+        p_star = self._p_star(images, getattr(step, "targets", None), sizes, lambda: self._teacher_logits(images))
+        real = [self.disc(x, j) for j, x in enumerate(hr)]
+        fake = [self.disc(x, j) for j, x in enumerate(gen_c)]
+        d_adv = sum(S.sr_d_adv(r[0], f[0]) for r, f in zip(real, fake))
+        d_cls = sum(S.sr_cls(f[1], r[1], p) for f, r, p in zip(fake, real, p_star))
+        with torch.no_grad():
+            info = {"sr_d_acc_real": sum((r[0] > 0).float().mean().item() for r in real) / len(real),
+                    "sr_d_acc_gen": sum((f[0] < 0).float().mean().item() for f in fake) / len(fake)}
+        return {"d_sr_adv": d_adv, "d_sr_cls": d_cls}, info
