@@ -405,8 +405,8 @@ def image_files(dataset: Any, indices: Sequence[int], tmp: Path) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ProductParser(prog="python benchmarks/run.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
+    # Defaults are stated in each help text: most are None, resolved later (quick mode, the checkpoint's own).
+    p = ProductParser(prog="python benchmarks/run.py", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--checkpoint", default=None, help="PyTorch checkpoint (default: newest runs/**/best.pt)")
     p.add_argument("--exports", default=None, help="export folder (default: exports/<run name>)")
     p.add_argument("--out", default=None, help="report folder (default: reports/<run name>)")
@@ -414,10 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None, help="where the embedded shapes dataset lives")
     p.add_argument("--batch-sizes", default=None, help="comma-separated (default 1,8,32; quick: 1,2)")
     p.add_argument("--max-images", type=int, default=None, help="validation images for mAP/parity (default: all)")
-    p.add_argument("--bench-images", type=int, default=32, help="image files cycled through while timing")
-    p.add_argument("--warmup", type=int, default=None, help="untimed calls before each measurement")
-    p.add_argument("--min-time", type=float, default=None, help="seconds per measurement (at least)")
-    p.add_argument("--min-iters", type=int, default=None, help="timed calls per measurement (at least)")
+    p.add_argument("--bench-images", type=int, default=32, help="image files cycled through while timing (default: 32)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed calls before each measurement (default: 10; quick: 2)")
+    p.add_argument("--min-time", type=float, default=None, help="seconds per measurement, at least (default: 2.0; quick: 0.05)")
+    p.add_argument("--min-iters", type=int, default=None, help="timed calls per measurement, at least (default: 10; quick: 3)")
     p.add_argument("--min-map", type=float, default=None, help="fail when a backend's mAP is below this")
     p.add_argument("--threads", default=None,
                    help="CPU threads of PyTorch, ONNX Runtime and OpenVINO (default: every usable core); a list "
