@@ -52,6 +52,17 @@ _debug: contextvars.ContextVar[bool] = contextvars.ContextVar("fdet_debug", defa
 MainFn = Callable[[Sequence[str] | None], int | None]
 
 
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default after its help, except when the help already states one or the default says
+    nothing (None, False, a suppressed value)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
 class ProductParser(argparse.ArgumentParser):
     """The argument parser of every command: abbreviated flags rejected (a typo never silently means another
     flag), ``--debug`` listed in ``--help`` (:func:`run_main` takes it out of the command line before
@@ -59,6 +70,8 @@ class ProductParser(argparse.ArgumentParser):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
+        if kwargs.get("formatter_class") in (None, argparse.ArgumentDefaultsHelpFormatter):
+            kwargs["formatter_class"] = DefaultsFormatter
         super().__init__(*args, **kwargs)
         self.add_argument(DEBUG_FLAG, action="store_true", default=argparse.SUPPRESS,
                           help=f"on an error, show the Python traceback (also: {DEBUG_ENV}=1)")
