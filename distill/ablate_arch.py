@@ -223,11 +223,12 @@ def spread_note(study: Study, agg: dict, runs: dict) -> str | None:
         return None
     if best not in agg or ref not in agg:
         return f"{best} vs {ref}: not both finished, no verdict."
-    diff = agg[best][k]["mean"] - agg[ref][k]["mean"]
+    st = ablate.paired_stats(runs, best, ref, k)       # over the seeds both rows have finished
+    diff = st["mean"]
     spread = max(agg[best][k]["std"], agg[ref][k]["std"])
-    paired = ablate._fmt_paired(ablate.paired_stats(runs, best, ref, k))
-    if min(agg[best]["seeds"], agg[ref]["seeds"]) < 2:
-        return f"{best} vs {ref}: {diff:+.2f} {k} points on one seed: no verdict before more seeds."
+    paired = ablate._fmt_paired(st)
+    if st["n"] < 2:
+        return f"{best} vs {ref}: {diff:+.2f} {k} points on one paired seed: no verdict before more seeds."
     verdict = "beats" if diff > spread else "does NOT beat"
     return (f"{best} vs {ref}: {diff:+.2f} {k} points, largest seed std {spread:.2f} -> {best} {verdict} {ref} by "
             f"more than the seeds' spread (paired: {paired}).")

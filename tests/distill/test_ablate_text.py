@@ -40,7 +40,7 @@ def test_report_has_every_row_column_and_the_teacher(study):
     runs = {r: json.loads((out / r / "seed0" / "summary.json").read_text()) for r in ROWS}
     paired = doc["paired_vs_hard"]["ab+soft+began"]["f1"]
     assert paired["diffs"] == [pytest.approx(runs["ab+soft+began"]["f1"] - runs["hard"]["f1"])] and paired["p"] is None
-    assert "one seed" in doc["spread"]
+    assert "one paired seed" in doc["spread"]
     md = (out / "ablation.md").read_text()
     assert "| recall | precision | f1 | params (M) |" in md and "teacher (VGG-16, hard labels)" in md
     for row in ablate_arch.TEXT.rows:
