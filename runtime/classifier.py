@@ -21,6 +21,7 @@ opened (torch only for a checkpoint, in :mod:`runtime.backends.torch_backend`).
 """
 from __future__ import annotations
 
+import abc
 import importlib
 import os
 from collections.abc import Sequence
@@ -116,7 +117,7 @@ def refuse_text_export(path: str | os.PathLike[str]) -> None:
                          f"it with runtime.load_classifier")
 
 
-class Classifier:
+class Classifier(abc.ABC):
     """Base of every classifier backend: ``meta`` (the sidecar), ``name``, ``grids``, ``threshold``;
     subclasses implement :meth:`infer`."""
 
@@ -132,10 +133,10 @@ class Classifier:
         self.threshold = float(meta.extra.get("threshold", 0.5))
         self._pre = Preprocessor.from_meta(meta, reuse_buffer=True)
 
+    @abc.abstractmethod
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """float32 [B, 3, H, W] normalised -> {``text_prob``: float32 [B], ``region_prob_<g>``: float32
         [B, g, g]}; model only."""
-        raise NotImplementedError
 
     def preprocess(self, images: Sequence[Any]) -> np.ndarray:
         """Images -> float32 [B, 3, H, W] network input (resized to the sidecar's size, normalised); a reused
