@@ -222,7 +222,9 @@ class FakeCuda:
             fn()
 
 
-def _fake_trt_module(cuda):
+def fake_trt_module(serialized: bytes, make_engine, make_context):
+    """A ``tensorrt`` module whose Runtime deserialises only ``serialized`` into ``make_engine()``, whose
+    execution contexts are ``make_context()``."""
     class Logger:
         WARNING = 2
 
@@ -234,14 +236,18 @@ def _fake_trt_module(cuda):
             pass
 
         def deserialize_cuda_engine(self, data):
-            assert data == b"fake engine"
-            engine = FakeEngine()
-            engine.create_execution_context = lambda: FakeContext(cuda)
+            assert data == serialized
+            engine = make_engine()
+            engine.create_execution_context = make_context
             return engine
 
     return types.SimpleNamespace(Logger=Logger, Runtime=Runtime, init_libnvinfer_plugins=lambda *a: True,
                                  TensorIOMode=FakeTrt.TensorIOMode, nptype=FakeTrt.nptype)
 
+
+
+def _fake_trt_module(cuda):
+    return fake_trt_module(b"fake engine", FakeEngine, lambda: FakeContext(cuda))
 
 @pytest.fixture
 def fake_engine(tmp_path, monkeypatch):

@@ -4,7 +4,6 @@ mocked engine (padding to the profile's smallest batch, splitting above its larg
 one-line failure without TensorRT, and the benchmark's tensorrt row."""
 from __future__ import annotations
 
-import types
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from runtime.backends.trt_backend import TensorSpec, discover_io
 from runtime.classifier import TRTClassifier, load_classifier, plan_text_io
 from runtime.errors import BackendUnavailable
 from runtime.metadata import ModelMeta, write_sidecar
-from tests.runtime.test_trt_backend import FakeCuda, FakeEngine, FakeTrt
+from tests.runtime.test_trt_backend import FakeCuda, FakeEngine, FakeTrt, fake_trt_module
 
 H, W = 32, 48
 IO = [("images", "INPUT", (-1, 3, H, W), "FLOAT"), ("text_prob", "OUTPUT", (-1,), "FLOAT"),
@@ -72,24 +71,7 @@ class TextContext:
 
 
 def _trt_module(cuda, io, profile):
-    class Logger:
-        WARNING = 2
-
-        def __init__(self, level):
-            pass
-
-    class Runtime:
-        def __init__(self, logger):
-            pass
-
-        def deserialize_cuda_engine(self, data):
-            assert data == b"fake text engine"
-            engine = FakeEngine(io, profile)
-            engine.create_execution_context = lambda: TextContext(cuda)
-            return engine
-
-    return types.SimpleNamespace(Logger=Logger, Runtime=Runtime, init_libnvinfer_plugins=lambda *a: True,
-                                 TensorIOMode=FakeTrt.TensorIOMode, nptype=FakeTrt.nptype)
+    return fake_trt_module(b"fake text engine", lambda: FakeEngine(io, profile), lambda: TextContext(cuda))
 
 
 def _engine(tmp_path, monkeypatch, io=IO, profile=((1, 3, H, W), (4, 3, H, W), (8, 3, H, W)), meta=None):
