@@ -4,7 +4,6 @@ mocked engine (padding to the profile's smallest batch, splitting above its larg
 one-line failure without TensorRT, and the benchmark's tensorrt row."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
