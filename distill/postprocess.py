@@ -15,7 +15,6 @@ import torch
 from torchvision.ops import batched_nms, nms
 
 from .models.box_coder import BoxCoder
-from .models.refinedet import TwoStepBoxCoder
 
 
 def select_detections(boxes: torch.Tensor, scores: torch.Tensor, *, score_threshold: float, iou_threshold: float,
@@ -48,9 +47,7 @@ def decode_outputs(loc: torch.Tensor, conf: torch.Tensor, anchors: torch.Tensor,
     """Raw heads -> (boxes [B,N,4] normalised xyxy, scores [B,N,C+1] softmax): the raw graph's outputs.
     RefineDet's packed ARM + ODM heads (its box coder is a ``TwoStepBoxCoder``) take the two-step decode:
     boxes against the refined anchors, zero object scores where negative anchor filtering drops the anchor."""
-    if isinstance(box_coder, TwoStepBoxCoder):
-        return box_coder.decode_heads(loc, conf, anchors)
-    return box_coder.decode(loc, anchors), conf.float().softmax(-1)
+    return box_coder.decode_heads(loc, conf, anchors)
 
 
 def postprocess(loc: torch.Tensor, conf: torch.Tensor, anchors: torch.Tensor, box_coder: BoxCoder, nms_cfg) -> list[dict]:

@@ -35,10 +35,8 @@ from .config import TrainConfig, build_parser, resolve, save_yaml
 from .engine import (DetectorStep, EpochInterrupted, EpochProgress, evaluate, lr_lambda, param_groups,
                      train_one_epoch)
 from .stability import NonFiniteLossError, StabilityMonitor, TrainingGuard
-from .losses import MultiBoxLoss, encode_targets
-from .losses.refinedet import RefineDetLoss
-from .models import Matcher, count_gflops, count_parameters, create_model, list_models, load_pretrained_backbone
-from .models.refinedet import TwoStepBoxCoder
+from .losses import DetectionLoss
+from .models import count_gflops, count_parameters, create_model, list_models, load_pretrained_backbone
 from .presets import PRESETS
 from .run_log import RunLog
 from .safety import (RunInterrupted, SkipBatches, StopSignals, exit_code, prepare_run_folder, trim_metrics,
@@ -50,18 +48,13 @@ SUMMARY_KEYS = ("mAP", "AP50", "AP75", "APs", "APm", "APl")
 
 
 def detection_loss_fn(model, anchors, cfg: TrainConfig):
-    """The plain detector objective (dict of named terms): SSD's multibox loss on targets encoded against the
-    anchors, or, for RefineDet (a two-step box coder), eq. 1 of its paper (distill/losses/refinedet.py)."""
-    matcher, criterion = Matcher(cfg.model.match_iou), MultiBoxLoss(cfg.model.neg_pos_ratio)
-    two_step = RefineDetLoss(cfg.model.neg_pos_ratio)
+    """The plain detector objective (dict of named terms): :class:`~distill.losses.DetectionLoss`, the one the
+    distillation plans use too."""
+    objective = DetectionLoss(cfg.model.neg_pos_ratio, cfg.model.match_iou)
 
     def loss_fn(m, images, targets):
         loc, conf = m(images)
-        coder = m.box_coder if hasattr(m, "box_coder") else model.box_coder
-        if isinstance(coder, TwoStepBoxCoder):
-            return two_step(loc, conf, targets, anchors, coder, matcher)
-        t = encode_targets(targets, anchors, coder, matcher)
-        return criterion(loc, conf, t)
+        return objective(loc, conf, targets, anchors, m.box_coder if hasattr(m, "box_coder") else model.box_coder)
     return loss_fn
 
 

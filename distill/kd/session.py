@@ -45,10 +45,7 @@ from tqdm import tqdm
 
 from .. import distributed
 from ..engine import param_groups, train_one_epoch
-from ..losses import MultiBoxLoss, encode_targets
-from ..losses.refinedet import RefineDetLoss
-from ..models import Matcher
-from ..models.refinedet import TwoStepBoxCoder
+from ..losses import DetectionLoss, loc_cls
 from ..stability import StabilityMonitor, TrainingGuard
 from .features import Adapters, FeatureStandardizer
 from .methods import (METHODS, DiscriminatorStep, LazyOutputs, StudentStep, build_method, parse_kd,
@@ -80,7 +77,7 @@ def frozen_bn_stats(model: nn.Module):
 
 def class_logits(model: nn.Module, conf: torch.Tensor) -> torch.Tensor:
     """A detector's class logits [B,N,C+1]: SSD's conf as it is, RefineDet's ODM columns of its packed conf."""
-    return TwoStepBoxCoder.class_logits(conf) if isinstance(model.box_coder, TwoStepBoxCoder) else conf
+    return model.box_coder.class_logits(conf)
 
 
 class EpochLog:
@@ -142,8 +139,7 @@ class KDSession:
                                     student_max_iters=self.kd.gan_student_max_iters)
         self.monitor = StabilityMonitor(max_skips=self.kd.max_skips, patience=self.kd.collapse_patience)
         self.guard = TrainingGuard(self.monitor, self._stateful)
-        self.matcher, self.mbox = Matcher(cfg.model.match_iou), MultiBoxLoss(cfg.model.neg_pos_ratio)
-        self.two_step = RefineDetLoss(cfg.model.neg_pos_ratio)
+        self.detection = DetectionLoss(cfg.model.neg_pos_ratio, cfg.model.match_iou)
         self.step, self.student_iters, self.epoch = 0, 0, 0
         self.progress, self.extra_drawn, self._resumed = None, 0, None     # an epoch's progress: epoch_state()
         self.log = EpochLog()
@@ -214,12 +210,10 @@ class KDSession:
         return self._standardize(t_feats), s_maps
 
     def _detection(self, loc, conf, targets):
-        coder = self.student.box_coder
-        if isinstance(coder, TwoStepBoxCoder):      # RefineDet: eq. 1 (ARM + ODM terms), the ODM's targets
-            at, t = self.two_step.with_targets(loc, conf, targets, self.anchors, coder, self.matcher)
-            return at, {"loc": t["arm_loc"] + t["odm_loc"], "cls": t["arm_cls"] + t["odm_cls"]}
-        at = encode_targets(targets, self.anchors, coder, self.matcher)
-        return at, self.mbox(loc, conf, at)
+        """(anchor targets, {"loc", "cls"}): the plain run's objective (RefineDet: the ODM's targets, ARM + ODM
+        terms summed)."""
+        at, terms = self.detection.with_targets(loc, conf, targets, self.anchors, self.student.box_coder)
+        return at, loc_cls(terms)
 
     # ----------------------------------------------------------------------------------------------- terms
     def student_terms(self, images, targets) -> tuple[dict, dict, dict, StudentStep]:

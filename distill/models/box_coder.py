@@ -48,3 +48,15 @@ class BoxCoder:
         cxcy = a[:, :2] + loc[..., :2] * v[:2] * a[:, 2:]
         wh = a[:, 2:] * torch.exp((loc[..., 2:] * v[2:]).clamp(max=_WH_CLAMP))
         return torch.cat([cxcy - wh / 2, cxcy + wh / 2], -1)
+
+    # The detector-head interface every box coder offers, so that losses, distillation and post-processing never
+    # ask which detector they hold (RefineDet's TwoStepBoxCoder overrides both for its packed ARM + ODM heads).
+    @staticmethod
+    def class_logits(conf: torch.Tensor) -> torch.Tensor:
+        """The head's class logits [B,N,C+1] (column 0 = background): SSD's conf as it is."""
+        return conf
+
+    def decode_heads(self, loc: torch.Tensor, conf: torch.Tensor,
+                     anchors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw heads + anchors [N,4] cxcywh -> (boxes [B,N,4] normalised xyxy, scores [B,N,C+1] softmax)."""
+        return self.decode(loc, anchors), conf.float().softmax(-1)

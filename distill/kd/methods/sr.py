@@ -32,7 +32,6 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from ...models.refinedet import TwoStepBoxCoder
 from .. import sr_modules as S
 from ..features import FeatureStandardizer
 from ..losses import box_masks
@@ -80,7 +79,7 @@ class SuperResolutionKD(KDMethod):
         self.teacher_apl = S.anchors_per_location(session.teacher)
         self.student_apl = S.anchors_per_location(session.student)
         st = session.student
-        self._ctx.reg_head = None if isinstance(st.box_coder, TwoStepBoxCoder) else getattr(st, "loc_head", None)
+        self._ctx.reg_head = getattr(st, "loc_head", None)     # SSD's; RefineDet's packed heads have none
         self._cost = self._measure_cost(session.cfg.data.img_size)
 
     def _measure_cost(self, img_size) -> str:
@@ -144,7 +143,7 @@ class SuperResolutionKD(KDMethod):
     def _teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
         ses = self._ctx.session
         conf = ses.teacher_outputs(images)[1]
-        return TwoStepBoxCoder.class_logits(conf) if isinstance(ses.teacher.box_coder, TwoStepBoxCoder) else conf
+        return ses.teacher.box_coder.class_logits(conf)
 
     # ------------------------------------------------------------------------------------------- terms
     def student_terms(self, step: StudentStep):
