@@ -3,6 +3,7 @@
 ::
 
     python -m distill.anchors --data SPEC --img-size 256 [--model NAME] [--out DIR]
+    python -m distill.anchors --data SPEC --img-size 384x512 --sizes 256,320,384 ...   (H x W, height first)
 
 The boxes are the training boxes as the network sees them: each image's annotations through the training
 resize (``--resize`` stretch / letterbox, :func:`distill.data.transforms.build_train_transform` without
@@ -15,11 +16,15 @@ through the one anchor forced onto it.
 Per COCO size bucket (small < 32^2, medium < 96^2, large; measured on the box area w x h in pixels of
 the resized INPUT, where COCO measures the annotation area in the original image) the report gives the
 share of boxes with an anchor at IoU >= 0.5 and >= the matcher threshold, and the median best IoU. It
-then tries the input sizes of ``--sizes`` (same resize) and a grid of ``min_ratio`` / ``max_ratio`` of
+then tries the input sizes of ``--sizes`` (same resize; with a non-square ``--img-size`` H x W an entry S
+is the input of short side S with the same aspect, both sides scaled by S / min(H, W) and rounded to whole
+pixels, an entry HxW is taken as it is) and a grid of ``min_ratio`` / ``max_ratio`` of
 :class:`~distill.models.anchors.DefaultBoxGenerator` (the model's aspect ratios kept) and suggests the
 best. Written to ``--out``: ``anchor_fit.json``, ``anchor_fit.txt`` (the table printed) and
 ``anchor_fit.png`` (histogram of box sizes, sqrt(w h) in input pixels, against each feature map's anchor
-sizes); an existing report is kept unless ``--overwrite``.
+sizes); an existing report is kept unless ``--overwrite``. Anchors are normalised to the input, so on an
+H x W input an anchor of scale s is s W px wide and s H px high: ``anchor_sizes`` gives per map both
+sides in px (``wh_px``) and the side sqrt(w h) = s sqrt(H W) the histogram compares (``sizes_px``).
 
 ``distill.train`` calls :func:`fit_warning` at the start of a run: one warning line when more than a
 quarter of the training boxes (of at most 500 images) have no anchor at the matcher's threshold.
@@ -40,7 +45,7 @@ from torchvision.ops import box_iou
 
 from runtime.atomic import atomic_path, write_json_atomic, write_text_atomic
 from runtime.cli import ProductParser, command, out_folder
-from runtime.sizes import as_hw, size_text
+from runtime.sizes import as_hw, size_text, size_value
 
 #: COCO's area buckets (px^2 of the network input here): name, lower bound (inclusive), upper bound (exclusive).
 SIZE_BUCKETS: tuple[tuple[str, float, float], ...] = (
@@ -138,10 +143,10 @@ def anchor_ratios(generator: Any) -> tuple[float, float]:
     return float(generator.scales[0]), float(generator.scales[m - 1 if m > 1 else 1])
 
 
-def anchors_with(model: Any, img_size: int, min_ratio: float, max_ratio: float,
+def anchors_with(model: Any, img_size: int | Sequence[int], min_ratio: float, max_ratio: float,
                  feature_sizes: Sequence[tuple[int, int]] | None = None) -> torch.Tensor:
-    """The model's anchors at ``img_size`` (its feature maps, or ``feature_sizes`` when given; its aspect ratios
-    and clipping) with other scales: float32 [N, 4] normalised cxcywh."""
+    """The model's anchors at ``img_size`` (S or (H, W); its feature maps, or ``feature_sizes`` when given; its
+    aspect ratios and clipping) with other scales: float32 [N, 4] normalised cxcywh."""
     from .models.anchors import DefaultBoxGenerator
 
     gen = model.anchor_generator
@@ -156,11 +161,11 @@ def check_model(model: Any, name: str) -> None:
                          f"needs an SSD-family model")
 
 
-def grid_search(boxes: torch.Tensor, model: Any, img_size: int, match_iou: float,
+def grid_search(boxes: torch.Tensor, model: Any, img_size: int | Sequence[int], match_iou: float,
                 min_ratios: Sequence[float] = MIN_RATIOS, max_ratios: Sequence[float] = MAX_RATIOS) -> list[dict]:
-    """Share of ``boxes`` (normalised xyxy [M, 4]) with an anchor at IoU >= ``match_iou`` for every
-    (min_ratio, max_ratio) of the grid: ``[{"min_ratio", "max_ratio", "match"}]``, best first (ties: grid
-    order)."""
+    """Share of ``boxes`` (normalised xyxy [M, 4]) with an anchor at IoU >= ``match_iou`` on the ``img_size``
+    (S or (H, W)) input for every (min_ratio, max_ratio) of the grid: ``[{"min_ratio", "max_ratio", "match"}]``,
+    best first (ties: grid order)."""
     rows, fs = [], model.feature_sizes(img_size)
     for lo in min_ratios:
         for hi in max_ratios:
@@ -202,14 +207,38 @@ def print_fit_warning(anchors_cxcywh: torch.Tensor, dataset: Any, match_iou: flo
 # --------------------------------------------------------------------------------------------
 # The report.
 # --------------------------------------------------------------------------------------------
-def size_row(records: Sequence[Any], model: Any, size: int, resize_mode: str, match_iou: float,
+def sweep_sizes(text: str, img_size: int | Sequence[int]) -> list[tuple[int, int]]:
+    """``--sizes`` (comma-separated ``S`` or ``HxW``) -> input sizes (H, W). With a non-square ``img_size``
+    H0 x W0 an ``S`` keeps its aspect: both sides scaled by S / min(H0, W0), rounded to whole pixels (short
+    side S); ``HxW`` entries are taken as they are. ValueError (one line) for a bad list or a side < 32."""
+    h0, w0 = as_hw(img_size)
+    out = []
+    try:
+        for v in (v.strip() for v in text.split(",")):
+            if not v:
+                continue
+            h, w = as_hw(v)
+            if "x" not in v.lower() and h0 != w0:
+                h, w = round(h0 * h / min(h0, w0)), round(w0 * h / min(h0, w0))
+            out.append((h, w))
+    except ValueError:
+        out = []
+    if not out or min(min(hw) for hw in out) < 32:
+        raise ValueError(f"--sizes {text!r}: expected comma-separated input sizes S or HxW with sides >= 32, e.g. "
+                         f"256,320,384,512 (with a non-square --img-size, S is the short side, the aspect kept)")
+    return out
+
+
+def size_row(records: Sequence[Any], model: Any, size: int | Sequence[int], resize_mode: str, match_iou: float,
              max_images: int | None, grid: bool) -> tuple[dict[str, Any], torch.Tensor]:
-    """Coverage of one input size with the model's ratios (and, with ``grid``, the best grid ratios), and the
-    boxes measured (float32 [M, 4] xyxy normalised to the input)."""
+    """Coverage of one input size (S or (H, W)) with the model's ratios (and, with ``grid``, the best grid
+    ratios), and the boxes measured (float32 [M, 4] xyxy normalised to the input). The row's ``img_size`` is
+    the config's form (S when square, else [H, W]), ``size`` its text (``"384x512"``)."""
     boxes, dropped = input_boxes(records, size, resize_mode, max_images)
-    best = best_anchor_iou(boxes, model.anchors(size))
-    areas = box_areas_px(boxes, (size, size))
-    row: dict[str, Any] = {"img_size": size, "boxes": len(boxes), "dropped": dropped,
+    best = best_anchor_iou(boxes, model.anchors(as_hw(size)))
+    areas = box_areas_px(boxes, as_hw(size))
+    row: dict[str, Any] = {"img_size": size_value(size), "size": size_text(size), "boxes": len(boxes),
+                           "dropped": dropped,
                            "coverage": coverage(best, areas, match_iou),
                            "small_share": _share(areas < SIZE_BUCKETS[0][2])}
     if grid:
@@ -219,30 +248,39 @@ def size_row(records: Sequence[Any], model: Any, size: int, resize_mode: str, ma
 
 
 def suggest(rows: list[dict[str, Any]], tolerance: float = 0.005) -> dict[str, Any]:
-    """The smallest input size whose coverage at the matcher threshold, with its best grid ratios, is within
-    ``tolerance`` of the best size's; with those ratios."""
+    """The smallest input size (fewest pixels) whose coverage at the matcher threshold, with its best grid
+    ratios, is within ``tolerance`` of the best size's; with those ratios."""
     def score(r: dict) -> float:
         return (r.get("best_ratios") or {}).get("match") or 0.0
     top = max(score(r) for r in rows)
-    pick = min((r for r in rows if score(r) >= top - tolerance), key=lambda r: r["img_size"])
-    return {"img_size": pick["img_size"], "min_ratio": pick["best_ratios"]["min_ratio"] if pick.get("best_ratios")
-            else None, "max_ratio": pick["best_ratios"]["max_ratio"] if pick.get("best_ratios") else None,
-            "match": score(pick)}
+    pick = min((r for r in rows if score(r) >= top - tolerance), key=lambda r: _area_key(r["img_size"]))
+    ratios = pick.get("best_ratios") or {}
+    return {"img_size": pick["img_size"], "size": size_text(pick["img_size"]), "min_ratio": ratios.get("min_ratio"),
+            "max_ratio": ratios.get("max_ratio"), "match": score(pick)}
 
 
-def anchor_sizes_px(model: Any, img_size: int) -> list[dict[str, Any]]:
-    """Per feature map: its grid and the side (sqrt(w h), input px) of its two anchor scales."""
+def _area_key(img_size: Any) -> tuple[int, int]:
+    h, w = as_hw(img_size)
+    return h * w, h
+
+
+def anchor_sizes_px(model: Any, img_size: int | Sequence[int]) -> list[dict[str, Any]]:
+    """Per feature map at the ``img_size`` (S or (H, W)) input: its grid [h, w], ``sizes_px`` the side
+    sqrt(w h) in input px of its two square-ratio anchors (scales s_k and sqrt(s_k s_k+1): s sqrt(H W)) and
+    ``wh_px`` their [width, height] in px (s W, s H: anchors are normalised to the input)."""
     gen = model.anchor_generator
+    h, w = as_hw(img_size)
     out = []
-    for k, (fh, fw) in enumerate(model.feature_sizes(img_size)):
-        s, s_next = gen.scales[k], gen.scales[k + 1]
-        out.append({"map": k, "grid": [int(fh), int(fw)], "sizes_px": [s * img_size, math.sqrt(s * s_next) * img_size]})
+    for k, (fh, fw) in enumerate(model.feature_sizes((h, w))):
+        scales = (gen.scales[k], math.sqrt(gen.scales[k] * gen.scales[k + 1]))
+        out.append({"map": k, "grid": [int(fh), int(fw)], "sizes_px": [s * math.sqrt(h * w) for s in scales],
+                    "wh_px": [[s * w, s * h] for s in scales]})
     return out
 
 
-def build_report(cfg: Any, sizes: Sequence[int], max_images: int | None) -> dict[str, Any]:
+def build_report(cfg: Any, sizes: Sequence[int | Sequence[int]], max_images: int | None) -> dict[str, Any]:
     """The whole report of a resolved :class:`~distill.config.TrainConfig` (data, model, input size, resize,
-    matcher threshold) at ``cfg.data.img_size`` and at each of ``sizes``."""
+    matcher threshold) at ``cfg.data.img_size`` and at each of ``sizes`` (S or (H, W) each)."""
     from .data import build_dataset
     from .models import Matcher, create_model
 
@@ -254,20 +292,21 @@ def build_report(cfg: Any, sizes: Sequence[int], max_images: int | None) -> dict
     check_model(model, cfg.model.name)
     match_iou = Matcher(cfg.model.match_iou).iou_threshold
     n_images = len(spread_indices(len(ds.records), max_images))
-    main, boxes = size_row(ds.records, model, d.img_size, d.resize_mode, match_iou, max_images, grid=True)
+    hw = as_hw(d.img_size)
+    main, boxes = size_row(ds.records, model, hw, d.resize_mode, match_iou, max_images, grid=True)
     rows = [main] + [size_row(ds.records, model, s, d.resize_mode, match_iou, max_images, grid=True)[0]
-                     for s in sorted(set(sizes) - {d.img_size})]
-    rows.sort(key=lambda r: r["img_size"])
+                     for s in sorted({as_hw(s) for s in sizes} - {hw}, key=_area_key)]
+    rows.sort(key=lambda r: _area_key(r["img_size"]))
     lo, hi = anchor_ratios(model.anchor_generator)
     return {"data": d.data, "dataset": ds.name, "images": n_images, "model": cfg.model.name,
-            "model_kwargs": dict(cfg.model.kwargs), "img_size": d.img_size, "resize": d.resize_mode,
-            "match_iou": match_iou, "min_ratio": lo, "max_ratio": hi,
-            "area_measured_on": f"box w x h in pixels of the {d.img_size} x {d.img_size} network input after the "
+            "model_kwargs": dict(cfg.model.kwargs), "img_size": size_value(hw), "size": size_text(hw),
+            "resize": d.resize_mode, "match_iou": match_iou, "min_ratio": lo, "max_ratio": hi,
+            "area_measured_on": f"box w x h in pixels of the {hw[0]} x {hw[1]} (H x W) network input after the "
                                 f"'{d.resize_mode}' resize (COCO measures the annotation area in the original image)",
             "coverage": main["coverage"], "boxes": main["boxes"], "dropped": main["dropped"],
             "sizes": [{k: v for k, v in r.items() if k != "grid"} for r in rows], "grid": main["grid"],
-            "suggestion": suggest(rows), "anchor_sizes": anchor_sizes_px(model, d.img_size),
-            "box_sides_px": [round(float(v), 2) for v in box_areas_px(boxes, (d.img_size, d.img_size)).sqrt()]}
+            "suggestion": suggest(rows), "anchor_sizes": anchor_sizes_px(model, hw),
+            "box_sides_px": [round(float(v), 2) for v in box_areas_px(boxes, hw).sqrt()]}
 
 
 def _pct(v: float | None) -> str:
@@ -277,8 +316,8 @@ def _pct(v: float | None) -> str:
 def format_report(r: dict[str, Any]) -> str:
     """The human table of :func:`build_report`."""
     lines = [f"Anchor fit of {r['model']} {r['model_kwargs'] or ''} on {r['dataset']}: {r['boxes']} boxes of "
-             f"{r['images']} images at {r['img_size']} px ({r['resize']}); anchors min_ratio {r['min_ratio']:g}, "
-             f"max_ratio {r['max_ratio']:g}; matcher IoU {r['match_iou']:g}",
+             f"{r['images']} images at {size_text(r['img_size'])} px ({r['resize']}); anchors min_ratio "
+             f"{r['min_ratio']:g}, max_ratio {r['max_ratio']:g}; matcher IoU {r['match_iou']:g}",
              f"Size buckets on the {r['area_measured_on']}.", "",
              f"{'bucket':<8} {'boxes':>6} {'IoU>=0.5 %':>11} "
              f"{'matcher IoU>=' + format(r['match_iou'], 'g') + ' %':>19} {'median IoU':>10}"]
@@ -287,13 +326,14 @@ def format_report(r: dict[str, Any]) -> str:
         med = "-" if c["median_iou"] is None else f"{c['median_iou']:.3f}"
         lines.append(f"{name:<8} {c['boxes']:>6} {_pct(c['iou50']):>11} {_pct(c['match']):>19} {med:>10}")
     lines += ["", f"Input sizes (same resize; coverage at IoU >= {r['match_iou']:g}, all boxes):",
-              f"{'size':>5} {'small %':>8} {'this model %':>13} {'best grid %':>12}  best min/max ratio"]
+              f"{'size':>9} {'small %':>8} {'this model %':>13} {'best grid %':>12}  best min/max ratio"]
     for s in r["sizes"]:
         b = s.get("best_ratios") or {}
-        lines.append(f"{s['img_size']:>5} {_pct(s['small_share']):>8} {_pct(s['coverage']['all']['match']):>13} "
-                     f"{_pct(b.get('match')):>12}  {b.get('min_ratio', '-')}/{b.get('max_ratio', '-')}")
+        lines.append(f"{size_text(s['img_size']):>9} {_pct(s['small_share']):>8} "
+                     f"{_pct(s['coverage']['all']['match']):>13} {_pct(b.get('match')):>12}  "
+                     f"{b.get('min_ratio', '-')}/{b.get('max_ratio', '-')}")
     sug = r["suggestion"]
-    lines += ["", f"Suggestion: --img-size {sug['img_size']} --model-kwargs "
+    lines += ["", f"Suggestion: --img-size {size_text(sug['img_size'])} --model-kwargs "
                   f"'{json.dumps({'min_ratio': sug['min_ratio'], 'max_ratio': sug['max_ratio']})}' "
                   f"({_pct(sug['match'])} % of the boxes with an anchor at IoU >= {r['match_iou']:g}; the smallest "
                   f"size within 0.5 points of the best). A larger input also gives small objects more pixels: see "
@@ -316,7 +356,7 @@ def write_histogram(r: dict[str, Any], path: Path) -> Path | None:
     sides = sides[sides > 0]
     fig, ax = plt.subplots(figsize=(8, 4.5))
     lo = max(1.0, min([sides.min() if sides.size else 1.0] + [a["sizes_px"][0] for a in r["anchor_sizes"]]) / 1.5)
-    bins = np.geomspace(lo, r["img_size"] * 1.5, 40)
+    bins = np.geomspace(lo, max(as_hw(r["img_size"])) * 1.5, 40)
     ax.hist(sides, bins=bins, color="0.6", label=f"boxes ({sides.size})")
     for a in r["anchor_sizes"]:
         for j, v in enumerate(a["sizes_px"]):
@@ -325,7 +365,8 @@ def write_histogram(r: dict[str, Any], path: Path) -> Path | None:
     for v in (32, 96):
         ax.axvline(v, color="k", ls="--", lw=0.8)
     ax.set_xscale("log")
-    ax.set_xlabel(f"box side sqrt(w h), px of the {r['img_size']} px input (dashed: COCO 32 / 96 px)")
+    ax.set_xlabel(f"box side sqrt(w h), px of the {size_text(r['img_size'])} px input (H x W; dashed: COCO 32 / "
+                  "96 px)")
     ax.set_ylabel("boxes")
     ax.set_title(f"{r['model']} anchors vs {r['dataset']} boxes\n(anchor sides per map, solid: s_k, dotted: "
                  f"sqrt(s_k s_k+1))", fontsize=9)
@@ -345,8 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=None, help="training set: shapes | shapes-small | coco:ANN.json:IMG_DIR | "
                                                 "voc:ROOT:SPLIT (default: the preset's, shapes)")
-    p.add_argument("--img-size", type=int, default=None, help="square network input side in pixels (default: the "
-                                                              "preset's, 256)")
+    p.add_argument("--img-size", default=None, help="network input size in pixels: S (square) or HxW, height first "
+                                                    "(384x512: 384 high, 512 wide; default: the preset's, 256)")
     p.add_argument("--model", default=None, help="registered model whose anchors are measured (default: "
                                                  "ssdlite_mobilenetv2)")
     p.add_argument("--model-kwargs", default=None, help="builder kwargs as JSON, e.g. '{\"min_ratio\": 0.05}' "
@@ -359,7 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                                      "the config's, stretch)")
     p.add_argument("--data-root", default=None, help="where the embedded datasets are generated (default: data)")
     p.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)),
-                   help="input sizes tried for the suggestion, comma-separated (default: %(default)s)")
+                   help="input sizes tried for the suggestion, comma-separated S or HxW; with a non-square "
+                        "--img-size an S is the short side, the aspect kept (default: %(default)s)")
     p.add_argument("--max-images", type=int, default=None, help="use at most N training images, spread over the "
                                                                 "set (default: all)")
     p.add_argument("--out", default="runs/anchor_fit", help="report folder (default: %(default)s)")
@@ -377,20 +419,12 @@ def _config(args: argparse.Namespace) -> Any:
     return resolve({k: v for k, v in given.items() if v is not None}, PRESETS)
 
 
-def _sizes(text: str) -> list[int]:
-    try:
-        sizes = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        sizes = []
-    if not sizes or min(sizes) < 32:
-        raise ValueError(f"--sizes {text!r}: expected comma-separated input sizes >= 32, e.g. 256,320,384,512")
-    return sizes
-
-
 @command("python -m distill.anchors")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    sizes = _sizes(args.sizes)
+    if args.img_size is not None:
+        args.img_size = size_value(args.img_size, "--img-size")
+    sweep_sizes(args.sizes, args.img_size or 256)    # a bad list fails before the data is built
     if args.max_images is not None and args.max_images < 1:
         raise ValueError(f"--max-images {args.max_images}: expected an integer >= 1")
     out = out_folder(args.out)
@@ -399,7 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ValueError(f"--out {out} already holds an anchor-fit report ({', '.join(existing)}); pass --overwrite "
                          f"to replace it")
     cfg = _config(args)
-    report = build_report(cfg, sizes, args.max_images)
+    report = build_report(cfg, sweep_sizes(args.sizes, cfg.data.img_size), args.max_images)
     text = format_report(report)
     print(text)
     write_json_atomic(out / "anchor_fit.json", report)

@@ -12,7 +12,9 @@ import torch
 from distill import anchors as af
 from distill.data import DetectionDataset, build_dataset
 from distill.models import create_model
+from distill.models.anchors import DefaultBoxGenerator
 from runtime.annotations import ImageRecord
+from runtime.sizes import as_hw
 
 QUICK_ANCHORS = {"min_ratio": 0.1, "max_ratio": 0.9}   # the quick preset's
 TINY_SHAPES = {"num_train": 16, "num_val": 2}
@@ -132,3 +134,86 @@ def test_cli_help_and_bad_values(capsys):
         assert flag in out
     assert af.main(["--sizes", "abc"]) == 2
     assert "--sizes 'abc'" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# Non-square inputs (H x W).
+# --------------------------------------------------------------------------------------------
+class _GridModel:
+    """One feature map with a cell per 64 x 64 input px; anchors of scales 0.5 and sqrt(0.5 * 1.0), normalised."""
+    anchor_generator = DefaultBoxGenerator([()], min_ratio=0.5, max_ratio=1.0, clip=False)
+
+    def feature_sizes(self, img_size):
+        h, w = as_hw(img_size)
+        return [(h // 64, w // 64)]
+
+    def anchors(self, img_size):
+        return self.anchor_generator(self.feature_sizes(img_size))
+
+
+def test_non_square_coverage_by_hand():
+    # 256 x 384 images stretched to the 128 x 192 input (half size); the 2 x 3 grid's scale-0.5 anchors are
+    # 96 x 64 px, e.g. x 48..144, y 0..64 around the cell centre (96, 32); the sqrt(0.5) ones 135.8 x 90.5 px
+    rec = _record(1, [[96, 0, 288, 128],     # -> [48, 0, 144, 64]: that anchor exactly, IoU 1     6144 px^2 medium
+                      [96, 0, 224, 128],     # -> [48, 0, 112, 64]: 4096 / 6144 = 2/3             4096: medium
+                      [180, 52, 204, 76]],   # -> [90, 26, 102, 38]: 144 / 6144 = 0.0234           144: small
+                  size=(256, 384))
+    model = _GridModel()
+    row, boxes = af.size_row([rec], model, (128, 192), "stretch", 0.6, None, grid=False)
+    torch.testing.assert_close(af.box_areas_px(boxes, (128, 192)), torch.tensor([6144.0, 4096.0, 144.0]))
+    torch.testing.assert_close(af.best_anchor_iou(boxes, model.anchors((128, 192))),
+                               torch.tensor([1.0, 2 / 3, 144 / 6144]), atol=1e-5, rtol=0)
+    assert row["img_size"] == [128, 192] and row["size"] == "128x192" and row["boxes"] == 3
+    cov = row["coverage"]
+    assert cov["medium"]["boxes"] == 2 and cov["medium"]["match"] == pytest.approx(1.0)
+    assert cov["small"]["boxes"] == 1 and cov["small"]["match"] == 0.0 and cov["large"]["boxes"] == 0
+    assert cov["all"]["match"] == pytest.approx(2 / 3)
+    assert cov["all"]["median_iou"] == pytest.approx(2 / 3, abs=1e-5)
+    assert row["small_share"] == pytest.approx(1 / 3)
+    # min_ratio 0.25: scale-0.25 anchors 48 x 32 px, sqrt(0.25) = 0.5 ones 96 x 64 px: the same two boxes match
+    grid = af.grid_search(boxes, model, (128, 192), 0.6, min_ratios=(0.25,), max_ratios=(1.0,))
+    assert grid == [{"min_ratio": 0.25, "max_ratio": 1.0, "match": pytest.approx(2 / 3)}]
+    sizes = af.anchor_sizes_px(model, (128, 192))
+    assert sizes[0]["grid"] == [2, 3]
+    assert sum(sizes[0]["wh_px"], []) == pytest.approx([96.0, 64.0, 192 / 2 ** 0.5, 128 / 2 ** 0.5])
+    assert sizes[0]["sizes_px"] == pytest.approx([0.5 * (128 * 192) ** 0.5, (0.5 * 128 * 192) ** 0.5])
+
+
+def test_sweep_sizes_keep_the_aspect():
+    assert af.sweep_sizes("64, 96x96,128", (96, 128)) == [(64, 85), (96, 96), (128, 171)]
+    assert af.sweep_sizes("64,96x96", [128, 96]) == [(85, 64), (96, 96)]
+    assert af.sweep_sizes("256,320", 256) == [(256, 256), (320, 320)]
+    for bad in ("abc", "16", "64x16", "64x", ""):
+        with pytest.raises(ValueError, match="--sizes"):
+            af.sweep_sizes(bad, (96, 128))
+
+
+def test_warning_names_a_non_square_input():
+    model = create_model("ssdlite_mobilenetv2", 1, width_mult=0.35, **QUICK_ANCHORS)
+    recs = [_record(i + 1, [[10 + 30 * k, 10, 14 + 30 * k, 14] for k in range(6)]) for i in range(4)]
+    ds = DetectionDataset(recs, ["thing"], [1], train=True, img_size=(128, 192), mean=(0.5,) * 3, std=(0.25,) * 3,
+                          augment="none")
+    line = af.fit_warning(ds, model.anchors(ds.img_size), 0.5, spec="shapes-small")
+    assert line is not None and line.startswith("warning: 100 % of the training boxes (24 boxes of 4 images)")
+    assert "at 128x192 px" in line and "--img-size 128x192 " in line
+
+
+def test_cli_non_square_report(tmp_path, capsys):
+    out = tmp_path / "report"
+    argv = ["--data", "shapes", "--img-size", "96x128", "--data-root", str(tmp_path / "data"), "--sizes", "64,128",
+            "--model-kwargs", json.dumps({"width_mult": 0.35, **QUICK_ANCHORS}), "--max-images", "4",
+            "--out", str(out), "--preset", "smoke"]
+    assert af.main(argv) == 0
+    report = json.loads((out / "anchor_fit.json").read_text())
+    assert report["img_size"] == [96, 128] and report["size"] == "96x128"
+    assert [s["size"] for s in report["sizes"]] == ["64x85", "96x128", "128x171"]
+    assert [s["img_size"] for s in report["sizes"]] == [[64, 85], [96, 128], [128, 171]]
+    assert report["suggestion"]["size"] in ("64x85", "96x128", "128x171")
+    assert "96 x 128 (H x W) network input" in report["area_measured_on"]
+    first = report["anchor_sizes"][0]
+    assert first["grid"][0] < first["grid"][1]                              # fewer rows than columns
+    assert first["wh_px"][0] == pytest.approx([0.1 * 128, 0.1 * 96])
+    text = capsys.readouterr().out
+    assert "images at 96x128 px" in text and f"Suggestion: --img-size {report['suggestion']['size']} " in text
+    assert af.main(["--img-size", "96x", "--out", str(tmp_path / "bad")]) == 2
+    assert "--img-size '96x'" in capsys.readouterr().err
