@@ -15,6 +15,10 @@ Two NMS routes, chosen before anything is parsed in :mod:`export.trt.nms`: the E
 plugin (the graphs above) or TensorRT's built-in INMSLayer (the ONNX-NMS graph ``model_nms.onnx``,
 checked against ONNX Runtime running that graph, and on CPU against the plugin's reference).
 
+TF32: TensorRT runs FP32 layers as TF32 on Ampere and newer GPUs unless ``BuilderFlag.TF32`` is cleared
+(the flag exists in TensorRT 10 and 11, on both paths). An FP32 engine clears it (FP32 math, as its name
+says) unless ``--tf32``; FP16 / INT8 engines keep TensorRT's default. The sidecar's ``tf32`` records it.
+
 Missing TensorRT, CUDA binding or GPU raises :class:`runtime.errors.BackendUnavailable`.
 """
 from __future__ import annotations
@@ -28,7 +32,8 @@ from export.trt.calibrator import (CalibrationBatches, calibration_cache_valid, 
                                    make_entropy_calibrator)
 from export.trt.dispatch import BuildPath, check_typed_network, choose_build_path, network_types
 from export.trt.nms import builtin_source, detect_nms_route
-from export.trt.settings import BuildSettings, build_key, engine_is_fresh, engine_meta, read_onnx_meta, uses_int8
+from export.trt.settings import (BuildSettings, build_key, engine_is_fresh, engine_meta, read_onnx_meta, tf32_request,
+                                 uses_int8)
 from export.trt.sources import EngineSource, prepare_source
 from runtime.errors import BackendUnavailable
 
@@ -129,6 +134,20 @@ class EngineBuilder:
                 for name, shape in self._shapes(calib_batch):
                     prof.set_shape(name, shape, shape, shape)
                 self.config.set_calibration_profile(prof)
+
+    def set_tf32(self, allow: bool | None) -> bool | None:
+        """Whether FP32 layers may run as TF32 (inputs rounded to 10-bit mantissas; TensorRT allows it by default
+        on Ampere and newer GPUs, on both build paths): True sets ``BuilderFlag.TF32``, False clears it, None
+        keeps TensorRT's default. Returns what the engine is built with (True: TF32 allowed), None when this
+        TensorRT has no TF32 flag."""
+        flag = getattr(self.trt.BuilderFlag, "TF32", None)
+        if flag is None:
+            return None
+        if allow is True:
+            self.config.set_flag(flag)
+        elif allow is False:
+            self.config.clear_flag(flag)
+        return allow is not False
 
     def check_typed(self, precision: str, onnx: Path, fast: tuple[bool, bool] | None) -> dict[str, Any]:
         """Strongly typed path: the parsed network must compute what the engine's name says
@@ -240,6 +259,7 @@ def _build_plan(s: BuildSettings, path: BuildPath, src: EngineSource, trt: Any, 
     b.parse(src.onnx)
     b.set_profile(s.batch)
     calibrator, info = _configure(b, s, src, trt, cuda, cc, log)
+    info["tf32"] = b.set_tf32(tf32_request(s.precision, s.tf32))
     b.load_timing_cache(s.timing_cache)
     try:
         plan = b.build()
@@ -257,7 +277,7 @@ def _engine_extra(s: BuildSettings, path: BuildPath, src: EngineSource, gpu: str
                                                   "builder_flags": info.get("builder_flags", [])},
             "gpu": gpu, "compute_capability": list(cc) if cc else None, "tensorrt": path.tensorrt,
             "batch_profile": {"min": s.batch[0], "opt": s.batch[1], "max": s.batch[2]},
-            "workspace_mb": s.workspace_mb, "build_seconds": round(seconds, 1),
+            "workspace_mb": s.workspace_mb, "build_seconds": round(seconds, 1), "tf32": info.get("tf32"),
             "timing_cache": str(s.timing_cache) if s.timing_cache else None, "calibration": info.get("calibration"),
             "io_types": (info.get("network") or {}).get("io_types") or src.meta.extra.get("io_types")}
 
@@ -296,7 +316,7 @@ def build_engine(s: BuildSettings, log: Log = print, verify: bool = True, verify
     sidecar = write_sidecar(s.engine, engine_meta(src.meta, precision=s.precision, onnx_sha256=src.sha256, key=key,
                                                   extra=extra))
     log(f"export.trt: wrote {s.engine} ({len(plan) / 2**20:.1f} MB, {seconds:.1f} s) and {sidecar}")
-    report = {**report, "status": "built", "seconds": seconds, "sidecar": str(sidecar),
+    report = {**report, "status": "built", "seconds": seconds, "sidecar": str(sidecar), "tf32": info.get("tf32"),
               "calibration": info.get("calibration"), "engine_mb": len(plan) / 2**20}
     return _with_verification(report, s, reference, verify, verify_images, log)
 

@@ -18,6 +18,8 @@ Precision is chosen explicitly: ``--fp16``, ``--int8`` or ``--best`` (FP16 + INT
   cache (tied to the ONNX sha256 by ``<cache>.json``).
 
 If the GPU has no fast FP16 / INT8 the build fails loudly; it never falls back to FP32.
+An FP32 engine computes in FP32: TensorRT's default TF32 for FP32 layers (Ampere and newer) is cleared
+unless ``--tf32``; FP16 / INT8 engines keep it.
 NMS: ``--nms plugin`` fuses EfficientNMS_TRT (model_trt.onnx), ``--nms builtin`` parses the
 ONNX-NMS graph model_nms.onnx, whose NonMaxSuppression TensorRT builds with its INMSLayer (same
 four outputs; :mod:`export.trt.nms`); ``--nms auto`` takes the plugin when TensorRT's plugin
@@ -69,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fp16", action="store_true", help="FP16 kernels allowed (fails if the GPU has no fast FP16)")
     g.add_argument("--int8", action="store_true", help="INT8 kernels allowed, calibrated (fails without fast INT8)")
     g.add_argument("--best", action="store_true", help="FP16 and INT8 kernels allowed")
+    g.add_argument("--tf32", action="store_true",
+                   help="let FP32 layers run as TF32 (inputs rounded to 10-bit mantissas) on Ampere and newer GPUs. "
+                        "Default: off for an FP32 engine (no precision flag gives FP32 math), TensorRT's default "
+                        "(on) for --fp16/--int8/--best; the sidecar records it as tf32")
     p.add_argument("--typing", default="auto", choices=["auto", "strongly-typed", "builder-flags"],
                    help="build path: auto = strongly typed on TensorRT >= 11, builder flags on 8.6-10.x; "
                         "strongly-typed is also available on 10.12+")

@@ -42,11 +42,19 @@ def uses_int8(precision: str) -> bool:
     return precision in ("int8", "best")
 
 
+def tf32_request(precision: str, tf32: bool) -> bool | None:
+    """What the build asks of ``BuilderFlag.TF32`` (FP32 layers as TF32 on Ampere and newer GPUs, TensorRT's
+    default): True (``--tf32``: set it), False (an FP32 engine without ``--tf32``: cleared, FP32 math as
+    asked) or None (an FP16 / INT8 / best engine: TensorRT's default, on, kept for its FP32 layers)."""
+    return True if tf32 else (False if precision == "fp32" else None)
+
+
 @dataclass
 class BuildSettings:
     """One engine build. ``batch``: the optimisation profile's (MIN, OPT, MAX) batch; ``typing``:
     the build path asked for ("auto", "strongly-typed", "builder-flags"; :mod:`export.trt.dispatch`);
-    ``nms``: the NMS route asked for ("auto", "plugin", "builtin"; :mod:`export.trt.nms`)."""
+    ``nms``: the NMS route asked for ("auto", "plugin", "builtin"; :mod:`export.trt.nms`); ``tf32``: FP32
+    layers may run as TF32 (:func:`tf32_request`)."""
 
     onnx: Path
     engine: Path
@@ -62,6 +70,7 @@ class BuildSettings:
     nms: str = "auto"
     force: bool = False
     verbose: bool = False
+    tf32: bool = False
     notes: list[str] = field(default_factory=list)
 
 
@@ -112,6 +121,7 @@ def resolve_settings(args: argparse.Namespace) -> BuildSettings:
         raise ValueError("--calib-images / --calib-cache are only used with --int8 or --best")
     s = BuildSettings(onnx=onnx, engine=engine, precision=precision, batch=parse_batch(args.batch),
                       workspace_mb=args.workspace_mb, force=args.force, verbose=args.verbose,
+                      tf32=bool(getattr(args, "tf32", False)),
                       typing=getattr(args, "typing", "auto"), nms=getattr(args, "nms", "auto"),
                       timing_cache=Path(args.timing_cache) if args.timing_cache else engine.with_name("timing.cache"),
                       calib_batch=args.calib_batch, calib_count=args.calib_count)
@@ -152,8 +162,9 @@ def build_key(onnx_sha256: str, s: BuildSettings, trt_version: str, gpu: str,
               nms: str = "plugin") -> dict[str, Any]:
     """Everything an engine depends on; an engine is reused only when all of it matches.
     ``onnx_sha256``: of the ONNX really parsed; ``build_path``: :class:`export.trt.dispatch.BuildPath` name;
-    ``nms``: the NMS route (:class:`export.trt.nms.NmsRoute` name)."""
+    ``nms``: the NMS route (:class:`export.trt.nms.NmsRoute` name); ``tf32``: FP32 layers may run as TF32."""
     return {"onnx_sha256": onnx_sha256, "precision": s.precision, "batch": list(s.batch),
+            "tf32": tf32_request(s.precision, s.tf32) is not False,
             "workspace_mb": int(s.workspace_mb), "tensorrt": str(trt_version), "gpu": str(gpu),
             "compute_capability": list(compute_capability) if compute_capability else None,
             "build_path": build_path, "nms": nms}

@@ -7,7 +7,8 @@ The graph's H x W may be dynamic; the engine's optimisation profile fixes them a
 (builder flag, TensorRT < 11); INT8 is ``model_int8.onnx`` on ONNX Runtime (its uint8 activations are not
 TensorRT's symmetric INT8), and TensorRT >= 11's strongly typed FP16 needs an FP16 graph the text export does
 not write: both are refused with one line. The engine's sidecar: the graph's, graph "engine", the precision
-built, the ONNX file's sha256, the GPU and TensorRT version.
+built, the ONNX file's sha256, the GPU and TensorRT version, and ``tf32`` (an FP32 engine clears TensorRT's
+default ``BuilderFlag.TF32`` unless ``--tf32``: see :mod:`export.trt.builder`).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from export.trt.settings import BuildSettings, engine_meta, uses_int8
+from export.trt.settings import BuildSettings, engine_meta, tf32_request, uses_int8
 
 Log = Callable[[str], None]
 
@@ -48,6 +49,9 @@ def build_text_engine(s: BuildSettings, log: Log = print) -> dict[str, Any]:
     from runtime.atomic import write_bytes_atomic
     from runtime.metadata import read_sidecar, sha256_file, write_sidecar
     meta = read_sidecar(s.onnx)
+    if meta.input_format != "float_nchw":
+        raise ValueError(f"{s.onnx.name} takes {meta.input_format} input (--uint8-input); build the engine from its "
+                         f"float-input source {meta.extra.get('uint8_source', 'model.onnx')}")
     check_text_build(s)
     trt, _cuda, gpu, cc = check_environment()
     path = choose_build_path(str(trt.__version__), s.typing)
@@ -61,6 +65,7 @@ def build_text_engine(s: BuildSettings, log: Log = print) -> dict[str, Any]:
         fast_fp16 = fast_precisions(cc)[0] if cc is not None else bool(getattr(b.builder, "platform_has_fast_fp16",
                                                                                False))
         b.set_precision(s.precision, fast_fp16=fast_fp16, fast_int8=False)
+    tf32 = b.set_tf32(tf32_request(s.precision, s.tf32))
     b.load_timing_cache(s.timing_cache)
     t0 = time.perf_counter()
     plan = b.build()
@@ -69,11 +74,11 @@ def build_text_engine(s: BuildSettings, log: Log = print) -> dict[str, Any]:
     write_bytes_atomic(s.engine, plan)
     sha = sha256_file(s.onnx)
     key = {"onnx_sha256": sha, "precision": s.precision, "batch": list(s.batch), "tensorrt": str(trt.__version__),
-           "gpu": gpu}
-    extra = {"source_onnx": str(s.onnx), "gpu": gpu, "compute_capability": list(cc) if cc else None,
+           "gpu": gpu, "tf32": tf32}
+    extra = {"tf32": tf32, "source_onnx": str(s.onnx), "gpu": gpu, "compute_capability": list(cc) if cc else None,
              "build_path": path.sidecar(), "batch_profile": {"min": s.batch[0], "opt": s.batch[1], "max": s.batch[2]},
              "build_seconds": round(seconds, 1)}
     sidecar = write_sidecar(s.engine, engine_meta(meta, precision=s.precision, onnx_sha256=sha, key=key, extra=extra))
     log(f"export.trt: wrote {s.engine} ({len(plan) / 2**20:.1f} MB, {seconds:.1f} s) and {sidecar}")
     return {"status": "built", "task": "text", "onnx": str(s.onnx), "engine": str(s.engine), "precision": s.precision,
-            "sidecar": str(sidecar), "seconds": seconds, "tensorrt": str(trt.__version__), "gpu": gpu}
+            "tf32": tf32, "sidecar": str(sidecar), "seconds": seconds, "tensorrt": str(trt.__version__), "gpu": gpu}

@@ -97,13 +97,14 @@ class TimingCache:
 
 def _config_class(major):
     class Config:
-        """IBuilderConfig: TensorRT 11's has no int8_calibrator / set_calibration_profile (slots)."""
+        """IBuilderConfig: TensorRT 11's has no int8_calibrator / set_calibration_profile (slots). ``flags``: the
+        flags set; ``cleared``: those cleared; TF32 is on unless cleared (TensorRT's default, 10 and 11)."""
 
-        __slots__ = ("flags", "profiles", "cache", "pool") + (("int8_calibrator", "calibration_profile")
-                                                              if major < 11 else ())
+        __slots__ = ("flags", "cleared", "profiles", "cache", "pool") + (("int8_calibrator", "calibration_profile")
+                                                                         if major < 11 else ())
 
         def __init__(self):
-            self.flags, self.profiles, self.cache, self.pool = set(), [], None, {}
+            self.flags, self.cleared, self.profiles, self.cache, self.pool = set(), set(), [], None, {}
             if major < 11:
                 self.int8_calibrator, self.calibration_profile = None, None
 
@@ -112,6 +113,14 @@ def _config_class(major):
 
         def set_flag(self, flag):
             self.flags.add(flag)
+            self.cleared.discard(flag)
+
+        def clear_flag(self, flag):
+            self.flags.discard(flag)
+            self.cleared.add(flag)
+
+        def get_flag(self, flag):
+            return flag in self.flags or (flag == "TF32" and flag not in self.cleared)
 
         def add_optimization_profile(self, profile):
             self.profiles.append(profile)
@@ -162,7 +171,8 @@ def _builder_class(major, config_cls, record):
             kinds = [layer.type for layer in network.layers]
             plan = {"parsed": network.parsed, "network_flags": network.flags, "calibration_batches": batches,
                     "nms_layers": kinds.count("NMS"), "plugin_layers": kinds.count("PLUGIN_V2"),
-                    "flags": sorted(str(f) for f in config.flags), "calibrator": cal is not None}
+                    "flags": sorted(str(f) for f in config.flags), "calibrator": cal is not None,
+                    "cleared_flags": sorted(str(f) for f in config.cleared), "tf32": config.get_flag("TF32")}
             record["plans"].append(plan)
             return json.dumps(plan).encode()
     return Builder

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import types
 from pathlib import Path
 
 import pytest
@@ -221,3 +222,41 @@ def test_old_tensorrt_stops_in_one_line(folder, fake_env, capsys):
 def test_builder_of_the_installed_version(fake_env):
     assert B.EngineBuilder(fake_env(11), log=_quiet).path.name == "strongly-typed"
     assert B.EngineBuilder(fake_env(10), log=_quiet).path.name == "builder-flags"
+
+
+# --------------------------------------------------------------------------- TF32
+@pytest.mark.parametrize("major", [10, 11])
+def test_an_fp32_engine_clears_tf32_unless_asked(folder, fake_env, major):
+    """TensorRT runs FP32 layers as TF32 by default (10 and 11, both paths): an FP32 build clears the flag, --tf32
+    sets it (and rebuilds the FP32 engine built without it); the sidecar and the report say which."""
+    trt = fake_env(major)
+    onnx = str(folder / "model_trt.onnx")
+    rep = T.build_engine(T.resolve_settings(_args(onnx=onnx)), log=_quiet)
+    plan = trt.record["plans"][-1]
+    assert plan["tf32"] is False and plan["cleared_flags"] == ["TF32"] and "TF32" not in plan["flags"]
+    side = read_sidecar(folder / "model_fp32.engine")
+    assert side.precision == "fp32" and side.extra["tf32"] is False and side.extra["build_key"]["tf32"] is False
+    assert rep["status"] == "built" and rep["tf32"] is False
+    assert T.main(["--onnx", onnx, "--tf32", "--no-verify"]) == T.EXIT_OK
+    plan = trt.record["plans"][-1]
+    assert len(trt.record["plans"]) == 2 and plan["tf32"] is True and "TF32" in plan["flags"]
+    assert not plan["cleared_flags"]
+    side = read_sidecar(folder / "model_fp32.engine")
+    assert side.extra["tf32"] is True and side.extra["build_key"]["tf32"] is True
+
+
+def test_reduced_precision_engines_keep_tensorrts_tf32_default(folder, fake_env):
+    trt = fake_env(10)
+    s = T.resolve_settings(_args(onnx=str(folder / "model_trt.onnx"), fp16=True))
+    T.build_engine(s, log=_quiet)
+    plan = trt.record["plans"][-1]
+    assert plan["flags"] == ["FP16"] and plan["tf32"] is True and not plan["cleared_flags"]
+    assert read_sidecar(s.engine).extra["tf32"] is True
+    b = T.EngineBuilder(types.SimpleNamespace(**{**vars(trt), "BuilderFlag": types.SimpleNamespace(FP16="FP16")}),
+                        log=_quiet)
+    assert b.set_tf32(False) is None and not b.config.cleared       # a TensorRT without the flag: nothing to clear
+
+
+def test_tf32_help_says_fp32_means_fp32():
+    text = " ".join(T.build_parser().format_help().split())
+    assert "--tf32" in text and "Default: off for an FP32 engine" in text
