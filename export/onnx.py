@@ -554,7 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "in FP32 (greedy, named in the sidecar; needs the validation set; 0: never)")
     p.add_argument("--uint8-input", action="store_true",
                    help="also write model_nms_u8.onnx (and model_int8_nms_u8.onnx): uint8 [B,H,W,3] RGB input, "
-                        "cast / normalise / NCHW inside the graph; the runtime feeds the resized pixels")
+                        "cast / normalise / NCHW inside the graph; the runtime feeds the resized pixels. A text "
+                        "classifier: model_u8.onnx (and model_int8_u8.onnx with --int8)")
     p.add_argument("--trt-calib-method", default="percentile", choices=["minmax", "entropy", "percentile"],
                    help="calibration method of model_trt_int8.onnx (symmetric int8: min-max wastes its range on "
                         "outliers, see export.qdq_trt)")

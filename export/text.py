@@ -14,6 +14,11 @@ Files written to ``out``:
                       model.onnx, calibrated on images of the training split; the sigmoids stay float. Gated:
                       its F-measure on the validation images may be at most --int8-max-f-drop points (default
                       2.0) below FP32's, else the export fails (exit 1).
+    model_u8.onnx     (--uint8-input) model.onnx taking the resized pixels as they are: images uint8 [B, H, W, 3]
+                      RGB, cast / normalised / made NCHW inside the graph (:mod:`export.uint8_input`; sidecar
+                      input_format "uint8_nhwc", which runtime.load_classifier follows); model_int8_u8.onnx the
+                      same of model_int8.onnx. Checked against their float-input source on the same images
+                      (probabilities within :data:`U8_ATOL`, INT8 :data:`U8_INT8_ATOL`; same decisions).
     export_report.json  what was checked (the table printed at the end, machine-readable)
 
 Each graph has a sidecar ``<name>.json`` (:class:`runtime.metadata.ModelMeta`, task "text": input size,
@@ -46,6 +51,9 @@ from runtime.cli import ProductParser, command, fail
 GRAPH_FILE = "model.onnx"
 INT8_FILE = "model_int8.onnx"
 PROB_ATOL = 1e-4           # max |p_onnx - p_torch| of any probability, FP32 graph
+U8_ATOL = 1e-5             # max |p_u8 - p_float| of a uint8-input graph against its float-input source
+U8_INT8_ATOL = 1e-3        # the same for model_int8_u8.onnx: the head's float rounding (~1e-7) may move one
+                           # activation across a quantization step
 VERIFY_BATCHES = (1, 3)
 INT8_MAX_F_DROP = 2.0      # points of F-measure INT8 may lose against FP32 on the validation images
 DEFAULT_VAL_COUNT = 64     # validation images of the INT8 gate / the written embedded split
@@ -219,11 +227,13 @@ def torch_probabilities(src: TextSource, x: np.ndarray) -> dict[str, np.ndarray]
 
 
 def onnx_probabilities(onnx_path: Path, x: np.ndarray, threads: int = 1) -> dict[str, np.ndarray]:
-    """An ONNX Runtime CPU run of a text graph on float32 [B, 3, H, W]: output name -> array."""
+    """An ONNX Runtime CPU run of a text graph on float32 [B, 3, H, W] (a uint8 [B, H, W, 3] batch is fed as it
+    is, for a uint8-input graph): output name -> array."""
     from export.verify import ort_session
     sess = ort_session(onnx_path, threads=threads)
     names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(names, {"images": np.ascontiguousarray(x, np.float32)})))
+    x = np.ascontiguousarray(x, np.uint8 if x.dtype == np.uint8 else np.float32)
+    return dict(zip(names, sess.run(names, {"images": x})))
 
 
 def verify_text_graph(path: Path, src: TextSource, images: Sequence[np.ndarray], *, atol: float = PROB_ATOL,
@@ -245,6 +255,50 @@ def verify_text_graph(path: Path, src: TextSource, images: Sequence[np.ndarray],
             worst, same = max(worst, diff), same and agree
     return {"file": str(path), "max_abs_diff": worst, "decisions_match": same, "atol": atol,
             "ok": worst <= atol and same, "checks": checks}
+
+
+def verify_uint8_graph(u8_path: Path, source: Path, images: Sequence[np.ndarray], *, threshold: float,
+                       atol: float = U8_ATOL, threads: int = 1) -> dict[str, Any]:
+    """A uint8-input graph (images uint8 [B, H, W, 3]) against its float-input ``source`` on the same ``images`` at
+    batch 1 and 3, each fed by :class:`runtime.preprocess.Preprocessor` in its own sidecar's input format: the row
+    of the report (``max_abs_diff`` of any probability, ``decisions_match`` at ``threshold``, ``ok``)."""
+    from runtime.metadata import read_sidecar
+    from runtime.preprocess import Preprocessor
+    pre_u8, pre_float = (Preprocessor.from_meta(read_sidecar(p)) for p in (u8_path, source))
+    checks = []
+    for bs in VERIFY_BATCHES:
+        batch = list(images[:bs])
+        got = onnx_probabilities(u8_path, pre_u8(batch)[0], threads)
+        ref = onnx_probabilities(source, pre_float(batch)[0], threads)
+        checks.append({"batch": bs, "max_abs_diff": max(float(np.abs(got[n] - ref[n]).max()) for n in ref),
+                       "decisions_match": bool(np.array_equal(got[TEXT_PROB] >= threshold,
+                                                              ref[TEXT_PROB] >= threshold))})
+    worst = max(c["max_abs_diff"] for c in checks)
+    same = all(c["decisions_match"] for c in checks)
+    return {"file": str(u8_path), "source": source.name, "max_abs_diff": worst, "decisions_match": same,
+            "atol": atol, "ok": worst <= atol and same, "checks": checks}
+
+
+def write_uint8_graphs(graphs: dict[str, Path], src: TextSource, images: Sequence[np.ndarray], *, threads: int = 1,
+                       log: Log = print) -> dict[str, dict[str, Any]]:
+    """The uint8-input twin of each graph of ``graphs`` ("fp32" -> ``model_u8.onnx``, "int8" ->
+    ``model_int8_u8.onnx``; :func:`export.uint8_input.write_uint8_input`), each checked against its source
+    (:func:`verify_uint8_graph`). Adds them to ``graphs`` as "<name>_u8"; returns their report rows."""
+    from export.uint8_input import UINT8_SUFFIX, write_uint8_input
+    from runtime.metadata import read_sidecar
+    h, w = src.meta.input_size
+    rows = {}
+    for g, path in list(graphs.items()):
+        dynamic = read_sidecar(path).extra.get("dynamic_hw", True)
+        extra = {"input": {"name": "images", "dtype": "uint8", "shape": ["B", "H" if dynamic else h,
+                                                                          "W" if dynamic else w, 3]}}
+        u8 = write_uint8_input(path, extra=extra)
+        log(f"  wrote {u8.onnx} (uint8 [B,H,W,3] RGB input, normalised in the graph)")
+        graphs[g + UINT8_SUFFIX] = u8.onnx
+        atol = U8_INT8_ATOL if g == "int8" else U8_ATOL
+        rows[g + UINT8_SUFFIX] = {**verify_uint8_graph(u8.onnx, path, images, threshold=src.threshold, atol=atol,
+                                                       threads=threads), "size_mb": u8.size_mb, "notes": []}
+    return rows
 
 
 # --------------------------------------------------------------------------- INT8
@@ -314,6 +368,7 @@ class TextExportOptions:
     val_count: int = DEFAULT_VAL_COUNT
     int8_max_f_drop: float = INT8_MAX_F_DROP
     threads: int = 1
+    uint8_input: bool = False
 
     def check(self) -> None:
         """ValueError naming the first unusable option."""
@@ -368,9 +423,12 @@ def export_text(checkpoint: Any, out_dir: str | Path, opts: TextExportOptions | 
                         "max_abs_diff": prf["int8_max_prob_diff"], "decisions_match": prf["int8_decision_agreement"],
                         "notes": [] if prf["ok"] else [f"F-measure {prf['int8_f_drop']:.2f} points below FP32 "
                                                        f"(allowed {opts.int8_max_f_drop})"]}
+    if opts.uint8_input:
+        rows.update(write_uint8_graphs(graphs, src, val_images, threads=opts.threads, log=log))
     report = {"task": "text", "checkpoint": src.path, "out_dir": str(out), "model": src.model_name,
               "params": src.params, "input_size": list(src.meta.input_size), "grids": src.grids,
               "threshold": src.threshold, "dynamic_hw": opts.dynamic_hw, "opset": opts.opset,
+              "uint8_input": opts.uint8_input,
               "verify_images": val_where, "graphs": rows, "prf": prf, "quantization": quant,
               "calibration_source": calib_where, "ok": all(r["ok"] for r in rows.values()),
               "seconds": round(time.perf_counter() - t0, 2)}
@@ -382,16 +440,17 @@ def format_text_report(report: dict[str, Any]) -> str:
     """The human table of :func:`export_text`'s report."""
     lines = [f"verified on {report['verify_images']} (batch {', '.join(map(str, VERIFY_BATCHES))}"
              f"{', two input sizes' if report['dynamic_hw'] else ''})",
-             f"{'graph':<6} {'file':<16} {'size MB':>8} {'max abs diff':>13} {'decisions':>10}  "
-             f"{'P':>5} {'R':>5} {'F':>5}  status", "-" * 86]
+             f"{'graph':<7} {'file':<18} {'size MB':>8} {'max abs diff':>13} {'decisions':>10}  "
+             f"{'P':>5} {'R':>5} {'F':>5}  status", "-" * 89]
     for g, r in report["graphs"].items():
         m = report["prf"].get(g, {})
         agree = r["decisions_match"]
         agree_s = f"{100 * agree:.0f}%" if isinstance(agree, float) else ("same" if agree else "DIFFER")
-        lines.append(f"{g:<6} {Path(r['file']).name:<16} {r['size_mb']:>8.3f} {r['max_abs_diff']:>13.3e} "
-                     f"{agree_s:>10}  {m.get('precision', 0):5.1f} {m.get('recall', 0):5.1f} {m.get('f1', 0):5.1f}"
-                     f"  {'ok' if r['ok'] else 'FAILED'}")
-        lines.extend(f"       note: {n}" for n in r["notes"])
+        prf = (" ".join(f"{m[k]:5.1f}" for k in ("precision", "recall", "f1")) if m
+               else f"{'-':>5} {'-':>5} {'-':>5}")           # a uint8 twin: same decisions as its source
+        lines.append(f"{g:<7} {Path(r['file']).name:<18} {r['size_mb']:>8.3f} {r['max_abs_diff']:>13.3e} "
+                     f"{agree_s:>10}  {prf}  {'ok' if r['ok'] else 'FAILED'}")
+        lines.extend(f"        note: {n}" for n in r["notes"])
     lines.append(f"{'all graphs verified' if report['ok'] else 'VERIFICATION FAILED'} in {report['seconds']:.1f} s "
                  f"({report['params'] / 1e6:.3f} M parameters, threshold {report['threshold']})")
     return "\n".join(lines)
@@ -415,7 +474,8 @@ def options_from_args(args: argparse.Namespace) -> TextExportOptions:
                              simplify=not args.no_simplify, calib_images=args.calib_images,
                              calib_count=args.calib_count, calib_method=args.calib_method,
                              per_channel=not args.int8_per_tensor, val_count=args.val_count,
-                             int8_max_f_drop=args.int8_max_f_drop, threads=args.threads or 1)
+                             int8_max_f_drop=args.int8_max_f_drop, threads=args.threads or 1,
+                             uint8_input=bool(getattr(args, "uint8_input", False)))
 
 
 def checkpoint_is_text(checkpoint: str | Path) -> bool:
@@ -424,7 +484,7 @@ def checkpoint_is_text(checkpoint: str | Path) -> bool:
     return is_text_checkpoint(Checkpoint.load(checkpoint))
 
 
-_DETECTOR_ONLY = ("fp16", "trt_int8", "uint8_input")
+_DETECTOR_ONLY = ("fp16", "trt_int8")
 
 
 def run_text_export(checkpoint: Any, out: Path, args: argparse.Namespace) -> int:
@@ -433,7 +493,8 @@ def run_text_export(checkpoint: Any, out: Path, args: argparse.Namespace) -> int
     given = [f"--{k.replace('_', '-')}" for k in _DETECTOR_ONLY if getattr(args, k, False)]
     if given:
         raise ValueError(f"{' '.join(given)}: detector graphs only; a text classifier exports model.onnx "
-                         f"(+ --int8 model_int8.onnx) and builds engines from it with python -m export.trt")
+                         f"(+ --int8 model_int8.onnx, --uint8-input model_u8.onnx) and builds engines from it with "
+                         f"python -m export.trt")
     log = (lambda _m: None) if args.quiet else print
     report = export_text(checkpoint, out, options_from_args(args), log=log)
     if args.quiet:
@@ -453,6 +514,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder of the export")
     p.add_argument("--write-val", metavar="DIR", help="write the embedded validation split as a text:DIR folder")
     p.add_argument("--int8", action="store_true", help="also write model_int8.onnx (F-measure gated)")
+    p.add_argument("--uint8-input", action="store_true",
+                   help="also write model_u8.onnx (and model_int8_u8.onnx): uint8 [B,H,W,3] RGB input, normalised "
+                        "inside the graph; the runtime feeds the resized pixels")
     p.add_argument("--calib-images", metavar="DIR", help="INT8 calibration images (default: the training split)")
     p.add_argument("--calib-count", type=int, default=DEFAULT_CALIB_COUNT, help="calibration images used at most")
     p.add_argument("--calib-method", default="minmax", choices=["minmax", "entropy", "percentile"])

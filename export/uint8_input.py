@@ -32,10 +32,12 @@ def uint8_path(src: str | Path) -> Path:
     return src.with_name(f"{src.stem}{UINT8_SUFFIX}{src.suffix}")
 
 
-def write_uint8_input(src_onnx: str | Path, out: str | Path | None = None) -> WrittenGraph:
+def write_uint8_input(src_onnx: str | Path, out: str | Path | None = None,
+                      extra: Mapping[str, Any] | None = None) -> WrittenGraph:
     """``src_onnx`` (float input, with its sidecar) -> the same graph taking uint8 [B, H, W, 3] RGB
     pixels, at ``out`` (default :func:`uint8_path`), checked, with the sidecar of the source but
-    ``input_format "uint8_nhwc"`` and the source's sha256. Not simplified (a simplifier would fold
+    ``input_format "uint8_nhwc"``, the source's sha256 and ``extra`` (sidecar ``extra`` keys to
+    replace, e.g. the input's description). Not simplified (a simplifier would fold
     an INT8 body's weight DequantizeLinear nodes); ONNX Runtime folds the head's constants itself."""
     import onnx
     import onnx_graphsurgeon as gs
@@ -53,7 +55,7 @@ def write_uint8_input(src_onnx: str | Path, out: str | Path | None = None) -> Wr
     u8 = to_model(add_uint8_input_head(gs.import_onnx(model), meta.mean, meta.std))
     u8.ir_version = ir
     u8_meta = dataclasses.replace(meta, input_format="uint8_nhwc", onnx_sha256=None,
-                                  extra={**meta.extra, "uint8_source": src_onnx.name,
+                                  extra={**meta.extra, **(extra or {}), "uint8_source": src_onnx.name,
                                          "uint8_source_sha256": sha256_file(src_onnx)})
     return save_with_meta(check_and_infer(u8), Path(out) if out is not None else uint8_path(src_onnx), u8_meta)
 

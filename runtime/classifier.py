@@ -14,6 +14,9 @@ Graph contract (written by ``python -m export.onnx`` for a text checkpoint, :mod
 image-level text probability: the largest region probability, the logical OR of the regions) and
 ``region_prob_<g>`` float32 [B, g, g] for each grid g of the sidecar's ``extra.grids`` (row-major regions,
 top row first). The sidecar has ``task: "text"``; ``extra.threshold`` is the image-level decision threshold.
+A graph exported with ``--uint8-input`` (``model_u8.onnx``, sidecar ``input_format: "uint8_nhwc"``) takes
+``images`` uint8 [B, H, W, 3] RGB (the resized pixels) and normalises inside; the ONNX Runtime and OpenVINO
+classifiers feed it that, as the detectors do.
 
 Preprocessing is :class:`runtime.preprocess.Preprocessor` (resize to the sidecar's input size, normalise),
 the one the detectors use. Imports numpy and Pillow; each backend imports its library when a model is
@@ -135,12 +138,12 @@ class Classifier(abc.ABC):
 
     @abc.abstractmethod
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """float32 [B, 3, H, W] normalised -> {``text_prob``: float32 [B], ``region_prob_<g>``: float32
-        [B, g, g]}; model only."""
+        """float32 [B, 3, H, W] normalised (uint8 [B, H, W, 3] RGB when the sidecar's input_format is
+        "uint8_nhwc") -> {``text_prob``: float32 [B], ``region_prob_<g>``: float32 [B, g, g]}; model only."""
 
     def preprocess(self, images: Sequence[Any]) -> np.ndarray:
-        """Images -> float32 [B, 3, H, W] network input (resized to the sidecar's size, normalised); a reused
-        buffer: the next call overwrites it."""
+        """Images -> float32 [B, 3, H, W] network input (resized to the sidecar's size, normalised; uint8
+        [B, H, W, 3] resized pixels for a "uint8_nhwc" sidecar); a reused buffer: the next call overwrites it."""
         return self._pre(list(images))[0]
 
     def probabilities(self, images: Sequence[Any]) -> dict[str, np.ndarray]:
@@ -195,7 +198,7 @@ class ORTClassifier(Classifier):
 
     def __init__(self, path: Path, meta: ModelMeta, provider: str | None = None, device: str = "cpu",
                  threads: int | None = None) -> None:
-        from runtime.backends.ort_backend import import_ort, providers_for, session_options
+        from runtime.backends.ort_backend import input_contract, import_ort, providers_for, session_options
         super().__init__(meta, path.name)
         ort = import_ort()
         try:
@@ -205,13 +208,15 @@ class ORTClassifier(Classifier):
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise RuntimeError(f"ONNX Runtime cannot load {path.name}: {first}") from None
         self.output_names = [o.name for o in self.session.get_outputs()]
-        check_text_graph(path.name, meta, [i.name for i in self.session.get_inputs()], self.output_names)
+        inputs = self.session.get_inputs()
+        check_text_graph(path.name, meta, [i.name for i in inputs], self.output_names)
+        self.input_dtype = input_contract(path.name, meta, inputs[0].type, inputs[0].shape)[0]  # per input_format
         used = self.session.get_providers()[0].replace("ExecutionProvider", "").lower()   # "cpu", "cuda", ...
         self.name = f"onnxruntime-{used}-{meta.precision}"
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         names = text_output_names(self.grids)
-        return dict(zip(names, self.session.run(names, {INPUT_NAME: np.ascontiguousarray(batch, np.float32)})))
+        return dict(zip(names, self.session.run(names, {INPUT_NAME: np.ascontiguousarray(batch, self.input_dtype)})))
 
     def close(self) -> None:
         self.session = None
@@ -229,7 +234,13 @@ class OVClassifier(Classifier):
             model = shared_core().read_model(str(path))
             names = [o.get_any_name() for o in model.outputs]
             check_text_graph(path.name, meta, [i.get_any_name() for i in model.inputs], names)
-            model.reshape({model.inputs[0]: ov.PartialShape([-1, 3, *meta.input_size])})
+            nhwc = meta.input_format == "uint8_nhwc"      # model_u8.onnx: uint8 [B, H, W, 3]
+            model.reshape({model.inputs[0]: ov.PartialShape([-1, *meta.input_size, 3] if nhwc
+                                                            else [-1, 3, *meta.input_size])})
+            self.input_dtype = np.dtype(model.inputs[0].get_element_type().to_dtype())
+            if self.input_dtype != (np.uint8 if nhwc else np.float32):
+                raise ValueError(f"{path.name}: the sidecar's input_format {meta.input_format!r} does not match "
+                                 f"the graph's {self.input_dtype} input")
             self.compiled = shared_core().compile_model(model, "CPU", compile_config(hint, threads, None, precision))
         except ValueError:
             raise
@@ -240,7 +251,7 @@ class OVClassifier(Classifier):
         self.name = f"openvino-cpu-{meta.precision}"
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        res = self.request.infer({0: np.ascontiguousarray(batch, np.float32)}, share_outputs=False)
+        res = self.request.infer({0: np.ascontiguousarray(batch, self.input_dtype)}, share_outputs=False)
         return {n: res[port] for n, port in zip(self.output_names, self.compiled.outputs)}
 
     def close(self) -> None:

@@ -65,7 +65,7 @@ _INPUT_CONTRACT = {"float_nchw": ("tensor(float)", np.float32, "float32 [B, 3, H
                    "uint8_nhwc": ("tensor(uint8)", np.uint8, "uint8 [B, H, W, 3]", (1, 2))}
 
 
-def _input_contract(name: str, meta: ModelMeta, ort_type: str, shape: list[Any]) -> tuple[Any, tuple[int, int]]:
+def input_contract(name: str, meta: ModelMeta, ort_type: str, shape: list[Any]) -> tuple[Any, tuple[int, int]]:
     """(numpy dtype the graph input takes, its (H, W) axes) for the sidecar's ``input_format``;
     ValueError when the graph's input does not have that type and rank."""
     want_type, dtype, words, hw_axes = _INPUT_CONTRACT[meta.input_format]
@@ -102,7 +102,7 @@ class ORTDetector(Detector):
             raise ValueError(f"{path.name}: expected one input named {INPUT_NAME!r}, got "
                              f"{[i.name for i in inputs]}")
         shape = inputs[0].shape
-        self.input_dtype, hw_axes = _input_contract(path.name, meta, inputs[0].type, shape)
+        self.input_dtype, hw_axes = input_contract(path.name, meta, inputs[0].type, shape)
         h, w = meta.input_size
         gh, gw = (shape[a] for a in hw_axes)
         if isinstance(gh, int) and isinstance(gw, int) and (gh, gw) != (h, w):

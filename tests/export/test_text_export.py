@@ -224,3 +224,72 @@ def test_checks_use_the_checkpoints_training_splits(text_ckpt):
     assert np.array_equal(val[0][0], generate(3 + VAL_SEED_OFFSET, 0, (IMG, IMG)).image)
     train, _ = split_samples(src, "train", 100)
     assert len(train) == 6 and np.array_equal(train[1][0], generate(3, 1, (IMG, IMG)).image)
+
+
+@pytest.mark.parametrize("major", [10, 11])
+def test_text_fp32_engine_clears_tf32_unless_asked(text_export, tmp_path, monkeypatch, major):
+    """An FP32 text engine computes in FP32 (TensorRT's default TF32 cleared, 10 and 11); --tf32 keeps TF32."""
+    from export.trt import env
+    from export.trt.cli import main
+    from runtime.metadata import read_sidecar
+    from tests.export.fake_tensorrt import FakeCuda, fake_tensorrt
+    onnx = Path(text_export["out_dir"]) / "model.onnx"
+    trt = fake_tensorrt(major)
+    monkeypatch.setattr(env, "import_tensorrt", lambda: (trt, None))
+    monkeypatch.setattr(env, "import_cuda", lambda: (FakeCuda((8, 9)), None))
+    for flags, tf32 in (([], False), (["--tf32"], True)):
+        engine = tmp_path / f"text{len(flags)}.engine"
+        assert main(["--onnx", str(onnx), "--out", str(engine), *flags]) == 0
+        plan = json.loads(engine.read_bytes())
+        assert plan["tf32"] is tf32 and plan["cleared_flags"] == ([] if tf32 else ["TF32"])
+        meta = read_sidecar(engine)
+        assert meta.precision == "fp32" and meta.extra["tf32"] is tf32 and meta.extra["build_key"]["tf32"] is tf32
+        assert json.loads(engine.with_name(engine.stem + ".build.json").read_text())["tf32"] is tf32
+
+
+def test_uint8_input_graphs_equal_the_float_graphs(text_ckpt, tmp_path, capsys):
+    """export.onnx --uint8-input on a text checkpoint: model_u8.onnx / model_int8_u8.onnx (uint8 [B, H, W, 3]
+    input, sidecar input_format "uint8_nhwc") give the float graphs' probabilities on the same images at batch 1
+    and 3, through ONNX Runtime directly and through load_classifier (ONNX Runtime, OpenVINO when installed)."""
+    import importlib.util
+
+    from export.onnx import main
+    from export.text import TextSource, onnx_probabilities, split_images
+    from export.verify import ort_session
+    from runtime import load_classifier
+    from runtime.metadata import read_sidecar, sha256_file
+    from runtime.preprocess import Preprocessor
+    out = tmp_path / "u8"
+    assert main(["--checkpoint", str(text_ckpt), "--out", str(out), "--val-count", "4", "--int8", "--calib-count",
+                 "4", "--int8-max-f-drop", "100", "--uint8-input", "--quiet"]) == 0
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["graphs"]["fp32_u8"]["ok"] and report["graphs"]["int8_u8"]["ok"]
+    meta = read_sidecar(out / "model_u8.onnx")
+    assert (meta.task, meta.input_format, meta.precision) == ("text", "uint8_nhwc", "fp32")
+    assert meta.extra["uint8_source"] == "model.onnx" and meta.extra["input"]["dtype"] == "uint8"
+    assert meta.onnx_sha256 == sha256_file(out / "model_u8.onnx") and meta.extra["grids"] == [3, 5]
+    assert read_sidecar(out / "model_int8_u8.onnx").precision == "int8"
+    inp = ort_session(out / "model_u8.onnx").get_inputs()[0]
+    assert inp.type == "tensor(uint8)" and inp.shape[3] == 3
+    images = split_images(TextSource.load(text_ckpt), "val", 3)[0]
+    pre_float, pre_u8 = Preprocessor.from_meta(read_sidecar(out / "model.onnx")), Preprocessor.from_meta(meta)
+    for bs in (1, 3):
+        xu = pre_u8(images[:bs])[0]
+        assert xu.dtype == np.uint8 and xu.shape == (bs, IMG, IMG, 3)
+        ref = onnx_probabilities(out / "model.onnx", pre_float(images[:bs])[0])
+        got = onnx_probabilities(out / "model_u8.onnx", xu)
+        assert got["text_prob"].shape == (bs,)
+        for name in ref:
+            np.testing.assert_allclose(got[name], ref[name], rtol=0, atol=1e-5)
+    backends = ["onnxruntime"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
+    for backend in backends:
+        with load_classifier(out / "model_u8.onnx", backend=backend, threads=1) as u8, \
+                load_classifier(out / "model.onnx", backend=backend, threads=1) as fp:
+            assert u8.preprocess(images).dtype == np.uint8
+            got, ref = u8.probabilities(images), fp.probabilities(images)
+            for name in ref:
+                np.testing.assert_allclose(got[name], ref[name], rtol=0, atol=1e-5, err_msg=backend)
+    from export.trt.cli import main as trt_main
+    assert trt_main(["--onnx", str(out / "model_u8.onnx"), "--out", str(tmp_path / "u8.engine")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "uint8_nhwc" in err[-1] and "model.onnx" in err[-1]
