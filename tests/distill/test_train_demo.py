@@ -22,9 +22,14 @@ def test_cached_teacher_survives_new_distillation_config_keys(tmp_path):
 
 
 def test_demo_student_is_distilled_with_the_chosen_method(tmp_path):
-    """The demo ships the distillation the ablation shows best at its schedule (soft labels today)."""
+    """The demo ships the distillation the ablation shows best at its schedule (the study's "rec" row today),
+    configured as that row of distill.ablate runs it, and reports its last epoch as the study does."""
+    from distill.ablate import BY_NAME
     from distill.demo import STUDENT, STUDENT_KD
     from distill.kd import parse_kd
     cfg = stage_config({}, STUDENT, tmp_path / "student", extra={**STUDENT_KD, "teacher": "t.pt"})
-    assert parse_kd(cfg.kd.methods) == ["soft"] and cfg.kd.teacher == "t.pt"
+    row = BY_NAME["rec"]
+    assert parse_kd(cfg.kd.methods) == parse_kd(row.kd) and cfg.kd.teacher == "t.pt"
+    assert {k: cfg.kd.weights.get(k) for k in row.kd_weights} == dict(row.kd_weights) == {"gan": 0.0}
+    assert cfg.run.select_best is False
     assert cfg.optim.epochs > cfg.kd.gan_post_epochs
