@@ -189,6 +189,11 @@ class KDConfig:
     sr_blocks: int = _f(2, "--kd ...+sr: residual blocks of the generator")
     sr_small: float = _f(32.0, "--kd ...+sr: L_reg counts anchors matched to boxes of side sqrt(w h) below this (px; "
                          "COCO small: 32)")
+    sr_mse_weight: float = _f(1.0, "--kd ...+sr: weight of the reconstruction term L_MSE (the slides: 1; 0 drops it)")
+    sr_tv_weight: float = _f(1.0, "--kd ...+sr: weight of the smoothness term L_TV (the slides: 1; 0 drops it)")
+    sr_keep_g: bool = _f(False, "--kd ...+sr: keep the generator G in the student: its heads read G(z) on --sr-maps in "
+                         "training and at inference, and every export includes G (sets the model kwarg sr_generator "
+                         "from --sr-maps / --sr-width / --sr-blocks; SSD students only)")
 
 
 # The nms section is the runtime's own NMSConfig (the sidecar schema); its fields' help texts:
@@ -244,6 +249,7 @@ class TrainConfig:
         cfg = cls(**{name: section(**nested.get(name, {})) for name, section in SECTIONS.items()})
         cfg.nms.validate()
         validate_config(cfg, source)
+        _keep_sr_generator(cfg, source)
         return cfg
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -422,6 +428,8 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "sr_gamma": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
     "sr_width": (lambda v: v >= 1, "an integer >= 1"),
     "sr_blocks": (lambda v: v >= 0, "an integer >= 0"),
+    "sr_mse_weight": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
+    "sr_tv_weight": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
 }
 
 
@@ -436,6 +444,19 @@ def validate_config(cfg: TrainConfig, source: str = "config") -> None:
             good = False
         if not good:
             raise ValueError(f"{source}: --{name.replace('_', '-')} {value!r}: expected {expected}")
+
+
+def _keep_sr_generator(cfg: TrainConfig, source: str) -> None:
+    """--sr-keep-g: the student keeps the generator G of --kd ...+sr, so its model kwarg ``sr_generator`` is
+    set from --sr-maps / --sr-width / --sr-blocks (what checkpoints, exports and the runtime rebuild the model
+    from). ValueError naming ``source`` when --kd has no sr."""
+    if not cfg.kd.sr_keep_g:
+        return
+    if "sr" not in [m.strip().lower() for m in str(cfg.kd.methods).split("+")]:
+        raise ValueError(f"{source}: --sr-keep-g keeps the generator of --kd ...+sr, but --kd is "
+                         f"{cfg.kd.methods!r}: add sr (e.g. --kd sr) or drop --sr-keep-g")
+    spec = {"maps": [int(k) for k in cfg.kd.sr_maps], "width": cfg.kd.sr_width, "blocks": cfg.kd.sr_blocks}
+    cfg.model.kwargs = {**cfg.model.kwargs, "sr_generator": spec}
 
 
 def check_run_folder(out: str | None) -> None:

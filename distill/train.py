@@ -160,10 +160,12 @@ def build_model(cfg: TrainConfig, num_classes: int, resume: bool):
               f"from {cfg.model.pretrained_backbone}")
     if cfg.model.init_weights and not resume:
         init = Checkpoint.load(cfg.model.init_weights)
-        if init.model_name != cfg.model.name or dict(init.model_kwargs) != dict(cfg.model.kwargs):
+        plain = {k: v for k, v in cfg.model.kwargs.items() if k != "sr_generator"}   # kept G: a plain start fits
+        if init.model_name != cfg.model.name or dict(init.model_kwargs) not in (dict(cfg.model.kwargs), plain):
             raise ValueError(f"--init-weights {cfg.model.init_weights}: a {init.model_name} {init.model_kwargs}, "
                              f"this run trains {cfg.model.name} {cfg.model.kwargs}")
-        load_weights(model, init.model, f"--init-weights {init.path}",
+        own_g = {k: v for k, v in model.state_dict().items() if k.startswith("sr_generator.")}
+        load_weights(model, {**own_g, **init.model}, f"--init-weights {init.path}",   # G stays at its identity start
                      f"this run's {cfg.model.name} with {num_classes} classes")
         print(f"initial weights: {init.path}")
     return model

@@ -8,7 +8,8 @@ Small objects live on the two highest-resolution maps. For map k of the student 
 * G -- a light generator per map (:class:`SRGenerator`): residual blocks and a sub-pixel convolution branch
   (conv to 4x the channels, PixelShuffle(2) to [2H, 2W], a stride-2 conv back to [H, W]), added to z_LR, so
   G starts as the identity. G(z_LR) stays in the student's channel space, so the student's own
-  regression head can read it (L_reg). G is training-only: it is not part of the exported student;
+  regression head can read it (L_reg). G lives in the model layer (distill/models/sr_generator.py): it is
+  training-only, or kept in the student (``--sr-keep-g``) and exported with it;
 * D -- one discriminator (:class:`SRDiscriminator`) for both maps (a 1x1 stem per map into a shared trunk)
   with two heads: real (z_HR) vs generated, one logit per image, and object / no object per location (D_cls).
 
@@ -22,51 +23,19 @@ The loss functions below are the slides' terms (each returns a scalar; B = m, th
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.sr_generator import ResidualBlock, SRGenerator  # noqa: F401 - re-exported: the kd side's names
+
 EPS = 1e-6
 
 
 # ----------------------------------------------------------------------------------------------- networks
-class ResidualBlock(nn.Module):
-    """conv3x3 -> PReLU -> conv3x3, plus the input (SRResNet's block without batch norm, as in EDSR)."""
-
-    def __init__(self, width: int):
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.PReLU(width),
-                                  nn.Conv2d(width, width, 3, padding=1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
-
-
-class SRGenerator(nn.Module):
-    """z_LR float32 [B, C, H, W] -> G(z_LR) float32 [B, C, H, W] (same size and channels as its input).
-
-    1x1 in-conv (C -> width) -> ``blocks`` residual blocks -> sub-pixel branch: 3x3 conv (width -> 4 width),
-    PixelShuffle(2) ([width, 2H, 2W]), PReLU, stride-2 3x3 conv (back to [H, W]), PReLU, 1x1 conv (width -> C);
-    the branch's output is added to z_LR. The last conv starts at zero, so G starts as the identity. The
-    1x1 convs at both ends keep the cost off the (wide) student channels."""
-
-    def __init__(self, channels: int, width: int = 64, blocks: int = 2):
-        super().__init__()
-        self.head = nn.Sequential(nn.Conv2d(channels, width, 1), nn.PReLU(width))
-        self.blocks = nn.Sequential(*[ResidualBlock(width) for _ in range(blocks)])
-        self.subpixel = nn.Sequential(nn.Conv2d(width, 4 * width, 3, padding=1), nn.PixelShuffle(2),
-                                      nn.PReLU(width), nn.Conv2d(width, width, 3, stride=2, padding=1),
-                                      nn.PReLU(width), nn.Conv2d(width, channels, 1))
-        nn.init.zeros_(self.subpixel[-1].weight)
-        nn.init.zeros_(self.subpixel[-1].bias)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        y = self.subpixel(self.blocks(self.head(z)))
-        return z + y[..., :z.shape[-2], :z.shape[-1]]
-
-
 class SRDiscriminator(nn.Module):
     """One discriminator for several maps: ``forward(x, k)`` with x float32 [B, C_k, H, W] (map k, in the
     comparison space) -> (real/generated logit [B], object logit per location [B, H, W]).
@@ -95,7 +64,8 @@ class HighResolution:
 
     The pass runs under ``torch.no_grad()`` (the maps have ``requires_grad`` False). ``model`` is the
     frozen teacher (eval mode, no trainable parameters) or the student; ``context`` (optional) wraps the
-    pass, e.g. to keep the student's BatchNorm running statistics untouched."""
+    pass, e.g. to keep the student's BatchNorm running statistics untouched. The maps are the model's
+    ``base_features`` where it has them (SSD: before a kept generator G), else ``forward_features``'."""
 
     def __init__(self, model: nn.Module, maps: list[int], scale: float = 2.0, context=None):
         self.model, self.maps, self.scale, self.context = model, list(maps), float(scale), context
@@ -104,11 +74,9 @@ class HighResolution:
     def __call__(self, images: torch.Tensor, sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
         """images float32 [B, 3, H, W] -> per map in ``maps`` float32 [B, C_k, h_k, w_k] (``sizes``)."""
         big = F.interpolate(images, scale_factor=self.scale, mode="bilinear", align_corners=False)
-        if self.context is not None:
-            with self.context(self.model):
-                feats = self.model.forward_features(big)[2]
-        else:
-            feats = self.model.forward_features(big)[2]
+        run = getattr(self.model, "base_features", None) or (lambda x: self.model.forward_features(x)[2])
+        with self.context(self.model) if self.context is not None else contextlib.nullcontext():
+            feats = run(big)
         return [F.adaptive_avg_pool2d(feats[k], size) for k, size in zip(self.maps, sizes)]
 
 

@@ -2,6 +2,8 @@
 
 Builders hold the recipe constants and let the caller's kwargs win; ``None`` kwargs are ignored
 (so unset command-line flags never override a recipe). Unknown names are answered with the valid ones.
+The kwarg ``sr_generator`` (``{"maps": [0, 1], "width": 32, "blocks": 2}``) is every SSD's: a kept feature
+super-resolution generator (:meth:`SSD.add_sr_generator`).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from .mobilenetv2 import MobileNetV2Backbone
 from . import refinedet as _refinedet
 from .resnet import ResNet50Backbone
 from .shufflenetv1 import ShuffleNetV1Backbone
+from .sr_generator import sr_generator_spec
 from .ssd import SSD
 
 _REGISTRY: dict[str, Callable[..., SSD]] = {}
@@ -95,10 +98,17 @@ def create_model(name: str, num_classes: int, **kwargs) -> SSD:
     if name not in _REGISTRY:
         raise unknown_name_error("model", name, list_models())
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    sr_generator = kwargs.pop("sr_generator", None)      # a kept super-resolution generator: SSD.add_sr_generator
     try:
-        return _REGISTRY[name](num_classes, **kwargs)
+        model = _REGISTRY[name](num_classes, **kwargs)
     except TypeError as e:
         raise ValueError(f"bad arguments for model '{name}': {e}") from None
+    if sr_generator is not None:
+        if not hasattr(model, "add_sr_generator"):
+            raise ValueError(f"model kwarg sr_generator (--sr-keep-g): '{name}' cannot keep the super-resolution "
+                             "generator (SSD / SSD-Lite models only); train --kd sr without --sr-keep-g")
+        model.add_sr_generator(*sr_generator_spec(sr_generator, len(model.feature_channels)))
+    return model
 
 
 def load_pretrained_backbone(model: SSD, path: str | Path) -> dict:

@@ -7,7 +7,12 @@ share this geometry, so their feature maps line up one to one for distillation.
 In both training and eval, ``forward`` returns the raw heads:
     loc  float32 [B, N, 4]     box regression (SSD encoding with variances, see box_coder.py)
     conf float32 [B, N, C + 1] class logits, column 0 = background
-``forward_features`` also returns the six feature maps. Postprocessing lives in distill/postprocess.py.
+``forward_features`` also returns the six feature maps the heads read. Postprocessing lives in
+distill/postprocess.py.
+
+With a kept super-resolution generator (model kwarg ``sr_generator``, :meth:`SSD.add_sr_generator`), the heads
+read G(z) instead of z on the generator's maps, in training and at inference (so every export has G);
+``forward_features`` then returns those post-G maps and :meth:`SSD.base_features` the maps before G.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from runtime.sizes import as_hw
 from .anchors import DefaultBoxGenerator
 from .box_coder import BoxCoder
 from .layers import conv_bn_act, separable_conv
+from .sr_generator import SRGenerator, sr_generator_spec
 
 
 def extra_block(cin: int, cout: int, lite: bool) -> nn.Sequential:
@@ -86,6 +92,8 @@ class SSD(nn.Module):
         self.loc_head = Head(chans, na, 4, lite)
         self.cls_head = Head(chans, na, num_classes + 1, lite)
         self.box_coder = BoxCoder(variances)
+        self.sr_generator: nn.ModuleDict | None = None        # see add_sr_generator (absent from the state dict)
+        self.sr_maps: list[int] = []
         self._init_heads()
 
     def _init_heads(self):
@@ -95,11 +103,32 @@ class SSD(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
-    def forward_features(self, x: torch.Tensor):
-        """x float32 [B, 3, H, W] normalised -> (loc [B,N,4], conf [B,N,C+1], feats: list of 6 [B,C_k,H_k,W_k])."""
+    def add_sr_generator(self, maps: list[int], width: int = 32, blocks: int = 2) -> None:
+        """Keep a super-resolution generator G (distill/models/sr_generator.py) on the feature maps ``maps``:
+        from now on the heads read G(z_k) instead of z_k there. G starts as the identity, so the outputs do not
+        change until G is trained. Its weights are in the state dict as ``sr_generator.<k>.*``."""
+        maps, width, blocks = sr_generator_spec({"maps": list(maps), "width": width, "blocks": blocks},
+                                                len(self.feature_channels))
+        self.sr_maps = maps
+        self.sr_generator = nn.ModuleDict({str(k): SRGenerator(self.feature_channels[k], width, blocks)
+                                           for k in maps})
+
+    def base_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """x float32 [B, 3, H, W] normalised -> the six maps of the backbone and the extra blocks, before any
+        kept generator: list of float32 [B, C_k, H_k, W_k] (the extra blocks read these)."""
         feats = list(self.backbone(x))
         for block in self.extras:
             feats.append(block(feats[-1]))
+        return feats
+
+    def forward_features(self, x: torch.Tensor):
+        """x float32 [B, 3, H, W] normalised -> (loc [B,N,4], conf [B,N,C+1], feats: list of 6 [B,C_k,H_k,W_k]).
+
+        ``feats`` are the maps the heads read: :meth:`base_features`, with G(z_k) in place of z_k on the maps of
+        a kept generator (:meth:`add_sr_generator`)."""
+        feats = self.base_features(x)
+        if self.sr_generator is not None:
+            feats = [self.sr_generator[str(k)](f) if k in self.sr_maps else f for k, f in enumerate(feats)]
         return self.loc_head(feats), self.cls_head(feats), feats
 
     def forward(self, x: torch.Tensor):

@@ -24,7 +24,18 @@ L_reg reads G(z_LR) (student channels) with the student's own regression head (i
 G and the student's features learn from it) on the anchors of those maps matched to a small object
 (box side sqrt(w h) < ``--sr-small`` px), against the multibox targets. Students whose detection head is
 two-step (RefineDet: the ODM regresses refined anchors of the ARM) get no L_reg (logged 0).
-G and D are training-only: the exported student is the student alone.
+
+L_MSE and L_TV carry the slides' weight 1 by default (``--sr-mse-weight``, ``--sr-tv-weight``; 0 removes a
+term, as the slides' ablation does).
+
+Where G lives. By default G is the method's (training-only; the exported student is the student alone). With
+``--sr-keep-g`` G is the student's own (model kwarg ``sr_generator``, distill/models/sr_generator.py): the
+student's heads read G(z_LR) in training and at inference, the student's ``forward_features`` returns the post-G
+maps, so G(z_LR) is read off those maps and the method owns no generator; G's parameters are the student's and
+step with every student optimizer (detection, each method's distillation state, post-learning), each once.
+z_HR with ``--sr-source student`` is then the student's map BEFORE G (``base_features``) at 2x: the target of
+G is what the network sees of a larger image, not G's own output on it, which would move with G and admit the
+degenerate G that maps both resolutions to the same features.
 """
 from __future__ import annotations
 
@@ -56,7 +67,8 @@ class SuperResolutionKD(KDMethod):
 
     def __init__(self, student_channels: list[int], teacher_channels: list[int], *, maps: list[int],
                  source: str = "teacher", target: str = "teacher", alpha: float = 1e-3, beta: float = 1.0,
-                 gamma: float = 1.0, width: int = 32, blocks: int = 2, small: float = 32.0):
+                 gamma: float = 1.0, width: int = 32, blocks: int = 2, small: float = 32.0,
+                 mse_weight: float = 1.0, tv_weight: float = 1.0, keep_g: bool = False):
         super().__init__()
         if source not in SOURCES:
             raise ValueError(f"--sr-source must be one of {', '.join(SOURCES)}, got {source!r}")
@@ -64,7 +76,10 @@ class SuperResolutionKD(KDMethod):
             raise ValueError(f"--sr-target must be one of {', '.join(TARGETS)}, got {target!r}")
         self.maps, self.source, self.target = list(maps), source, target
         self.alpha, self.beta, self.gamma, self.small = float(alpha), float(beta), float(gamma), float(small)
-        self.generators = nn.ModuleList(S.SRGenerator(student_channels[k], width, blocks) for k in self.maps)
+        self.mse_weight, self.tv_weight, self.keep_g = float(mse_weight), float(tv_weight), bool(keep_g)
+        # kept G: the student's own (attach checks it has one); else the method's, training-only
+        self.generators = None if self.keep_g else nn.ModuleList(
+            S.SRGenerator(student_channels[k], width, blocks) for k in self.maps)
         space = teacher_channels if source == "teacher" else student_channels
         self.disc = S.SRDiscriminator([space[k] for k in self.maps], width)
         self.own_std = FeatureStandardizer([student_channels[k] for k in self.maps]) if source == "student" else None
@@ -74,6 +89,7 @@ class SuperResolutionKD(KDMethod):
     # ------------------------------------------------------------------------------------------- wiring
     def attach(self, session, frozen_bn) -> None:
         self._ctx = _Context(session, frozen_bn)
+        self._check_student_generator(session.student)
         model = session.teacher if self.source == "teacher" else session.student
         self.hr = S.HighResolution(model, self.maps, 2.0, None if self.source == "teacher" else frozen_bn)
         self.teacher_apl = S.anchors_per_location(session.teacher)
@@ -82,12 +98,29 @@ class SuperResolutionKD(KDMethod):
         self._ctx.reg_head = getattr(st, "loc_head", None)     # SSD's; RefineDet's packed heads have none
         self._cost = self._measure_cost(session.cfg.data.img_size)
 
+    def _check_student_generator(self, student: nn.Module) -> None:
+        """ValueError when the student's kept generator (model kwarg sr_generator) does not match --sr-keep-g."""
+        kept = list(getattr(student, "sr_maps", []) or [])
+        if self.keep_g and kept != sorted(self.maps):
+            raise ValueError(f"--sr-keep-g: the student keeps a generator on maps {kept or 'none'}, --sr-maps "
+                             f"{self.maps}: build the student with the model kwarg sr_generator that --sr-keep-g sets")
+        if not self.keep_g and kept:
+            raise ValueError(f"--kd ...+sr: the student already keeps a generator on maps {kept} (model kwarg "
+                             "sr_generator): add --sr-keep-g so the method trains that one")
+
+    def generator_modules(self) -> list[nn.Module]:
+        """G per SR map: the student's kept generators (--sr-keep-g) or the method's own."""
+        if self.keep_g:
+            return [self._ctx.session.student.sr_generator[str(k)] for k in self.maps]
+        return list(self.generators)
+
     def _measure_cost(self, img_size) -> str:
         st = self._ctx.session.student
         p = next(st.parameters())
         sizes = st.feature_sizes(img_size)
         z = [torch.zeros(1, st.feature_channels[k], *sizes[k], device=p.device) for k in self.maps]
-        g_params, g_macs = S.conv_cost(self.generators, z, lambda zs: [g(x) for g, x in zip(self.generators, zs)])
+        gens = nn.ModuleList(self.generator_modules())
+        g_params, g_macs = S.conv_cost(gens, z, lambda zs: [g(x) for g, x in zip(gens, zs)])
         h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
         was = st.training
         st.eval()
@@ -95,15 +128,21 @@ class SuperResolutionKD(KDMethod):
             s_params, s_macs = S.conv_cost(st, [torch.zeros(1, 3, h, w, device=p.device)], lambda x: st(x[0]))
         finally:
             st.train(was)
-        return (f"sr: G {g_params / 1e6:.3f} M params, {g_macs / 1e6:.1f} M MACs per image "
-                f"({100 * g_macs / max(s_macs, 1):.0f} % of the student's {s_macs / 1e6:.1f} M; training only, "
-                "not in the exported student)")
+        share = f"{100 * g_macs / max(s_macs, 1):.0f} % of the student's {s_macs / 1e6:.1f} M"
+        if self.keep_g:     # the student's measures include G
+            s_params = sum(q.numel() for q in st.parameters())
+            return (f"sr: G {g_params / 1e6:.3f} M params ({100 * g_params / max(s_params, 1):.0f} % of the "
+                    f"student's {s_params / 1e6:.3f} M with G), {g_macs / 1e6:.1f} M MACs per image ({share} with "
+                    "G); kept in the exported student")
+        return (f"sr: G {g_params / 1e6:.3f} M params, {g_macs / 1e6:.1f} M MACs per image ({share}; training "
+                "only, not in the exported student)")
 
     def describe(self) -> str:
         return self._cost
 
     def student_side_parameters(self) -> list[nn.Parameter]:
-        return list(self.generators.parameters())
+        """The method's own G (a kept G is the student's: its optimizers step it already)."""
+        return [] if self.generators is None else list(self.generators.parameters())
 
     def discriminator_parameters(self) -> list[nn.Parameter]:
         return list(self.disc.parameters())
@@ -149,7 +188,7 @@ class SuperResolutionKD(KDMethod):
     def student_terms(self, step: StudentStep):
         sizes = [tuple(f.shape[-2:]) for f in step.feats]
         hr = self.high_res(step.images, sizes)
-        gen = [g(step.feats[k]) for g, k in zip(self.generators, self.maps)]
+        gen = self._generated(step.feats)
         gen_c = [self._space(j, x, adapt=True) for j, x in enumerate(gen)]
         p_star = self._p_star(step.images, step.targets, sizes, lambda: step.teacher_logits)
         set_requires_grad(self.disc, False)
@@ -162,11 +201,18 @@ class SuperResolutionKD(KDMethod):
         terms = {"sr_adv": self.alpha * sum(S.sr_adv(f[0]) for f in fake),
                  "sr_cls": self.beta * sum(S.sr_cls(f[1], r[1], p) for f, r, p in zip(fake, real, p_star)),
                  "sr_reg": self.gamma * self._reg(gen, step, sizes),
-                 "sr_tv": sum(S.sr_tv(x) for x in gen_c),
-                 "sr_mse": sum(S.sr_mse(h, x) for h, x in zip(hr, gen_c))}
+                 "sr_tv": self.tv_weight * sum(S.sr_tv(x) for x in gen_c),
+                 "sr_mse": self.mse_weight * sum(S.sr_mse(h, x) for h, x in zip(hr, gen_c))}
         info = {"sr_d_gen": sum(torch.sigmoid(f[0]).mean().item() for f in fake) / len(fake),
                 "sr_d_real": sum(torch.sigmoid(r[0]).mean().item() for r in real) / len(real)}
         return terms, info
+
+    def _generated(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """G(z_LR) per SR map from the student's six maps (``forward_features``): a kept G has already run
+        (the maps are post-G), the method's own runs here."""
+        if self.keep_g:
+            return [feats[k] for k in self.maps]
+        return [g(feats[k]) for g, k in zip(self.generators, self.maps)]
 
     def _reg(self, gen: list[torch.Tensor], step: StudentStep, sizes) -> torch.Tensor:
         """L_reg on the anchors of the SR maps matched to a small object (0 for two-step heads)."""
@@ -197,8 +243,7 @@ class SuperResolutionKD(KDMethod):
         sizes = [tuple(f.shape[-2:]) for f in feats]
         hr = self.high_res(images, sizes)
         with torch.no_grad():
-            gen_c = [self._space(j, g(feats[k]), adapt=True)
-                     for j, (g, k) in enumerate(zip(self.generators, self.maps))]
+            gen_c = [self._space(j, x, adapt=True) for j, x in enumerate(self._generated(feats))]
         p_star = self._p_star(images, getattr(step, "targets", None), sizes, lambda: self._teacher_logits(images))
         real = [self.disc(x, j) for j, x in enumerate(hr)]
         fake = [self.disc(x, j) for j, x in enumerate(gen_c)]
