@@ -23,6 +23,13 @@ baseline to its plateau once, then fine-tune from it with every method for the s
     python -m distill.train --model ssdlite_mobilenetv2 --preset quick --epochs 12 --out runs/converged
     python -m distill.ablate --teacher runs/demo/teacher/best.pt --init-weights runs/converged/best.pt \
         --preset quick --methods baseline,gan,gan+rec --seeds 3 --out runs/ablate-finetune
+
+Small objects, feature super-resolution (``--kd sr``) against the baseline and GAN-KD, its combinations, G kept
+at inference, and the slides' ablation shape (without L_MSE / without the adversarial term / without the
+classification term), on the embedded small-objects set (``--data`` reaches every run and the teacher row)::
+
+    python -m distill.ablate --teacher runs/small/teacher/best.pt --data shapes-small --preset quick --seeds 5 \
+        --methods baseline,gan,sr,gan+sr,soft+sr,sr-no-mse,sr-no-adv,sr-no-cls,sr-keep-g --out runs/ablate-sr
 """
 from __future__ import annotations
 
@@ -71,6 +78,14 @@ METHODS: tuple[Method, ...] = (
     Method("fitnet", "FitNets L2 hints", "fitnet"),
     Method("began", "BEGAN discriminator (k_t, eqs. 4-6)", "began"),
     Method("ab+gan", "activation-boundary init + GAN-KD", "ab+gan"),
+    # Feature super-resolution (--kd sr) and the slides' ablation shape: one term of sr removed at a time.
+    Method("sr", "SR-KD: feature super-resolution, G training-only", "sr"),
+    Method("gan+sr", "GAN-KD + SR-KD", "gan+sr"),
+    Method("soft+sr", "soft labels + SR-KD", "soft+sr"),
+    Method("sr-keep-g", "SR-KD, G kept in the student at inference", "sr", {}, {"sr_keep_g": True}),
+    Method("sr-no-mse", "SR-KD without the reconstruction term L_MSE", "sr", {}, {"sr_mse_weight": 0.0}),
+    Method("sr-no-adv", "SR-KD without the adversarial term (alpha 0)", "sr", {}, {"sr_alpha": 0.0}),
+    Method("sr-no-cls", "SR-KD without the classification term (beta 0)", "sr", {}, {"sr_beta": 0.0}),
 )
 BY_NAME = {m.name: m for m in METHODS}
 
@@ -82,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=3, help="seeds per method, 0..N-1 (default: 3)")
     p.add_argument("--preset", default="ablate", help="training recipe of every run (default: ablate; see distill/presets.py)")
     p.add_argument("--config", default=None, help="YAML of config overrides applied to every run (e.g. kd_mbox_weight)")
+    p.add_argument("--data", default=None, metavar="SPEC",
+                   help="training data of every run and of the teacher row, as distill.train --data (e.g. "
+                        "shapes-small; default: the preset's / --config's)")
     p.add_argument("--out", default="runs/ablate", help="output folder (default: runs/ablate)")
     p.add_argument("--methods", default=",".join(m.name for m in METHODS),
                    help=f"comma-separated subset of: {', '.join(m.name for m in METHODS)} (default: all)")
@@ -105,6 +123,8 @@ def run_config(args, method: Method, seed: int, out: Path):
            **method.overrides}
     if args.config:
         cli["config"] = args.config
+    if getattr(args, "data", None):
+        cli["data"] = args.data
     if args.init_weights:
         cli["init_weights"] = args.init_weights
     elif args.pretrained_backbone != "none":

@@ -81,3 +81,28 @@ def test_aggregate_only_reads_finished_runs_and_writes_paired_tables(tmp_path, f
     assert set(data["runs"]) == {"baseline", "soft"} and len(data["runs"]["soft"]) == 2
     assert data["paired"]["baseline"]["soft"]["diffs"] == pytest.approx([0.3, 0.3])
     assert "Paired differences against `soft`" in (out / "ablation.md").read_text()
+
+
+def test_sr_rows_resolve_to_their_configs_and_data_reaches_every_run(tmp_path, monkeypatch):
+    args = ablate.build_parser().parse_args(["--teacher", "t.pt", "--data", "shapes-small", "--preset", "quick",
+                                             "--pretrained-backbone", "none"])
+    want = {"sr": ("sr", {}), "gan+sr": ("gan+sr", {}), "soft+sr": ("soft+sr", {}),
+            "sr-keep-g": ("sr", {"sr_keep_g": True}), "sr-no-mse": ("sr", {"sr_mse_weight": 0.0, "sr_tv_weight": 1.0}),
+            "sr-no-adv": ("sr", {"sr_alpha": 0.0, "sr_beta": 1.0}),
+            "sr-no-cls": ("sr", {"sr_beta": 0.0, "sr_alpha": 1e-3})}
+    for name, (kd, flags) in want.items():
+        cfg = ablate.run_config(args, ablate.BY_NAME[name], 1, tmp_path / name)
+        assert cfg.kd.methods == kd and cfg.kd.weights == {} and cfg.data.data == "shapes-small", name
+        assert all(cfg.to_flat()[k] == v for k, v in flags.items()), name
+        assert ("sr_generator" in cfg.model.kwargs) == (name == "sr-keep-g"), name
+    seen = []
+    monkeypatch.setattr(ablate, "teacher_row", lambda a, cfg, out: seen.append(("teacher", cfg.data.data))
+                        or {k: 1.0 for k in ablate.METRICS})
+    monkeypatch.setattr(ablate, "run_one", lambda cfg: seen.append((cfg.kd.methods, cfg.data.data))
+                        or {k: 1.0 for k in ablate.METRICS})
+    monkeypatch.setattr(ablate, "plot", lambda *a, **k: None)
+    teacher = make_tiny_checkpoint(tmp_path / "t.pt", model="ssd_darknet53", model_kwargs={"width_mult": 0.125})
+    argv = ["--teacher", str(teacher), "--data", "shapes-small", "--seeds", "1", "--methods", "baseline,sr-keep-g",
+            "--out", str(tmp_path / "abl"), "--pretrained-backbone", "none"]
+    assert ablate.main(argv) == 0
+    assert seen == [("teacher", "shapes-small"), ("gan", "shapes-small"), ("sr", "shapes-small")]
