@@ -237,9 +237,10 @@ def render_markdown(agg: dict, teacher: dict, order: list[str], meta: dict, runs
     done = sorted({a["seeds"] for a in agg.values()})
     seeds = f"{meta['seeds']} seeds" if done == [meta["seeds"]] else \
         f"seeds 0-{meta['seeds'] - 1} asked, {'/'.join(map(str, done))} finished per method"
+    data = meta.get("config", {}).get("data", "shapes")
     lines = [f"# Distillation ablation ({seeds}, preset `{meta['preset']}`, {size_text(meta['img_size'])} px, "
              f"student `{meta['student']}`)", "",
-             "COCO metrics in points on the embedded dataset's validation split, mean ± std over seeds "
+             f"COCO metrics in points on the validation split of `{data}`, mean ± std over seeds "
              "(one value where one seed has finished).", "",
              "| method | seeds | " + " | ".join(METRICS) + " |", "|---|---|" + "---|" * len(METRICS),
              "| teacher `" + meta["teacher_model"] + "` | | " + " | ".join(_num(teacher[k]) for k in METRICS) + " |"]
