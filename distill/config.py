@@ -90,7 +90,9 @@ class OptimConfig:
     lr: float = _f(0.01, "peak learning rate")
     momentum: float = _f(0.9, "SGD momentum")
     weight_decay: float = _f(5e-4, "weight decay (not applied to norms and biases)")
-    schedule: str = _f("cosine", "learning-rate schedule after warm-up", choices=("cosine", "multistep"))
+    schedule: str = _f("cosine", "learning-rate schedule after warm-up ('plateau': --task text only, lr / 10 when "
+                       "the epoch's training loss stops falling, the text / non-text paper's)",
+                       choices=("cosine", "multistep", "plateau"))
     milestones: list[float] = _f([], "multistep: epochs at which lr is multiplied by --gamma")
     gamma: float = _f(0.1, "multistep decay factor")
     warmup_epochs: float = _f(1.0, "linear warm-up length in epochs (fractions allowed)")
@@ -444,6 +446,9 @@ def validate_config(cfg: TrainConfig, source: str = "config") -> None:
             good = False
         if not good:
             raise ValueError(f"{source}: --{name.replace('_', '-')} {value!r}: expected {expected}")
+    if cfg.optim.schedule == "plateau" and cfg.run.task != "text":
+        raise ValueError(f"{source}: --schedule plateau is the text classifier's (--task text); detectors take "
+                         "cosine or multistep")
 
 
 def _keep_sr_generator(cfg: TrainConfig, source: str) -> None:

@@ -4,6 +4,7 @@ exact resume of a run stopped inside its adversarial stage, and the task / model
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -162,3 +163,28 @@ def test_teacher_batch_norm_option_has_the_same_outputs():
     with torch.no_grad():
         out = model(torch.rand(2, 3, 64, 80))
     assert out["region_logits"][5].shape == (2, 5, 5) and out["region_features"][3].shape == (2, 9, 128)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "plateau"])
+def test_main_stage_lr_schedule(schedule):
+    """cosine (the default): x 0.5 (1 + cos(pi e / E)) at main epoch e of E, so the reported last epoch trains at a
+    low lr; plateau (the paper's): lr / 10 after 2 epochs without a lower training loss."""
+    from distill.config import resolve
+    from distill.presets import PRESETS
+    from distill.text.train import TextPlan
+    cfg = resolve({"task": "text", "model": "textnet_student", "preset": "smoke", "epochs": 4, "lr": 1e-3,
+                   "schedule": schedule}, PRESETS)
+    plan = TextPlan(cfg, TextStudent(), None, [], torch.device("cpu"))
+    lrs = []
+    for loss in (1.0, 1.0, 1.0, 1.0):
+        lrs.append(plan.lr("main"))
+        plan.end_epoch({"total": loss}, "main")
+    if schedule == "cosine":
+        assert lrs == pytest.approx([1e-3 * 0.5 * (1 + math.cos(math.pi * e / 4)) for e in range(4)])
+    else:
+        assert lrs == pytest.approx([1e-3, 1e-3, 1e-3, 1e-3]) and plan.lr("main") == pytest.approx(1e-4)
+
+
+def test_plateau_schedule_is_the_text_task_s_only(capsys):
+    assert train.main(["--preset", "smoke", "--schedule", "plateau", "--out", "/tmp/never-made"]) == 2
+    assert "--schedule plateau is the text classifier's" in capsys.readouterr().err
