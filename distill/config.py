@@ -193,6 +193,10 @@ class KDConfig:
                          "COCO small: 32)")
     sr_mse_weight: float = _f(1.0, "--kd ...+sr: weight of the reconstruction term L_MSE (the slides: 1; 0 drops it)")
     sr_tv_weight: float = _f(1.0, "--kd ...+sr: weight of the smoothness term L_TV (the slides: 1; 0 drops it)")
+    sr_init_ratio: float = _f(0.75, "--kd ...+sr: L_MSE + L_TV (their --sr-mse-weight / --sr-tv-weight mix) are "
+                              "scaled once, at their first step, to this multiple of the detection loss, as --rec-init-"
+                              "ratio does for L_REC (standardised maps of two networks differ in scale: unscaled, L_MSE "
+                              "starts ~6x the detection loss); 0: the slides' weights as they are")
     sr_keep_g: bool = _f(False, "--kd ...+sr: keep the generator G in the student: its heads read G(z) on --sr-maps in "
                          "training and at inference, and every export includes G (sets the model kwarg sr_generator "
                          "from --sr-maps / --sr-width / --sr-blocks; SSD students only)")
@@ -432,6 +436,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "sr_blocks": (lambda v: v >= 0, "an integer >= 0"),
     "sr_mse_weight": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
     "sr_tv_weight": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
+    "sr_init_ratio": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
 }
 
 

@@ -18,6 +18,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ... import distributed
+
 
 class LazyOutputs:
     """Values computed on first access and cached: ``get(name)`` calls the producer registered for it."""
@@ -29,6 +31,14 @@ class LazyOutputs:
         if name not in self._cache:
             self._cache[name] = self._producers[name]()
         return self._cache[name]
+
+
+def calibrated_scale(step: "StudentStep", raw: float, ratio: float) -> float:
+    """The factor that makes a term whose unscaled value at this step is ``raw`` start at ``ratio`` x this step's
+    detection loss (means over ranks: the same factor on every rank). Distillation terms whose scale depends on
+    the maps' statistics are calibrated once with it, then frozen and saved (``extra_state``)."""
+    det, raw_mean = distributed.all_reduce_mean([sum(v.item() for v in step.det.values()), raw])
+    return ratio * det / max(raw_mean, 1e-8)
 
 
 class StudentStep:

@@ -9,7 +9,7 @@ from ... import distributed
 from ...losses import IGNORE
 from .. import losses as L
 from ..features import BeganAutoencoder
-from .base import DiscriminatorStep, KDMethod, StudentStep, set_requires_grad
+from .base import DiscriminatorStep, KDMethod, StudentStep, calibrated_scale, set_requires_grad
 
 
 class SoftLabels(KDMethod):
@@ -66,8 +66,7 @@ class Reconstruction(KDMethod):
         masks = L.box_masks(step.targets, [tuple(x.shape[-2:]) for x in t], t[0].device) if self.masked else None
         raw = L.reconstruction_loss(s, t, self.kind, masks)
         if self.scale is None:
-            det, raw_mean = distributed.all_reduce_mean([sum(v.item() for v in step.det.values()), raw.item()])
-            self.scale = self.init_ratio * det / max(raw_mean, 1e-8)       # the same on every rank
+            self.scale = calibrated_scale(step, raw.item(), self.init_ratio)
         return {"rec": raw * self.scale}, {"rec_raw": raw.item()}
 
     def extra_state(self) -> dict:

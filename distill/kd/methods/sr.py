@@ -25,8 +25,15 @@ G and the student's features learn from it) on the anchors of those maps matched
 (box side sqrt(w h) < ``--sr-small`` px), against the multibox targets. Students whose detection head is
 two-step (RefineDet: the ODM regresses refined anchors of the ARM) get no L_reg (logged 0).
 
-L_MSE and L_TV carry the slides' weight 1 by default (``--sr-mse-weight``, ``--sr-tv-weight``; 0 removes a
-term, as the slides' ablation does).
+L_MSE and L_TV carry the slides' weight 1 relative to each other (``--sr-mse-weight``, ``--sr-tv-weight``; 0
+removes a term, as the slides' ablation does), and together are scaled once, at the first student step, to
+``--sr-init-ratio`` (0.75) x that step's detection loss; the factor is then frozen and saved (``sr_feature_scale``),
+as L_REC's is. Why: the slides compare features of one network at two resolutions, of one scale; here z_HR is
+the teacher's map standardised with the teacher's statistics and G(z_LR) the student's through an adapter, so
+at the start L_MSE measured ~150 and L_TV ~21 against a detection loss of ~25 (ssdlite_mobilenetv2 from the
+ImageNet backbone, the demo teacher, shapes-small at 256 px), and unscaled they would drown the detection
+loss. ``--sr-init-ratio 0`` keeps the slides' unit weights as they are. The raw values are logged
+(``sr_mse_raw``, ``sr_tv_raw``).
 
 Where G lives. By default G is the method's (training-only; the exported student is the student alone). With
 ``--sr-keep-g`` G is the student's own (model kwarg ``sr_generator``, distill/models/sr_generator.py): the
@@ -46,7 +53,7 @@ from torch.func import functional_call
 from .. import sr_modules as S
 from ..features import FeatureStandardizer
 from ..losses import box_masks
-from .base import DiscriminatorStep, KDMethod, StudentStep, set_requires_grad
+from .base import DiscriminatorStep, KDMethod, StudentStep, calibrated_scale, set_requires_grad
 
 SOURCES = ("teacher", "student")
 TARGETS = ("teacher", "gt")
@@ -68,7 +75,7 @@ class SuperResolutionKD(KDMethod):
     def __init__(self, student_channels: list[int], teacher_channels: list[int], *, maps: list[int],
                  source: str = "teacher", target: str = "teacher", alpha: float = 1e-3, beta: float = 1.0,
                  gamma: float = 1.0, width: int = 32, blocks: int = 2, small: float = 32.0,
-                 mse_weight: float = 1.0, tv_weight: float = 1.0, keep_g: bool = False):
+                 mse_weight: float = 1.0, tv_weight: float = 1.0, keep_g: bool = False, init_ratio: float = 0.75):
         super().__init__()
         if source not in SOURCES:
             raise ValueError(f"--sr-source must be one of {', '.join(SOURCES)}, got {source!r}")
@@ -77,6 +84,8 @@ class SuperResolutionKD(KDMethod):
         self.maps, self.source, self.target = list(maps), source, target
         self.alpha, self.beta, self.gamma, self.small = float(alpha), float(beta), float(gamma), float(small)
         self.mse_weight, self.tv_weight, self.keep_g = float(mse_weight), float(tv_weight), bool(keep_g)
+        self.init_ratio = float(init_ratio)
+        self.feature_scale: float | None = None      # L_MSE + L_TV calibration (see student_terms), frozen once set
         # kept G: the student's own (attach checks it has one); else the method's, training-only
         self.generators = None if self.keep_g else nn.ModuleList(
             S.SRGenerator(student_channels[k], width, blocks) for k in self.maps)
@@ -198,14 +207,25 @@ class SuperResolutionKD(KDMethod):
                 real = [self.disc(x, j) for j, x in enumerate(hr)]
         finally:
             set_requires_grad(self.disc, True)
+        tv = self.tv_weight * sum(S.sr_tv(x) for x in gen_c)
+        mse = self.mse_weight * sum(S.sr_mse(h, x) for h, x in zip(hr, gen_c))
+        if self.feature_scale is None:
+            raw = float(tv.detach() + mse.detach())
+            self.feature_scale = calibrated_scale(step, raw, self.init_ratio) if self.init_ratio > 0 and raw > 0 else 1.0
         terms = {"sr_adv": self.alpha * sum(S.sr_adv(f[0]) for f in fake),
                  "sr_cls": self.beta * sum(S.sr_cls(f[1], r[1], p) for f, r, p in zip(fake, real, p_star)),
                  "sr_reg": self.gamma * self._reg(gen, step, sizes),
-                 "sr_tv": self.tv_weight * sum(S.sr_tv(x) for x in gen_c),
-                 "sr_mse": self.mse_weight * sum(S.sr_mse(h, x) for h, x in zip(hr, gen_c))}
+                 "sr_tv": self.feature_scale * tv, "sr_mse": self.feature_scale * mse}
         info = {"sr_d_gen": sum(torch.sigmoid(f[0]).mean().item() for f in fake) / len(fake),
-                "sr_d_real": sum(torch.sigmoid(r[0]).mean().item() for r in real) / len(real)}
+                "sr_d_real": sum(torch.sigmoid(r[0]).mean().item() for r in real) / len(real),
+                "sr_mse_raw": float(mse.detach()), "sr_tv_raw": float(tv.detach())}
         return terms, info
+
+    def extra_state(self) -> dict:
+        return {"sr_feature_scale": self.feature_scale}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.feature_scale = state.get("sr_feature_scale")
 
     def _generated(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         """G(z_LR) per SR map from the student's six maps (``forward_features``): a kept G has already run
