@@ -117,8 +117,9 @@ def run_demo(cli: dict[str, Any], fit: Callable[..., dict]) -> list[dict]:
         print(f"[1/2] teacher: reusing the finished run in {t_cfg.run.out}")
     kd = {**STUDENT_KD, "teacher": str(root / "teacher" / "best.pt")}
     s_cfg = stage_config(cli, STUDENT, root / "student", extra=kd)
-    print(f"[2/2] distilling the student {s_cfg.model.name} from the teacher with --kd {s_cfg.kd.methods} "
-          f"-> {s_cfg.run.out}")
+    weights = STUDENT_KD.get("kd_weights")
+    print(f"[2/2] distilling the student {s_cfg.model.name} from the teacher with --kd {s_cfg.kd.methods}"
+          f"{f' --kd-weights {json.dumps(weights)!r}' if weights else ''} -> {s_cfg.run.out}")
     student = train_or_continue(fit, s_cfg)
     teacher = {**teacher, "run": "teacher"}
     student = {**student, "run": "student"}
