@@ -236,6 +236,13 @@ def onnx_probabilities(onnx_path: Path, x: np.ndarray, threads: int = 1) -> dict
     return dict(zip(names, sess.run(names, {"images": x})))
 
 
+def compare_probabilities(got: dict[str, np.ndarray], ref: dict[str, np.ndarray],
+                          threshold: float) -> tuple[float, bool]:
+    """(max |got - ref| over every probability output, whether the image-level decisions at ``threshold`` agree)."""
+    diff = max(float(np.abs(got[n] - ref[n]).max()) for n in ref)
+    return diff, bool(np.array_equal(got[TEXT_PROB] >= threshold, ref[TEXT_PROB] >= threshold))
+
+
 def verify_text_graph(path: Path, src: TextSource, images: Sequence[np.ndarray], *, atol: float = PROB_ATOL,
                       dynamic_hw: bool = True, threads: int = 1) -> dict[str, Any]:
     """``path`` against PyTorch at batch 1 and 3 on ``images`` (and at a second H x W when dynamic): the row of
@@ -248,9 +255,8 @@ def verify_text_graph(path: Path, src: TextSource, images: Sequence[np.ndarray],
         pre = Preprocessor(size, src.meta.mean, src.meta.std)
         for bs in VERIFY_BATCHES:
             x = pre(list(images[:bs]))[0]
-            got, ref = onnx_probabilities(path, x, threads), torch_probabilities(src, x)
-            diff = max(float(np.abs(got[n] - ref[n]).max()) for n in ref)
-            agree = bool(np.array_equal(got[TEXT_PROB] >= src.threshold, ref[TEXT_PROB] >= src.threshold))
+            diff, agree = compare_probabilities(onnx_probabilities(path, x, threads), torch_probabilities(src, x),
+                                                src.threshold)
             checks.append({"batch": bs, "size": list(size), "max_abs_diff": diff, "decisions_match": agree})
             worst, same = max(worst, diff), same and agree
     return {"file": str(path), "max_abs_diff": worst, "decisions_match": same, "atol": atol,
@@ -268,11 +274,9 @@ def verify_uint8_graph(u8_path: Path, source: Path, images: Sequence[np.ndarray]
     checks = []
     for bs in VERIFY_BATCHES:
         batch = list(images[:bs])
-        got = onnx_probabilities(u8_path, pre_u8(batch)[0], threads)
-        ref = onnx_probabilities(source, pre_float(batch)[0], threads)
-        checks.append({"batch": bs, "max_abs_diff": max(float(np.abs(got[n] - ref[n]).max()) for n in ref),
-                       "decisions_match": bool(np.array_equal(got[TEXT_PROB] >= threshold,
-                                                              ref[TEXT_PROB] >= threshold))})
+        diff, agree = compare_probabilities(onnx_probabilities(u8_path, pre_u8(batch)[0], threads),
+                                            onnx_probabilities(source, pre_float(batch)[0], threads), threshold)
+        checks.append({"batch": bs, "max_abs_diff": diff, "decisions_match": agree})
     worst = max(c["max_abs_diff"] for c in checks)
     same = all(c["decisions_match"] for c in checks)
     return {"file": str(u8_path), "source": source.name, "max_abs_diff": worst, "decisions_match": same,

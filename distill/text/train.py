@@ -235,8 +235,9 @@ def main_schedule(cfg: TrainConfig, opt: torch.optim.Optimizer):
 
 
 class TextPlan:
-    """The optimisation of one run: the model's optimizer and lr schedule (:func:`main_schedule`), and for ``--kd`` the teacher,
-    the pre-training optimizer (``ab``) and the BEGAN discriminator with its optimizer and k_t (``began``)."""
+    """The optimisation of one run: the model's optimizer and lr schedule (:func:`main_schedule`), and for
+    ``--kd`` the teacher, the pre-training optimizer (``ab``) and the BEGAN discriminator with its optimizer and
+    k_t (``began``)."""
 
     def __init__(self, cfg: TrainConfig, model: torch.nn.Module, teacher: torch.nn.Module | None,
                  methods: list[str], device: torch.device) -> None:
