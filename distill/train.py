@@ -36,7 +36,7 @@ from .engine import (DetectorStep, EpochInterrupted, EpochProgress, evaluate, lr
                      train_one_epoch)
 from .stability import NonFiniteLossError, StabilityMonitor, TrainingGuard
 from .losses import DetectionLoss
-from .models import count_gflops, count_parameters, create_model, list_models, load_pretrained_backbone
+from .models import check_model_kwargs, count_gflops, count_parameters, create_model, list_models, load_pretrained_backbone
 from .presets import PRESETS
 from .run_log import RunLog
 from .safety import (RunInterrupted, SkipBatches, StopSignals, exit_code, prepare_run_folder, trim_metrics,
@@ -299,6 +299,7 @@ def fit(cfg: TrainConfig, resume_ckpt: Checkpoint | dict | None = None, *, overw
     restarted = distributed.is_restart_of(out)   # torchrun --max-restarts restarted this job: continue its run
     resume_ckpt = resume_ckpt or (distributed.elastic_checkpoint(out) if restarted else None)
     writer = distributed.is_main()            # the one process that writes the run folder
+    check_model_kwargs(cfg.model.name, cfg.model.kwargs)     # a bad model / kwarg leaves no run folder behind
     if writer:
         prepare_run_folder(out, resume=resume_ckpt is not None, overwrite=overwrite or restarted)
         distributed.mark_run_folder(out)

@@ -92,21 +92,29 @@ def ssd_resnet50(num_classes: int, min_ratio: float = 0.2, max_ratio: float = 0.
 # RefineDet (distill/models/refinedet.py): the paper's VGG-16 model as a teacher, MobileNetV2 as the fast student.
 register("teacher")(_refinedet.refinedet_vgg16)
 register("student")(_refinedet.refinedet_mobilenetv2)
+# Models whose heads cannot read a kept super-resolution generator (RefineDet's ARM / TCB read the maps).
+_NO_SR_GENERATOR = frozenset({"refinedet_vgg16", "refinedet_mobilenetv2"})
+
+
+def check_model_kwargs(name: str, kwargs: dict) -> None:
+    """ValueError for an unknown model or a kwarg its family cannot take, before anything is built or written
+    (distill.train checks this before it makes the run folder)."""
+    if name not in _REGISTRY:
+        raise unknown_name_error("model", name, list_models())
+    if kwargs.get("sr_generator") is not None and name in _NO_SR_GENERATOR:
+        raise ValueError(f"model kwarg sr_generator (--sr-keep-g): '{name}' cannot keep the super-resolution "
+                         "generator (SSD / SSD-Lite models only); train --kd sr without --sr-keep-g")
 
 
 def create_model(name: str, num_classes: int, **kwargs) -> SSD:
-    if name not in _REGISTRY:
-        raise unknown_name_error("model", name, list_models())
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    check_model_kwargs(name, kwargs)
     sr_generator = kwargs.pop("sr_generator", None)      # a kept super-resolution generator: SSD.add_sr_generator
     try:
         model = _REGISTRY[name](num_classes, **kwargs)
     except TypeError as e:
         raise ValueError(f"bad arguments for model '{name}': {e}") from None
     if sr_generator is not None:
-        if not hasattr(model, "add_sr_generator"):
-            raise ValueError(f"model kwarg sr_generator (--sr-keep-g): '{name}' cannot keep the super-resolution "
-                             "generator (SSD / SSD-Lite models only); train --kd sr without --sr-keep-g")
         model.add_sr_generator(*sr_generator_spec(sr_generator, len(model.feature_channels)))
     return model
 

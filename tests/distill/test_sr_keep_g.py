@@ -133,3 +133,4 @@ def test_sr_keep_g_refusals_are_one_line(teacher_ckpt, data_root, tmp_path, caps
     assert train.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert expect in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()                            # refused before the run folder is made
