@@ -419,8 +419,12 @@ class KDSession:
                 self.run_iteration_stages(extra, epoch)
 
         train_one_epoch(loader, self.train_step, self.device, epoch, model=self.student, before_batch=before_batch,
-                        desc=f"{desc} [{self.schedule.stage}]", progress=self.progress)
+                        desc=f"{desc} [{self._student_stage()}]", progress=self.progress)
         return self._end_epoch(epoch)
+
+    def _student_stage(self) -> str:
+        """The stage this epoch's student steps train in (the iteration stages run first, on their own batches)."""
+        return "student" if self.schedule.stage in ITERATION_STAGES else self.schedule.stage
 
     def _end_epoch(self, epoch: int) -> dict:
         # Every rank's numbers: the schedule's and the collapse monitor's decisions are the same on every rank.
