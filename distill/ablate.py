@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "when present; 'none': random init)")
     p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' (default: auto)")
     p.add_argument("--paired-against", default=None,
-                   help="also report paired differences of every row against this row (e.g. soft), besides the baseline")
+                   help="also report paired differences of every row against these rows, comma-separated (e.g. "
+                        "rec,soft: the adversarial term's share in gan+rec and gan+soft), besides the baseline")
     p.add_argument("--aggregate-only", action="store_true",
                    help="train nothing: aggregate the finished runs found in --out (e.g. while a study is still going)")
     return p
@@ -275,10 +276,19 @@ def render_markdown(agg: dict, teacher: dict, order: list[str], meta: dict, runs
                       f"-> GAN-KD is {verdict} the baseline by more than the seeds' spread."]
     if runs and "baseline" in agg:
         lines += paired_lines(runs, order, "baseline")
-    if runs and meta.get("paired_against") in agg:
-        lines += paired_lines(runs, order, meta["paired_against"])
+    for ref in paired_refs(meta.get("paired_against")):
+        if runs and ref in agg and ref != "baseline":
+            lines += paired_lines(runs, order, ref)
     lines += ["", f"Wall time of all runs: {sum(a['minutes'] for a in agg.values()):.1f} min."]
     return "\n".join(lines) + "\n"
+
+
+def paired_refs(value) -> list[str]:
+    """``--paired-against`` (``soft`` or ``rec,soft``; a list in older JSON) -> the reference rows, in order."""
+    if not value:
+        return []
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    return list(dict.fromkeys(n.strip() for n in items if n.strip()))
 
 
 def paired_lines(runs: dict, order: list[str], base: str, keys: tuple[str, str] = ("mAP", "AP50")) -> list[str]:
@@ -357,7 +367,7 @@ def collect_runs(args, names: list[str], out_root: Path, rows: dict[str, Method]
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     names = [n.strip() for n in args.methods.split(",") if n.strip()]
-    unknown = [n for n in names if n not in BY_NAME]
+    unknown = [n for n in names + paired_refs(args.paired_against) if n not in BY_NAME]
     if unknown or args.seeds < 1:
         print(f"error: unknown method(s) {unknown}; choose from {', '.join(BY_NAME)}" if unknown
               else "error: --seeds must be >= 1", file=sys.stderr)
@@ -381,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
             "wall_minutes": (time.time() - t0) / 60}
     gains = {n: size_gain(agg, n) for n in names if n != "baseline" and "baseline" in agg}
     paired = {base: {n: paired_stats(runs, n, base) for n in names if n != base}
-              for base in ("baseline", args.paired_against) if base in agg}
+              for base in ("baseline", *paired_refs(args.paired_against)) if base in agg}
     write_json_atomic(out_root / "ablation.json", {"meta": meta, "teacher": teacher, "runs": runs, "aggregate": agg,
                                                   "size_gain_vs_baseline": gains, "paired": paired})
     write_text_atomic(out_root / "ablation.md", render_markdown(agg, teacher, names, meta, runs))

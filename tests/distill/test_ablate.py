@@ -81,6 +81,20 @@ def test_aggregate_only_reads_finished_runs_and_writes_paired_tables(tmp_path, f
     assert set(data["runs"]) == {"baseline", "soft"} and len(data["runs"]["soft"]) == 2
     assert data["paired"]["baseline"]["soft"]["diffs"] == pytest.approx([0.3, 0.3])
     assert "Paired differences against `soft`" in (out / "ablation.md").read_text()
+    argv[-1] = "soft,baseline"                                        # several references, comma-separated
+    assert ablate.main(argv) == 0
+    data = json.loads((out / "ablation.json").read_text())
+    assert set(data["paired"]) == {"baseline", "soft"}
+    assert data["paired"]["soft"]["baseline"]["diffs"] == pytest.approx([-0.3, -0.3])
+    assert (out / "ablation.md").read_text().count("Paired differences against `") == 2
+
+
+def test_paired_against_unknown_row_is_one_line(tmp_path, capsys):
+    argv = ["--teacher", "t.pt", "--out", str(tmp_path / "abl"), "--paired-against", "soft,rek", "--aggregate-only"]
+    assert ablate.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown method(s) ['rek']" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "abl").exists()
 
 
 def test_sr_rows_resolve_to_their_configs_and_data_reaches_every_run(tmp_path, monkeypatch):
