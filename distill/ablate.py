@@ -230,8 +230,14 @@ def _fmt_paired(st: dict) -> str:
         return "n/a"
     if st["n"] == 1:
         return f"{st['mean']:+.2f} (n = 1)"
-    p = "" if st["p"] is None else f", p = {st['p']:.3f}"
-    return f"{st['mean']:+.2f} ± {st['std']:.2f} (n = {st['n']}{p})"
+    return f"{st['mean']:+.2f} ± {st['std']:.2f} (n = {st['n']}{fmt_p(st['p'])})"
+
+
+def fmt_p(p: float | None) -> str:
+    """``, p = 0.042`` / ``, p < 0.001`` (three decimals would print a clear result as ``p = 0.000``)."""
+    if p is None:
+        return ""
+    return ", p < 0.001" if p < 0.001 else f", p = {p:.3f}"
 
 
 def render_markdown(agg: dict, teacher: dict, order: list[str], meta: dict, runs: dict | None = None) -> str:

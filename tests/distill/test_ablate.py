@@ -120,3 +120,7 @@ def test_sr_rows_resolve_to_their_configs_and_data_reaches_every_run(tmp_path, m
             "--out", str(tmp_path / "abl"), "--pretrained-backbone", "none"]
     assert ablate.main(argv) == 0
     assert seen == [("teacher", "shapes-small"), ("gan", "shapes-small"), ("sr", "shapes-small")]
+
+
+def test_p_values_below_a_thousandth_are_not_printed_as_zero():
+    assert ablate.fmt_p(0.0001) == ", p < 0.001" and ablate.fmt_p(0.0421) == ", p = 0.042" and ablate.fmt_p(None) == ""
