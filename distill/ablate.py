@@ -289,12 +289,9 @@ def render_markdown(agg: dict, teacher: dict, order: list[str], meta: dict, runs
     return "\n".join(lines) + "\n"
 
 
-def paired_refs(value) -> list[str]:
-    """``--paired-against`` (``soft`` or ``rec,soft``; a list in older JSON) -> the reference rows, in order."""
-    if not value:
-        return []
-    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
-    return list(dict.fromkeys(n.strip() for n in items if n.strip()))
+def paired_refs(value: str | None) -> list[str]:
+    """``--paired-against`` (``soft`` or ``rec,soft``) -> the reference rows, in order, without repeats."""
+    return list(dict.fromkeys(n.strip() for n in (value or "").split(",") if n.strip()))
 
 
 def paired_lines(runs: dict, order: list[str], base: str, keys: tuple[str, str] = ("mAP", "AP50")) -> list[str]:

@@ -93,7 +93,7 @@ def ssd_resnet50(num_classes: int, min_ratio: float = 0.2, max_ratio: float = 0.
 register("teacher")(_refinedet.refinedet_vgg16)
 register("student")(_refinedet.refinedet_mobilenetv2)
 # Models whose heads cannot read a kept super-resolution generator (RefineDet's ARM / TCB read the maps).
-_NO_SR_GENERATOR = frozenset({"refinedet_vgg16", "refinedet_mobilenetv2"})
+_NO_SR_GENERATOR = frozenset(fn.__name__ for fn in (_refinedet.refinedet_vgg16, _refinedet.refinedet_mobilenetv2))
 
 
 def check_model_kwargs(name: str, kwargs: dict) -> None:
