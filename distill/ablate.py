@@ -17,6 +17,10 @@ a paired t-test p-value; the paper's Table 1 view: AP gain for small / medium / 
 ``ablation.png`` (bar plot). ``--paired-against NAME`` adds the same paired statistics against another row
 (e.g. ``gan+soft`` against ``soft``).
 
+Several processes can work through one study (one per GPU, or two one-thread processes on a small CPU): each
+claims a run before training it (``.seedN.claim`` beside the run folder) and skips the runs another live
+process holds; each process aggregates what is finished when it ends (``--aggregate-only`` for the final table).
+
 Converged-baseline protocol (the paper calls GAN-KD a regulariser of a trained student): train the
 baseline to its plateau once, then fine-tune from it with every method for the same number of iterations::
 
@@ -350,6 +354,7 @@ def collect_runs(args, names: list[str], out_root: Path, rows: dict[str, Method]
     already answer the main question. With ``--aggregate-only`` nothing trains: finished runs are read.
     ``rows`` / ``config``: another study's rows and its ``config(args, row, seed, out) -> TrainConfig``
     (default: :data:`BY_NAME`, :func:`run_config`) and the summary keys it reports (``metrics``)."""
+    from .safety import claim_run
     runs: dict[str, list[dict]] = {n: [] for n in names}
     first = [n for n in ("baseline", "gan") if n in names]
     jobs = [(n, s) for s in range(args.seeds) for n in first + [n for n in names if n not in first]]
@@ -360,7 +365,15 @@ def collect_runs(args, names: list[str], out_root: Path, rows: dict[str, Method]
         summary = Path(cfg.run.out) / "summary.json"
         if args.aggregate_only and not summary.is_file():
             continue
-        s = json.loads(summary.read_text()) if args.aggregate_only else run_one(cfg)
+        if args.aggregate_only or summary.is_file():
+            s = json.loads(summary.read_text())
+        else:
+            with claim_run(cfg.run.out) as holder:
+                if holder is not None:          # another study process is training it
+                    tqdm.write(f"{name} seed {seed}: being trained by process {holder['pid']} on {holder['host']} "
+                               f"({holder['claim']}); skipped here, aggregate with --aggregate-only when it ends")
+                    continue
+                s = run_one(cfg)
         runs[name].append({"seed": seed, "run": cfg.run.out, "minutes": s.get("minutes", 0.0), **{k: s[k] for k in metrics}})
         tqdm.write(f"{name} seed {seed}: " + "  ".join(f"{k} {s[k]:.2f}" for k in metrics[:2]))
     return {n: r for n, r in runs.items() if r}

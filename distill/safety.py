@@ -28,6 +28,7 @@ import json
 import os
 import re
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Iterator, Sized
@@ -134,6 +135,52 @@ def writing(path: str | Path) -> Iterator[None]:
         reason = e.strerror or str(e) or type(e).__name__
         raise RunWriteError(f"cannot write {path}: {reason}; files written before are unchanged (free space or "
                             "fix the folder's permissions, then continue with --resume)") from None
+
+
+# ----------------------------------------------------------------------------------------------- claims
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:                    # another user's live process
+        return True
+    return True
+
+
+@contextmanager
+def claim_run(out: str | Path) -> Iterator[dict | None]:
+    """Claim the run folder ``out`` for this process, so that several study processes (one per GPU, or two
+    one-thread processes on a small CPU) can work through the same list of runs: yields ``None`` when claimed
+    (the claim is the file ``.NAME.claim`` beside the folder, created with O_EXCL, removed on exit), else the
+    holder's ``{"pid", "host"}``. A claim whose process is gone on this host is stale and taken over; a claim
+    from another host is respected (delete the file if that process is gone)."""
+    out = Path(out)
+    path = out.parent / f".{out.name}.claim"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    me = {"pid": os.getpid(), "host": socket.gethostname()}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = json.loads(path.read_text())
+                pid, host = int(holder["pid"]), str(holder["host"])
+            except (OSError, ValueError, KeyError, TypeError):
+                holder, pid, host = None, -1, me["host"]      # unreadable or half-written: treat as stale
+            if host != me["host"] or (pid > 0 and _alive(pid)):      # held (by this process too: not twice)
+                yield {"pid": pid, "host": host, "claim": str(path)}
+                return
+            path.unlink(missing_ok=True)                     # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(me))
+        try:
+            yield None
+        finally:
+            path.unlink(missing_ok=True)
+        return
+    raise RunWriteError(f"cannot claim {out}: {path} keeps reappearing (another process is claiming it)")
 
 
 # ----------------------------------------------------------------------------------------------- signals

@@ -124,3 +124,45 @@ def test_sr_rows_resolve_to_their_configs_and_data_reaches_every_run(tmp_path, m
 
 def test_p_values_below_a_thousandth_are_not_printed_as_zero():
     assert ablate.fmt_p(0.0001) == ", p < 0.001" and ablate.fmt_p(0.0421) == ", p = 0.042" and ablate.fmt_p(None) == ""
+
+
+def test_a_run_claimed_by_another_live_process_is_skipped_and_a_stale_claim_is_taken(tmp_path, fake_training, capsys):
+    import socket
+    import subprocess
+    import sys
+    teacher = make_tiny_checkpoint(tmp_path / "t.pt", model="ssd_darknet53", model_kwargs={"width_mult": 0.125})
+    out = tmp_path / "abl"
+    (out / "soft").mkdir(parents=True)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        host = socket.gethostname()
+        (out / "soft" / ".seed0.claim").write_text(json.dumps({"pid": live.pid, "host": host}))
+        (out / "soft" / ".seed1.claim").write_text(json.dumps({"pid": dead.pid, "host": host}))
+        argv = ["--teacher", str(teacher), "--seeds", "2", "--out", str(out), "--pretrained-backbone", "none",
+                "--methods", "baseline,soft"]
+        assert ablate.main(argv) == 0
+    finally:
+        live.kill()
+        live.wait()
+    trained = {(m, s) for m, _, s in fake_training}
+    assert ("soft", 0) not in trained and ("soft", 1) in trained and ("gan", 0) in trained   # baseline = gan, w 0
+    assert f"soft seed 0: being trained by process {live.pid}" in capsys.readouterr().out
+    assert (out / "soft" / ".seed0.claim").is_file()                  # another process's claim is left alone
+    assert not (out / "soft" / ".seed1.claim").exists()               # the stale one was taken over, then released
+    data = json.loads((out / "ablation.json").read_text())
+    assert [r["seed"] for r in data["runs"]["soft"]] == [1]
+
+
+def test_claims_are_exclusive_and_released(tmp_path):
+    from distill.safety import claim_run
+    run = tmp_path / "m" / "seed0"
+    with claim_run(run) as holder:
+        assert holder is None and (tmp_path / "m" / ".seed0.claim").is_file()
+        with claim_run(run) as other:                                # held by this (live) process: not twice
+            assert other is not None and other["pid"] == __import__("os").getpid()
+    assert not (tmp_path / "m" / ".seed0.claim").exists()
+    (tmp_path / "m" / ".seed0.claim").write_text(json.dumps({"pid": 1, "host": "another-host"}))
+    with claim_run(run) as holder:                                   # another host's claim is respected
+        assert holder == {"pid": 1, "host": "another-host", "claim": str(tmp_path / "m" / ".seed0.claim")}
