@@ -244,6 +244,17 @@ def fmt_p(p: float | None) -> str:
     return ", p < 0.001" if p < 0.001 else f", p = {p:.3f}"
 
 
+def gan_verdict(st: dict) -> str:
+    """One line: GAN-KD against the baseline, paired over seeds (same initialisation and batches per seed), with
+    the paired t-test's verdict at p < 0.05 -- above, below or no difference shown."""
+    head = f"GAN-KD vs baseline, paired over seeds: {_fmt_paired(st)} mAP points"
+    if st["p"] is None:
+        return head + (": no verdict before two seeds." if st["n"] < 2 else ": the same on every seed (no spread, no t-test).")
+    if st["p"] >= 0.05:
+        return head + ": no difference shown at p < 0.05."
+    return head + f": GAN-KD is {'above' if st['mean'] > 0 else 'BELOW'} the baseline (p < 0.05)."
+
+
 def render_markdown(agg: dict, teacher: dict, order: list[str], meta: dict, runs: dict | None = None) -> str:
     done = sorted({a["seeds"] for a in agg.values()})
     seeds = f"{meta['seeds']} seeds" if done == [meta["seeds"]] else \
@@ -278,12 +289,8 @@ def render_markdown(agg: dict, teacher: dict, order: list[str], meta: dict, runs
         if "gan" in agg and min(agg["gan"]["seeds"], agg["baseline"]["seeds"]) < 2:
             lines += ["", f"GAN-KD vs baseline: {agg['gan']['mAP']['mean'] - b['mean']:+.2f} mAP points on one seed: "
                       "no verdict before more seeds."]
-        elif "gan" in agg:
-            g = agg["gan"]["mAP"]
-            spread = max(b["std"], g["std"])
-            verdict = "above" if g["mean"] - b["mean"] > spread else "NOT clearly above"
-            lines += ["", f"GAN-KD vs baseline: {g['mean'] - b['mean']:+.2f} mAP points; largest seed std {spread:.2f} "
-                      f"-> GAN-KD is {verdict} the baseline by more than the seeds' spread."]
+        elif "gan" in agg and runs:
+            lines += ["", gan_verdict(paired_stats(runs, "gan", "baseline"))]
     if runs and "baseline" in agg:
         lines += paired_lines(runs, order, "baseline")
     for ref in paired_refs(meta.get("paired_against")):

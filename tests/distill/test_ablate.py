@@ -38,7 +38,7 @@ def test_ablation_writes_tables_and_skips_finished_runs(tmp_path, fake_training,
     assert data["size_gain_vs_baseline"]["gan"]["medium"]["percent"] == pytest.approx(50.0)
     md = (out / "ablation.md").read_text()
     assert md.index("teacher") < md.index("baseline student")
-    assert "Table 1 view" in md and "GAN-KD is above the baseline" in md and "+0.50" in md
+    assert "Table 1 view" in md and "GAN-KD vs baseline, paired over seeds: +0.50 ± 0.00 (n = 3) mAP points: the same on every seed" in md
     assert (out / "ablation.png").stat().st_size > 0
     assert "gan+soft" in capsys.readouterr().out
     # re-run: every (method, seed) is finished -> nothing trains again
@@ -166,3 +166,14 @@ def test_claims_are_exclusive_and_released(tmp_path):
     (tmp_path / "m" / ".seed0.claim").write_text(json.dumps({"pid": 1, "host": "another-host"}))
     with claim_run(run) as holder:                                   # another host's claim is respected
         assert holder == {"pid": 1, "host": "another-host", "claim": str(tmp_path / "m" / ".seed0.claim")}
+
+
+def test_gan_verdict_is_the_paired_tests():
+    def runs(diffs):
+        return {"baseline": [{"seed": s, "mAP": 50.0 + s} for s in range(len(diffs))],
+                "gan": [{"seed": s, "mAP": 50.0 + s + d} for s, d in enumerate(diffs)]}
+    below = ablate.gan_verdict(ablate.paired_stats(runs([-1.0, -1.9, -1.4]), "gan"))
+    assert "-1.43 ± 0.45 (n = 3, p = 0.03" in below and below.endswith("GAN-KD is BELOW the baseline (p < 0.05).")
+    assert ablate.gan_verdict(ablate.paired_stats(runs([2.0, 2.5, 3.1]), "gan")).endswith("is above the baseline (p < 0.05).")
+    assert ablate.gan_verdict(ablate.paired_stats(runs([-2.8, 6.3]), "gan")).endswith("no difference shown at p < 0.05.")
+    assert "no verdict" in ablate.gan_verdict(ablate.paired_stats(runs([1.0]), "gan"))
