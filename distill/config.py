@@ -230,6 +230,10 @@ class RunConfig:
                         "(last-prev.pt, last-prev2.pt, ...); --resume falls back to the newest readable one")
     select_best: bool = _f(True, "keep the epoch with the best validation mAP as best.pt (--no-select-best: the last "
                            "epoch, so a reported number is not selected on the reported images)")
+    channels_last: bool = _f(True, "detectors, their teacher and discriminators in the channels-last (NHWC) memory "
+                             "format: convolutions 1.6x faster to train on a CPU (student forward + backward, "
+                             "ssdlite_mobilenetv2, batch 16, 256 px, one thread: 2.3 vs 3.7 s), the layout tensor "
+                             "cores want under --amp; --no-channels-last: the contiguous (NCHW) format")
 
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "kd": KDConfig,

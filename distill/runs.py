@@ -53,6 +53,11 @@ def build_datasets(cfg: TrainConfig) -> tuple[DetectionDataset, DetectionDataset
     return train_set, val_set
 
 
+def memory_format(cfg: TrainConfig) -> torch.memory_format:
+    """The memory format of a run's detector, teacher and discriminators (``--channels-last``)."""
+    return torch.channels_last if cfg.run.channels_last else torch.contiguous_format
+
+
 def build_kd_session(cfg: TrainConfig, model: nn.Module, anchors: torch.Tensor, train_set: DetectionDataset,
                      device: torch.device):
     """The distillation session for ``--kd`` runs (None for plain training). Loads and checks the teacher.
@@ -71,9 +76,13 @@ def build_kd_session(cfg: TrainConfig, model: nn.Module, anchors: torch.Tensor, 
     if cfg.optim.ema or cfg.optim.amp:
         raise ValueError("--ema / --amp are not supported with --kd")
     teacher, meta = load_teacher(kd.teacher, device)
+    teacher.to(memory_format=memory_format(cfg))
     check_compatible(teacher, model, meta, train_set.class_names, cfg.data.img_size, cfg.data.mean, cfg.data.std,
                      need_anchors="soft" in methods)
     session = KDSession(cfg, model, teacher, anchors, device, train_set=train_set)
+    for part in (session.methods, session.adapters):     # discriminators, generators, adapters
+        if part is not None:
+            part.to(memory_format=memory_format(cfg))
     print(f"teacher {meta['model_name']} from {meta['path']}; {session.describe()}")
     return session
 

@@ -42,7 +42,7 @@ from .run_log import RunLog
 from .safety import (RunInterrupted, SkipBatches, StopSignals, exit_code, prepare_run_folder, trim_metrics,
                      writing)
 from .runs import (build_datasets, build_kd_session, pick_device, resume_config,  # noqa: F401 (re-exported)
-                   seed_everything)
+                   memory_format, seed_everything)
 
 SUMMARY_KEYS = ("mAP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -307,7 +307,7 @@ def fit(cfg: TrainConfig, resume_ckpt: Checkpoint | dict | None = None, *, overw
     with distributed.main_first():        # rank 0 generates or indexes the data first, the others read its cache
         train_set, val_set = build_datasets(cfg)
     model = distributed.prepare_model(build_model(cfg, len(train_set.class_names), resume_ckpt is not None),
-                                      cfg.optim.sync_bn).to(device)
+                                      cfg.optim.sync_bn).to(device, memory_format=memory_format(cfg))
     plan = build_plan(cfg, model, model.anchors(cfg.data.img_size).to(device), train_set, device)
     if writer:
         print_fit_warning(model.anchors(cfg.data.img_size), train_set, cfg.model.match_iou, cfg.data.data)

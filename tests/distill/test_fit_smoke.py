@@ -86,3 +86,23 @@ def test_run_folder_has_csv_and_curves_and_refuses_tensorboard_without_the_packa
     except ImportError:
         with pytest.raises(ValueError, match="pip install tensorboard"):
             train_mod.fit(_cfg(tmp_path, "tb", tensorboard=True))
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_memory_format_of_the_trained_model(tmp_path, monkeypatch, channels_last):
+    seen = {}
+    real = train_mod.train_one_epoch
+
+    def spy(*a, **kw):
+        w = next(p for p in kw["model"].parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[2] > 1)
+        seen["cl"] = w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+        return real(*a, **kw)
+
+    monkeypatch.setattr(train_mod, "train_one_epoch", spy)
+    train_mod.fit(_cfg(tmp_path, "run", epochs=1, channels_last=channels_last))
+    assert seen["cl"] is channels_last
+    ck = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert ck["config"]["run"]["channels_last"] is channels_last
+    from distill.checkpoint import model_from_checkpoint
+    model = model_from_checkpoint(ck)                                   # a checkpoint loads into a plain model
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), ck["model"].values()))
