@@ -138,49 +138,42 @@ def writing(path: str | Path) -> Iterator[None]:
 
 
 # ----------------------------------------------------------------------------------------------- claims
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:                    # another user's live process
-        return True
-    return True
-
-
 @contextmanager
 def claim_run(out: str | Path) -> Iterator[dict | None]:
     """Claim the run folder ``out`` for this process, so that several study processes (one per GPU, or two
-    one-thread processes on a small CPU) can work through the same list of runs: yields ``None`` when claimed
-    (the claim is the file ``.NAME.claim`` beside the folder, created with O_EXCL, removed on exit), else the
-    holder's ``{"pid", "host"}``. A claim whose process is gone on this host is stale and taken over; a claim
-    from another host is respected (delete the file if that process is gone)."""
+    one-thread processes on a small CPU) can work through the same list of runs: yields ``None`` when claimed,
+    else the holder's ``{"pid", "host", "claim"}``. The claim is an exclusive ``flock`` on the file
+    ``.NAME.claim`` beside the folder (the file names the holder): the kernel releases it when the process
+    ends, however it ends, so no claim outlives its process. The file stays (removing a locked file races with
+    the next claimant). Where ``fcntl`` is missing (Windows) every run is claimed: one process per study."""
     out = Path(out)
     path = out.parent / f".{out.name}.claim"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    me = {"pid": os.getpid(), "host": socket.gethostname()}
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                holder = json.loads(path.read_text())
-                pid, host = int(holder["pid"]), str(holder["host"])
-            except (OSError, ValueError, KeyError, TypeError):
-                holder, pid, host = None, -1, me["host"]      # unreadable or half-written: treat as stale
-            if host != me["host"] or (pid > 0 and _alive(pid)):      # held (by this process too: not twice)
-                yield {"pid": pid, "host": host, "claim": str(path)}
-                return
-            path.unlink(missing_ok=True)                     # stale: its process is gone
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(me))
-        try:
-            yield None
-        finally:
-            path.unlink(missing_ok=True)
+    try:
+        import fcntl
+    except ImportError:                        # no advisory locks: no sharing
+        yield None
         return
-    raise RunWriteError(f"cannot claim {out}: {path} keeps reappearing (another process is claiming it)")
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held = False
+        except BlockingIOError:
+            held = True
+        if held:
+            try:
+                holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
+            except ValueError:                 # being written by its holder this instant
+                holder = {}
+            yield {"pid": holder.get("pid"), "host": holder.get("host"), "claim": str(path)}
+            return
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode(), 0)
+        yield None
+    finally:
+        os.close(fd)                           # releases the lock
 
 
 # ----------------------------------------------------------------------------------------------- signals

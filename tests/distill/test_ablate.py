@@ -126,46 +126,52 @@ def test_p_values_below_a_thousandth_are_not_printed_as_zero():
     assert ablate.fmt_p(0.0001) == ", p < 0.001" and ablate.fmt_p(0.0421) == ", p = 0.042" and ablate.fmt_p(None) == ""
 
 
-def test_a_run_claimed_by_another_live_process_is_skipped_and_a_stale_claim_is_taken(tmp_path, fake_training, capsys):
-    import socket
+def _hold_claim(path):
+    """A separate process that holds the claim file's lock until killed; returns it once the lock is taken."""
     import subprocess
     import sys
+    code = ("import fcntl, json, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); os.pwrite(fd, json.dumps({'pid': os.getpid(), 'host': 'h'}).encode(), 0); "
+            "print('held', flush=True); time.sleep(120)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_run_claimed_by_another_live_process_is_skipped(tmp_path, fake_training, capsys):
     teacher = make_tiny_checkpoint(tmp_path / "t.pt", model="ssd_darknet53", model_kwargs={"width_mult": 0.125})
     out = tmp_path / "abl"
     (out / "soft").mkdir(parents=True)
-    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
+    holder = _hold_claim(out / "soft" / ".seed0.claim")
+    (out / "soft" / ".seed1.claim").write_text(json.dumps({"pid": 999999, "host": "h"}))   # left by a dead process
     try:
-        host = socket.gethostname()
-        (out / "soft" / ".seed0.claim").write_text(json.dumps({"pid": live.pid, "host": host}))
-        (out / "soft" / ".seed1.claim").write_text(json.dumps({"pid": dead.pid, "host": host}))
         argv = ["--teacher", str(teacher), "--seeds", "2", "--out", str(out), "--pretrained-backbone", "none",
                 "--methods", "baseline,soft"]
         assert ablate.main(argv) == 0
     finally:
-        live.kill()
-        live.wait()
+        holder.kill()
+        holder.wait()
     trained = {(m, s) for m, _, s in fake_training}
     assert ("soft", 0) not in trained and ("soft", 1) in trained and ("gan", 0) in trained   # baseline = gan, w 0
-    assert f"soft seed 0: being trained by process {live.pid}" in capsys.readouterr().out
-    assert (out / "soft" / ".seed0.claim").is_file()                  # another process's claim is left alone
-    assert not (out / "soft" / ".seed1.claim").exists()               # the stale one was taken over, then released
+    assert f"soft seed 0: being trained by process {holder.pid} on h" in capsys.readouterr().out
     data = json.loads((out / "ablation.json").read_text())
     assert [r["seed"] for r in data["runs"]["soft"]] == [1]
+    fake_training.clear()
+    assert ablate.main(argv) == 0 and fake_training == [("soft", "{}", 0)]   # its holder gone: the run is free
 
 
 def test_claims_are_exclusive_and_released(tmp_path):
+    import os
     from distill.safety import claim_run
     run = tmp_path / "m" / "seed0"
     with claim_run(run) as holder:
-        assert holder is None and (tmp_path / "m" / ".seed0.claim").is_file()
-        with claim_run(run) as other:                                # held by this (live) process: not twice
-            assert other is not None and other["pid"] == __import__("os").getpid()
-    assert not (tmp_path / "m" / ".seed0.claim").exists()
-    (tmp_path / "m" / ".seed0.claim").write_text(json.dumps({"pid": 1, "host": "another-host"}))
-    with claim_run(run) as holder:                                   # another host's claim is respected
-        assert holder == {"pid": 1, "host": "another-host", "claim": str(tmp_path / "m" / ".seed0.claim")}
+        assert holder is None
+        assert json.loads((tmp_path / "m" / ".seed0.claim").read_text())["pid"] == os.getpid()
+        with claim_run(run) as other:                                # held, even by this process: not twice
+            assert other == {"pid": os.getpid(), "host": __import__("socket").gethostname(),
+                             "claim": str(tmp_path / "m" / ".seed0.claim")}
+    with claim_run(run) as holder:                                   # released on exit
+        assert holder is None
 
 
 def test_gan_verdict_is_the_paired_tests():
