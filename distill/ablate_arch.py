@@ -193,6 +193,35 @@ def model_costs(runs: dict[str, list[dict]]) -> dict[str, dict]:
     return out
 
 
+def filtering_rows(runs: dict[str, list[dict]]) -> dict[str, dict]:
+    """Per row whose model filters anchors (a RefineDet with its ARM): the seeds' mean of distill.arm_filter's
+    shares at 0.99 -- anchors filtered, boxes that lose every ODM positive -- read from each run's summary.json
+    (``arm_filtering``, written by distill.train) or the run folder's arm_filter.json (``python -m
+    distill.arm_filter --checkpoint RUN``, for runs trained before the summary had it). Rows without the
+    measurement on every seed are left out."""
+    out = {}
+    for name, rs in runs.items():
+        vals = []
+        for r in rs:
+            folder = Path(r["run"])
+            s = json.loads((folder / "summary.json").read_text()).get("arm_filtering")
+            if s is None and (folder / "arm_filter.json").is_file():
+                s = json.loads((folder / "arm_filter.json").read_text()).get("shares")
+            if not s or "0.99" not in s:
+                break
+            vals.append(s["0.99"])
+        else:
+            if vals:
+                out[name] = {k: _mean([v[k] for v in vals]) for k in ("anchors", "boxes_lost", "odm_positives")}
+                out[name]["seeds"] = len(vals)
+    return out
+
+
+def _mean(vals: list) -> float | None:
+    vals = [v for v in vals if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
 def ordering_note(study: Study, agg: dict, runs: dict) -> str:
     """Whether the paper's order (best first) shows in the mean mAP, whether each of its steps is resolved by the
     paired t-test (p < 0.05), and the paired differences along ``study.steps``."""
@@ -279,6 +308,14 @@ def render_markdown(study: Study, agg: dict, costs: dict, runs: dict, names: lis
                      + ("" if paper is None else f"{paper:.1f}") + " |")
     if study.reference in agg:
         lines += ablate.paired_lines(runs, names, study.reference, (study.key, next(k for k in ms if k != study.key)))
+    filt = filtering_rows({n: runs[n] for n in names})
+    if filt:
+        lines += ["", "Negative anchor filtering at theta = 0.99 on the validation images (`python -m distill.arm_filter`;"
+                  " mean over seeds; for a theta = 1.0 row: what 0.99 WOULD filter):", "",
+                  "| row | seeds | anchors filtered % | ODM positives filtered % | boxes losing every ODM positive % |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {labels[n]} | {f['seeds']} | {ablate._num(f['anchors'])} | {ablate._num(f['odm_positives'])} | "
+                  f"{ablate._num(f['boxes_lost'])} |" for n, f in filt.items()]
     lines += ["", ordering_note(study, agg, runs)]
     spread = spread_note(study, agg, runs)
     lines += ["", spread] if spread else []
@@ -346,6 +383,7 @@ def write_report(study: Study, runs: dict, names: list[str], meta: dict, out_roo
     paired = {n: {k: ablate.paired_stats(runs, n, study.reference, k) for k in study.metrics}
               for n in names if n != study.reference and study.reference in agg}
     doc = {"meta": meta, "runs": runs, "aggregate": agg, "costs": costs, "paired_vs_" + study.reference: paired,
+           "arm_filtering": filtering_rows({n: runs[n] for n in names}),
            "ordering": ordering_note(study, agg, runs), "spread": spread_note(study, agg, runs),
            "latency_commands": latency_commands(study, out_root, names, meta.get("teacher_checkpoint"))}
     write_json_atomic(out_root / "ablation.json", doc)

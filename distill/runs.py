@@ -36,16 +36,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _dataset_kwargs(cfg: TrainConfig) -> dict:
+    d = cfg.data
+    return dict(img_size=d.img_size, mean=d.mean, std=d.std, on_bad_sample=d.on_bad_sample,
+                zoom_out_max=d.zoom_out_max, data_root=d.data_root, resize_mode=d.resize_mode,
+                shapes_kwargs={"num_train": d.shapes_train, "num_val": d.shapes_val, "seed": d.shapes_seed})
+
+
+def build_val_set(cfg: TrainConfig) -> DetectionDataset:
+    """The run's validation set in eval mode (``--val-data``, else the training spec's validation split)."""
+    from .data import build_dataset, default_val_spec
+    return build_dataset(cfg.data.val_data or default_val_spec(cfg.data.data), "val", train=False,
+                         **_dataset_kwargs(cfg))
+
+
 def build_datasets(cfg: TrainConfig) -> tuple[DetectionDataset, DetectionDataset]:
     """(training set with the configured augmentation, validation set in eval mode); their classes must agree."""
-    from .data import build_dataset, check_training_sets, default_val_spec
-    d = cfg.data
-    common = dict(img_size=d.img_size, mean=d.mean, std=d.std, on_bad_sample=d.on_bad_sample,
-                  zoom_out_max=d.zoom_out_max, data_root=d.data_root, resize_mode=d.resize_mode,
-                  shapes_kwargs={"num_train": d.shapes_train, "num_val": d.shapes_val, "seed": d.shapes_seed})
-    train_set = build_dataset(d.data, "train", train=True, augment=d.augment, **common)
-    val_spec = d.val_data or default_val_spec(d.data)
-    val_set = build_dataset(val_spec, "val", train=False, **common)
+    from .data import build_dataset, check_training_sets
+    train_set = build_dataset(cfg.data.data, "train", train=True, augment=cfg.data.augment, **_dataset_kwargs(cfg))
+    val_set = build_val_set(cfg)
     if list(val_set.class_names) != list(train_set.class_names):
         raise ValueError(f"validation classes {val_set.class_names} differ from training classes "
                          f"{train_set.class_names}")

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from runtime.atomic import write_json_atomic
 from runtime.cli import command, fail
 
-from . import demo, distributed
+from . import arm_filter, demo, distributed
 from .anchors import print_fit_warning
 from .checkpoint import Checkpoint, load_weights, rng_state, save_last, set_aside_unreadable, set_rng_state
 from .config import TrainConfig, build_parser, resolve, save_yaml
@@ -376,6 +376,9 @@ def finish(cfg: TrainConfig, out: Path, model, val_set, train_set, row: dict, de
                "bad_samples": {"train": dict(train_set.bad_samples), "val": dict(val_set.bad_samples)},
                "minutes": (time.time() - t_start) / 60, "device": str(device)}
     if distributed.is_main():
+        filtering = arm_filter.summary_rows(model, val_set, device, cfg)   # RefineDet: what theta filters
+        if filtering is not None:
+            summary["arm_filtering"] = filtering
         write_json_atomic(out / "summary.json", summary)
     return summary
 

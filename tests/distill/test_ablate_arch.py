@@ -40,8 +40,13 @@ def test_refinedet_study_writes_every_row_and_column_then_skips_finished_runs(tm
     assert st["mAP"]["diffs"][0] == pytest.approx(agg["ssdlite"]["mAP"]["mean"] - agg["full"]["mAP"]["mean"])
     md = (out / "ablation.md").read_text()
     for text in ("RefineDet-MobileNetV2 (full)", "SSD-Lite-MobileNetV2", *METRICS, "params (M)", "GFLOPs",
-                 "Paired differences against `full`", "paper's ordering", "benchmarks/run.py", "export.onnx"):
+                 "Paired differences against `full`", "paper's ordering", "benchmarks/run.py", "export.onnx",
+                 "Negative anchor filtering at theta = 0.99"):
         assert text in md, text
+    # the ARM's filtering, from the run's summary: the full row has it, SSD-Lite (no ARM) does not
+    summary = json.loads((out / "full" / "seed0" / "summary.json").read_text())
+    assert set(doc["arm_filtering"]) == {"full"}
+    assert doc["arm_filtering"]["full"]["anchors"] == pytest.approx(summary["arm_filtering"]["0.99"]["anchors"])
     assert (out / "ablation.png").stat().st_size > 0
     # a second invocation trains nothing: every (row, seed) is finished
     monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("a finished run was trained again"))

@@ -186,6 +186,14 @@ def test_cli_trains_evaluates_and_serves_a_refinedet(tmp_path, capsys):
     assert (nms["pre_nms_top_k"], nms["iou_threshold"], nms["max_detections"]) == (400, 0.45, 200)
     summary = json.loads((out / "summary.json").read_text())
     assert math.isfinite(summary["mAP"]) and summary["params(M)"] > 0
+    # what negative anchor filtering removed, in the summary and through distill.arm_filter on the same checkpoint
+    from distill.arm_filter import main as arm_filter_main
+    filt = summary["arm_filtering"]
+    assert filt["counts"]["anchors"] > 0 and set(filt) == {"0.99", "counts"}
+    assert arm_filter_main(["--checkpoint", str(out / "best.pt"), "--thetas", "0.99,1"]) == 0
+    cli = json.loads((out / "arm_filter.json").read_text())["shares"]
+    assert cli["0.99"] == filt["0.99"] and cli["counts"] == filt["counts"]
+    assert cli["1"]["anchors"] == 0.0
     # the runtime's PyTorch backend gives what training-time evaluation sees (one postprocess)
     import numpy as np
 
