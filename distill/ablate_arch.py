@@ -31,7 +31,10 @@ export + benchmark commands.
 
 Writes to ``--out``: ``ablation.json`` (every run, mean / std per row, params, GFLOPs, paired differences
 against the reference row with paired t-tests), ``ablation.md`` (the table, the paired differences, whether
-the paper's ordering shows, the CPU latency commands) and ``ablation.png``.
+the paper's ordering shows, the CPU latency commands) and ``ablation.png``. Once the printed latency commands
+have run (from the same working directory: they write ``reports/<study folder>/<row>/report.json``), a re-run
+with ``--aggregate-only`` adds their ONNX Runtime end-to-end batch-1 median to the table. RefineDet rows with an
+ARM also get what negative anchor filtering removes at 0.99 (``distill.arm_filter``).
 """
 from __future__ import annotations
 
@@ -283,29 +286,62 @@ def latency_commands(study: Study, out_root: Path, names: list[str], teacher: st
     return cmds
 
 
+LATENCY_BACKEND = "onnxruntime-cpu-nms"      # the latency commands' --only: ONNX Runtime, NMS in the graph
+
+
+def latency_rows(study: Study, out_root: Path, names: list[str]) -> dict[str, dict]:
+    """Per latency row whose benchmark report exists (``reports/<study folder>/<row>/report.json``, what the
+    printed commands write): ONNX Runtime end-to-end batch-1 latency (median and mean ms, the threads, the
+    benchmark's busy-machine flags)."""
+    out = {}
+    for n in study.latency_rows:
+        path = Path("reports") / out_root.name / n / "report.json"
+        if n not in names or not path.is_file():
+            continue
+        rep = json.loads(path.read_text())
+        entry = next((b for b in rep.get("backends", []) if b.get("name") == LATENCY_BACKEND), None)
+        e2e = ((entry or {}).get("latency_ms") or {}).get("e2e")
+        if entry and entry.get("status") == "ok" and e2e:
+            out[n] = {"p50_ms": e2e.get("p50"), "mean_ms": e2e.get("mean"), "threads": rep.get("threads"),
+                      "busy": entry.get("busy") or [], "report": str(path)}
+    return out
+
+
 def _cell(a: dict, k: str) -> str:
     m = a[k]["mean"]
     return ablate._num(m) + (f" ± {ablate._num(a[k]['std'])}" if a["seeds"] > 1 and not math.isnan(m) else "")
 
 
-def render_markdown(study: Study, agg: dict, costs: dict, runs: dict, names: list[str], meta: dict) -> str:
+def render_markdown(study: Study, agg: dict, costs: dict, runs: dict, names: list[str], meta: dict,
+                    latency: dict | None = None) -> str:
     labels = {r.name: r.label for r in study.rows}
     ms = study.metrics
+    latency = latency or {}
+    lat_head = " CPU ms (ORT, e2e, b1, p50) |" if latency else ""
     lines = [f"# {study.title}", "",
              f"Preset `{meta['preset']}`, {size_text(meta['img_size'])} px, seeds 0-{meta['seeds'] - 1} asked. "
              + study.protocol, "",
-             "| row | model | seeds | " + " | ".join(ms) + f" | params (M) | GFLOPs | paper {study.paper_metric} |",
-             "|---|---|---|" + "---|" * (len(ms) + 3)]
+             "| row | model | seeds | " + " | ".join(ms) + f" | params (M) | GFLOPs |{lat_head} paper "
+             f"{study.paper_metric} |",
+             "|---|---|---|" + "---|" * (len(ms) + 3 + bool(latency))]
     t = meta.get("teacher")
     if t:
         lines.append(f"| {TEACHER_ROW.label} | `{t['model']}` | 1 | " + " | ".join(ablate._num(t[k]) for k in ms)
-                     + f" | {ablate._num(t['params(M)'], '.3f')} | - | {study.paper.get('teacher', '')} |")
+                     + f" | {ablate._num(t['params(M)'], '.3f')} | - |" + (" - |" if latency else "")
+                     + f" {study.paper.get('teacher', '')} |")
     for n in names:
         c, paper = costs[n], study.paper.get(n)
+        lat = (f" {ablate._num(latency[n]['p50_ms'])} |" if n in latency else " - |") if latency else ""
         lines.append(f"| {labels[n]} | `{c['model']}` | {agg[n]['seeds']} | "
                      + " | ".join(_cell(agg[n], k) for k in ms)
-                     + f" | {ablate._num(c['params(M)'], '.3f')} | {ablate._num(c['GFLOPs'], '.3f')} | "
+                     + f" | {ablate._num(c['params(M)'], '.3f')} | {ablate._num(c['GFLOPs'], '.3f')} |{lat} "
                      + ("" if paper is None else f"{paper:.1f}") + " |")
+    if latency:
+        busy = [f"{n}: {', '.join(v['busy'])}" for n, v in latency.items() if v["busy"]]
+        lines += ["", "CPU ms: the seed-0 checkpoint's benchmark (" + ", ".join(
+            f"`{v['report']}`, {v['threads']} thread(s)" for v in latency.values()) + "); the rows were timed one "
+            "after the other, not interleaved: compare them from one quiet machine."
+            + (f" Busy-machine flags: {'; '.join(busy)}." if busy else "")]
     if study.reference in agg:
         lines += ablate.paired_lines(runs, names, study.reference, (study.key, next(k for k in ms if k != study.key)))
     filt = filtering_rows({n: runs[n] for n in names})
@@ -382,12 +418,14 @@ def write_report(study: Study, runs: dict, names: list[str], meta: dict, out_roo
     costs = model_costs(runs)
     paired = {n: {k: ablate.paired_stats(runs, n, study.reference, k) for k in study.metrics}
               for n in names if n != study.reference and study.reference in agg}
-    doc = {"meta": meta, "runs": runs, "aggregate": agg, "costs": costs, "paired_vs_" + study.reference: paired,
+    latency = latency_rows(study, out_root, names)
+    doc = {"meta": meta, "runs": runs, "aggregate": agg, "costs": costs, "latency": latency,
+           "paired_vs_" + study.reference: paired,
            "arm_filtering": filtering_rows({n: runs[n] for n in names}),
            "ordering": ordering_note(study, agg, runs), "spread": spread_note(study, agg, runs),
            "latency_commands": latency_commands(study, out_root, names, meta.get("teacher_checkpoint"))}
     write_json_atomic(out_root / "ablation.json", doc)
-    write_text_atomic(out_root / "ablation.md", render_markdown(study, agg, costs, runs, names, meta))
+    write_text_atomic(out_root / "ablation.md", render_markdown(study, agg, costs, runs, names, meta, latency))
     with atomic_path(out_root / "ablation.png") as tmp:
         ablate.plot(agg, meta.get("teacher"), names, tmp, title=f"{study.title} (mean ± std over seeds)",
                     metrics=study.metrics, ylabel="points" if study.task == "text" else "COCO AP (points)")

@@ -48,11 +48,24 @@ def test_refinedet_study_writes_every_row_and_column_then_skips_finished_runs(tm
     assert set(doc["arm_filtering"]) == {"full"}
     assert doc["arm_filtering"]["full"]["anchors"] == pytest.approx(summary["arm_filtering"]["0.99"]["anchors"])
     assert (out / "ablation.png").stat().st_size > 0
-    # a second invocation trains nothing: every (row, seed) is finished
+    assert "CPU ms" not in md                       # no benchmark report yet: no latency column
+    # a second invocation trains nothing: every (row, seed) is finished; the benchmark report the printed
+    # latency command writes (reports/<study folder>/<row>/report.json) becomes the table's latency column
     monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    monkeypatch.chdir(tmp_path)
+    rep = tmp_path / "reports" / out.name / "full" / "report.json"
+    rep.parent.mkdir(parents=True)
+    rep.write_text(json.dumps({"threads": 1, "backends": [
+        {"name": "pytorch-cpu", "status": "ok", "latency_ms": {"e2e": {"p50": 99.0, "mean": 99.0}}},
+        {"name": "onnxruntime-cpu-nms", "status": "ok", "busy": [],
+         "latency_ms": {"e2e": {"p50": 12.5, "mean": 13.0}, "model": {"p50": 10.0, "mean": 10.5}}}]}))
     capsys.readouterr()
     assert ablate_arch.main(argv) == 0
-    assert json.loads((out / "ablation.json").read_text())["aggregate"]["full"]["mAP"] == agg["full"]["mAP"]
+    doc = json.loads((out / "ablation.json").read_text())
+    assert doc["aggregate"]["full"]["mAP"] == agg["full"]["mAP"]
+    assert doc["latency"]["full"]["p50_ms"] == 12.5 and "ssdlite" not in doc["latency"]
+    table = [ln for ln in (out / "ablation.md").read_text().splitlines() if ln.startswith("| RefineDet-MobileNetV2 (full)")]
+    assert "CPU ms (ORT, e2e, b1, p50)" in (out / "ablation.md").read_text() and "| 12.50 |" in table[0]
 
 
 def test_bad_study_or_row_is_one_line_and_writes_nothing(tmp_path, capsys):
