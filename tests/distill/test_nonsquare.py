@@ -119,3 +119,23 @@ def test_runtime_matches_pytorch_on_a_nonsquare_input(nonsquare_run, tmp_path):
             i = np.flatnonzero(m >= 0)
             np.testing.assert_allclose(got["boxes"][m[i]], ref["boxes"][i], atol=0.05)
             np.testing.assert_allclose(got["scores"][m[i]], ref["scores"][i], atol=1e-4)
+
+
+def test_a_large_nonsquare_input_trains_and_exports(tmp_path):
+    """512+ px, not square (512 high, 640 wide): a run trains at it, and every exported graph takes that input and
+    matches PyTorch, with the anchors of the actual input -- what a user with small objects raises the size to."""
+    import distill.train as train_mod
+    from distill.checkpoint import model_from_checkpoint
+    from export.onnx import export_onnx
+    size = (512, 640)
+    cfg = resolve({"preset": "smoke", "model": "ssdlite_mobilenetv2", "model_kwargs": TINY_KW, "img_size": "512x640",
+                   "shapes_train": 8, "shapes_val": 4, "data_root": str(tmp_path / "data"), "out": str(tmp_path / "run"),
+                   "device": "cpu", "workers": 0}, PRESETS)
+    summary = train_mod.fit(cfg)
+    assert summary["img_size"] == list(size) and np.isfinite(summary["mAP"])
+    model = model_from_checkpoint(tmp_path / "run" / "best.pt")
+    assert model.feature_sizes(size)[0] == (32, 40)           # stride 16 for SSD-Lite's first map
+    res = export_onnx(tmp_path / "run" / "best.pt", tmp_path / "exp", verify_images="synthetic", evaluate=False,
+                      latency_iters=1, threads=1, quiet=True)
+    assert res["ok"], res["report"]
+    assert res["report"]["num_anchors"] == int(model.anchors(size).shape[0]) > int(model.anchors(256).shape[0])
