@@ -71,6 +71,7 @@ class Study:
     task: str = "detect"                # "text": the text / non-text classifier (distill/text/train.py)
     metrics: tuple[str, ...] = METRICS  # the summary keys every run reports, in the table's order
     key: str = "mAP"                    # the metric of the verdict and the paired steps
+    also_keys: tuple[str, ...] = ()     # further metrics the ordering is checked on (same paper order)
     paper_metric: str = "VOC07 mAP"
     protocol: str = ("COCO metrics in points on the embedded dataset's validation split, last epoch, mean ± std "
                      "over seeds. Every row trains plainly (no distillation) with the same seeds, data order and "
@@ -96,7 +97,7 @@ REFINEDET = Study(
     default_rows=("full", "theta1", "no-two-step", "no-tcb", "ssdlite"),
     reference="full", ordering=("full", "theta1", "no-two-step"), steps=("full", "theta1", "no-two-step", "no-tcb"),
     paper={"full": 80.0, "theta1": 79.5, "no-two-step": 77.3, "no-tcb": 76.2},
-    latency_rows=("full", "ssdlite"))
+    latency_rows=("full", "ssdlite"), also_keys=("APs",))
 
 TEXT_METRICS = ("recall", "precision", "f1")
 # The text study's sizes on top of the text task's preset (distill/text/train.py text_presets): 96 px and 600
@@ -225,13 +226,18 @@ def _mean(vals: list) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
-def ordering_note(study: Study, agg: dict, runs: dict) -> str:
-    """Whether the paper's order (best first) shows in the mean mAP, whether each of its steps is resolved by the
-    paired t-test (p < 0.05), and the paired differences along ``study.steps``."""
+def ordering_notes(study: Study, agg: dict, runs: dict) -> list[str]:
+    """:func:`ordering_note` on the study's key metric, then on each of ``study.also_keys``."""
+    return [ordering_note(study, agg, runs, k) for k in (study.key, *study.also_keys)]
+
+
+def ordering_note(study: Study, agg: dict, runs: dict, key: str | None = None) -> str:
+    """Whether the paper's order (best first) shows in the mean ``key`` (default: the study's, mAP), whether each
+    of its steps is resolved by the paired t-test (p < 0.05), and the paired differences along ``study.steps``."""
     chain = [n for n in study.ordering if n in agg]
     if len(chain) < 2:
         return f"The paper's ordering ({' > '.join(study.ordering)}): fewer than two of its rows finished, no verdict."
-    k = study.key
+    k = key or study.key
     paper = " > ".join(f"{n} ({study.paper[n]:.1f})" for n in chain)
     ours = ", ".join(f"{n} {agg[n][k]['mean']:.2f}" for n in chain)
     wrong = [f"{a} <= {b}" for a, b in zip(chain, chain[1:]) if not agg[a][k]["mean"] > agg[b][k]["mean"]]
@@ -242,7 +248,7 @@ def ordering_note(study: Study, agg: dict, runs: dict) -> str:
     head = (f"The paper's ordering {paper} ({study.paper_metric}) SHOWS in the mean {k} here ({ours}), "
             + ("every step at paired p < 0.05." if resolved else "but not every step is resolved at paired p < 0.05.")
             if not wrong else
-            f"The paper's ordering {paper} ({study.paper_metric}) does NOT show here ({ours}; out of order: "
+            f"The paper's ordering {paper} ({study.paper_metric}) does NOT show in the mean {k} here ({ours}; out of order: "
             f"{', '.join(wrong)}).")
     return head + f" Paired steps (p: paired t-test), {k} points: " + "; ".join(steps) + "."
 
@@ -352,7 +358,8 @@ def render_markdown(study: Study, agg: dict, costs: dict, runs: dict, names: lis
                   "|---|---|---|---|---|"]
         lines += [f"| {labels[n]} | {f['seeds']} | {ablate._num(f['anchors'])} | {ablate._num(f['odm_positives'])} | "
                   f"{ablate._num(f['boxes_lost'])} |" for n, f in filt.items()]
-    lines += ["", ordering_note(study, agg, runs)]
+    for note in ordering_notes(study, agg, runs):
+        lines += ["", note]
     spread = spread_note(study, agg, runs)
     lines += ["", spread] if spread else []
     cmds = latency_commands(study, Path(meta["out"]), names, meta.get("teacher_checkpoint"))
@@ -422,7 +429,9 @@ def write_report(study: Study, runs: dict, names: list[str], meta: dict, out_roo
     doc = {"meta": meta, "runs": runs, "aggregate": agg, "costs": costs, "latency": latency,
            "paired_vs_" + study.reference: paired,
            "arm_filtering": filtering_rows({n: runs[n] for n in names}),
-           "ordering": ordering_note(study, agg, runs), "spread": spread_note(study, agg, runs),
+           "ordering": ordering_note(study, agg, runs),
+           "ordering_also": {k: ordering_note(study, agg, runs, k) for k in study.also_keys},
+           "spread": spread_note(study, agg, runs),
            "latency_commands": latency_commands(study, out_root, names, meta.get("teacher_checkpoint"))}
     write_json_atomic(out_root / "ablation.json", doc)
     write_text_atomic(out_root / "ablation.md", render_markdown(study, agg, costs, runs, names, meta, latency))

@@ -121,3 +121,8 @@ def test_ordering_note_says_whether_the_papers_order_shows():
     assert "SHOWS" in shows and "every step at paired p < 0.05" in shows and "no-tcb - no-two-step: -0.70" in shows
     reversed_ = note({"full": 30.0, "theta1": 31.0, "no-two-step": 20.0})
     assert "does NOT show" in reversed_ and "full <= theta1" in reversed_
+    # the ordering is checked on APs too: here mAP is out of order and APs in order
+    runs = {n: [{"seed": s, **{k: m for k in METRICS}, "APs": a + 0.1 * s} for s in range(3)]
+            for n, m, a in (("full", 60.0, 46.0), ("theta1", 61.0, 43.0), ("no-two-step", 62.0, 41.0))}
+    notes = ablate_arch.ordering_notes(ablate_arch.REFINEDET, aggregate(runs), runs)
+    assert len(notes) == 2 and "does NOT show in the mean mAP" in notes[0] and "SHOWS in the mean APs" in notes[1]
