@@ -288,7 +288,7 @@ def latency_commands(study: Study, out_root: Path, names: list[str], teacher: st
         ex = Path("exports") / out_root.name / n
         cmds += [f"python -m export.onnx --checkpoint {ck} --out {ex}",
                  f"python benchmarks/run.py --checkpoint {ck} --exports {ex} --only onnxruntime-cpu-nms "
-                 f"--batch-sizes 1 --no-peer --out reports/{out_root.name}/{n}"]
+                 f"--batch-sizes 1 --threads 1 --no-peer --out reports/{out_root.name}/{n}"]
     return cmds
 
 
@@ -364,7 +364,8 @@ def render_markdown(study: Study, agg: dict, costs: dict, runs: dict, names: lis
     lines += ["", spread] if spread else []
     cmds = latency_commands(study, Path(meta["out"]), names, meta.get("teacher_checkpoint"))
     if cmds:
-        what = ("the classifier alone, batch 1, one thread" if study.task == "text" else "end to end, batch 1")
+        what = ("the classifier alone, batch 1, one thread" if study.task == "text" else
+                "end to end, batch 1, one thread")
         lines += ["", f"CPU latency (ONNX Runtime, {what}) of the seed-0 checkpoints:", "", "```", *cmds, "```"]
     lines += ["", f"Wall time of all runs: {sum(a['minutes'] for a in agg.values()):.1f} min."]
     return "\n".join(lines) + "\n"
