@@ -308,7 +308,8 @@ def latency_rows(study: Study, out_root: Path, names: list[str]) -> dict[str, di
         entry = next((b for b in rep.get("backends", []) if b.get("name") == LATENCY_BACKEND), None)
         e2e = ((entry or {}).get("latency_ms") or {}).get("e2e")
         if entry and entry.get("status") == "ok" and e2e:
-            out[n] = {"p50_ms": e2e.get("p50"), "mean_ms": e2e.get("mean"), "threads": rep.get("threads"),
+            threads = rep.get("threads") or (rep.get("config") or {}).get("threads")   # text / detection report
+            out[n] = {"p50_ms": e2e.get("p50"), "mean_ms": e2e.get("mean"), "threads": threads,
                       "busy": entry.get("busy") or [], "report": str(path)}
     return out
 

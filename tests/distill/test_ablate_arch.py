@@ -55,7 +55,7 @@ def test_refinedet_study_writes_every_row_and_column_then_skips_finished_runs(tm
     monkeypatch.chdir(tmp_path)
     rep = tmp_path / "reports" / out.name / "full" / "report.json"
     rep.parent.mkdir(parents=True)
-    rep.write_text(json.dumps({"threads": 1, "backends": [
+    rep.write_text(json.dumps({"config": {"threads": 1}, "backends": [
         {"name": "pytorch-cpu", "status": "ok", "latency_ms": {"e2e": {"p50": 99.0, "mean": 99.0}}},
         {"name": "onnxruntime-cpu-nms", "status": "ok", "busy": [],
          "latency_ms": {"e2e": {"p50": 12.5, "mean": 13.0}, "model": {"p50": 10.0, "mean": 10.5}}}]}))
@@ -66,6 +66,7 @@ def test_refinedet_study_writes_every_row_and_column_then_skips_finished_runs(tm
     assert doc["latency"]["full"]["p50_ms"] == 12.5 and "ssdlite" not in doc["latency"]
     table = [ln for ln in (out / "ablation.md").read_text().splitlines() if ln.startswith("| RefineDet-MobileNetV2 (full)")]
     assert "CPU ms (ORT, e2e, b1, p50)" in (out / "ablation.md").read_text() and "| 12.50 |" in table[0]
+    assert "1 thread(s)" in (out / "ablation.md").read_text()
 
 
 def test_bad_study_or_row_is_one_line_and_writes_nothing(tmp_path, capsys):
