@@ -127,7 +127,56 @@ def build_parser() -> argparse.ArgumentParser:
                         "rec,soft: the adversarial term's share in gan+rec and gan+soft), besides the baseline")
     p.add_argument("--aggregate-only", action="store_true",
                    help="train nothing: aggregate the finished runs found in --out (e.g. while a study is still going)")
+    p.add_argument("--recorded", action="append", default=[], metavar="JSON", help=RECORDED_HELP)
     return p
+
+
+RECORDED_HELP = ("a study's JSON committed earlier (the ablation.json this command wrote, e.g. "
+                 "docs/ablation/refinedet-12ep.json): its (row, seed) results count as finished where --out has no "
+                 "run folder for them, so a study outlives a lost runs/ folder; refused when it was recorded with "
+                 "another training config; repeatable")
+_PATH_KEYS = ("pretrained_backbone", "init_weights", "teacher")   # compared by file name: clones differ in prefix
+
+
+def load_recorded(paths: list[str], config: dict, names: list[str]) -> dict[str, dict[int, dict]]:
+    """``{row: {seed: run entry}}`` from the ``runs`` of earlier study JSONs (``--recorded``). ``config`` is this
+    study's flat config as its JSON's ``meta.config`` holds it; a recorded file whose config differs in a value
+    they both have is refused with the keys that differ (its runs would not be paired with the new ones).
+    Each entry keeps ``recorded`` (the file) in place of a run folder, and the row's ``costs`` and
+    ``arm_filtering`` where the file has them (distill.ablate_arch reads those from run folders otherwise;
+    a row's recorded filtering mean stands for each of its recorded seeds, which keeps the mean exact)."""
+    out: dict[str, dict[int, dict]] = {}
+    for path in paths:
+        try:
+            doc = json.loads(Path(path).read_text())
+            runs, rec_cfg = doc["runs"], doc["meta"]["config"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"--recorded {path}: not a study JSON written by distill.ablate / distill.ablate_arch "
+                             f"(expected 'meta.config' and 'runs'): {e}") from None
+        diff = []
+        for k in sorted(set(config) & set(rec_cfg)):
+            a, b = config[k], rec_cfg[k]
+            if k in _PATH_KEYS and isinstance(a, str) and isinstance(b, str):
+                a, b = Path(a).name, Path(b).name
+            if a != b:
+                diff.append(f"{k}: {a!r} here, {b!r} there")
+        if diff:
+            raise ValueError(f"--recorded {path}: recorded with another config ({'; '.join(diff)}); its runs would "
+                             f"not pair with this study's")
+        filt = doc.get("arm_filtering") or {}
+        for name, rs in runs.items():
+            if name not in names:
+                continue
+            f = filt.get(name)
+            for r in rs:
+                e = {k: v for k, v in r.items() if k != "run"}
+                e["recorded"] = str(path)
+                if (doc.get("costs") or {}).get(name):
+                    e["costs"] = doc["costs"][name]
+                if f and f.get("seeds") == len(rs):
+                    e["arm_filtering"] = {"0.99": {k: f[k] for k in ("anchors", "boxes_lost", "odm_positives")}}
+                out.setdefault(name, {}).setdefault(int(r["seed"]), e)
+    return out
 
 
 def run_config(args, method: Method, seed: int, out: Path):
@@ -364,11 +413,13 @@ def print_table(agg: dict, teacher: dict, order: list[str]) -> None:
 
 
 def collect_runs(args, names: list[str], out_root: Path, rows: dict[str, Method] | None = None,
-                 config=None, metrics: tuple[str, ...] = METRICS) -> dict[str, list[dict]]:
+                 config=None, metrics: tuple[str, ...] = METRICS,
+                 recorded: dict[str, dict[int, dict]] | None = None) -> dict[str, list[dict]]:
     """Train (or resume, or skip) every (method, seed), seed-major, baseline and GAN-KD first: the first rows
     already answer the main question. With ``--aggregate-only`` nothing trains: finished runs are read.
     ``rows`` / ``config``: another study's rows and its ``config(args, row, seed, out) -> TrainConfig``
-    (default: :data:`BY_NAME`, :func:`run_config`) and the summary keys it reports (``metrics``)."""
+    (default: :data:`BY_NAME`, :func:`run_config`) and the summary keys it reports (``metrics``).
+    ``recorded`` (:func:`load_recorded`): results of earlier runs, used where no run folder has a summary."""
     from .safety import claim_run
     runs: dict[str, list[dict]] = {n: [] for n in names}
     first = [n for n in ("baseline", "gan") if n in names]
@@ -378,6 +429,12 @@ def collect_runs(args, names: list[str], out_root: Path, rows: dict[str, Method]
         bar.set_postfix(method=name, seed=seed)
         cfg = (config or run_config)(args, (rows or BY_NAME)[name], seed, out_root / name / f"seed{seed}")
         summary = Path(cfg.run.out) / "summary.json"
+        rec = (recorded or {}).get(name, {}).get(seed)
+        if rec is not None and not summary.is_file():
+            runs[name].append(rec)
+            tqdm.write(f"{name} seed {seed}: recorded in {rec['recorded']}: " +
+                       "  ".join(f"{k} {rec[k]:.2f}" for k in metrics[:2]))
+            continue
         if args.aggregate_only and not summary.is_file():
             continue
         if args.aggregate_only or summary.is_file():
@@ -408,8 +465,10 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     try:
         cfg0 = run_config(args, BY_NAME[names[0]], 0, out_root / names[0] / "seed0")
+        flat = {k: v for k, v in cfg0.to_flat().items() if k not in ("seed", "out", "kd", "kd_weights")}
+        recorded = load_recorded(args.recorded, flat, names)
         teacher = teacher_row(args, cfg0, out_root)
-        runs = collect_runs(args, names, out_root)
+        runs = collect_runs(args, names, out_root, recorded=recorded)
     except ValueError as e:
         return fail(e)
     names = [n for n in names if n in runs]
@@ -417,9 +476,8 @@ def main(argv: list[str] | None = None) -> int:
     from .checkpoint import load_checkpoint
     meta = {"seeds": args.seeds, "preset": args.preset, "img_size": cfg0.data.img_size, "student": args.student,
             "teacher": args.teacher, "teacher_model": load_checkpoint(args.teacher)["model_name"],
-            "init_weights": args.init_weights, "paired_against": args.paired_against,
-            "config": {k: v for k, v in cfg0.to_flat().items() if k not in ("seed", "out", "kd", "kd_weights")},
-            "wall_minutes": (time.time() - t0) / 60}
+            "init_weights": args.init_weights, "paired_against": args.paired_against, "config": flat,
+            "recorded": args.recorded, "wall_minutes": (time.time() - t0) / 60}
     gains = {n: size_gain(agg, n) for n in names if n != "baseline" and "baseline" in agg}
     paired = {base: {n: paired_stats(runs, n, base) for n in names if n != base}
               for base in ("baseline", *paired_refs(args.paired_against)) if base in agg}

@@ -152,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aggregate-only", action="store_true",
                    help="train nothing: aggregate the finished runs found in --out (e.g. while the study is still "
                         "going)")
+    p.add_argument("--recorded", action="append", default=[], metavar="JSON", help=ablate.RECORDED_HELP)
     return p
 
 
@@ -192,8 +193,14 @@ def model_costs(runs: dict[str, list[dict]]) -> dict[str, dict]:
     summary of its first finished run."""
     out = {}
     for name, rs in runs.items():
-        s = json.loads((Path(rs[0]["run"]) / "summary.json").read_text())
-        out[name] = {"params(M)": s.get("params(M)"), "GFLOPs": s.get("GFLOPs"), "model": s.get("model")}
+        for r in rs:
+            if "run" in r:
+                s = json.loads((Path(r["run"]) / "summary.json").read_text())
+                out[name] = {"params(M)": s.get("params(M)"), "GFLOPs": s.get("GFLOPs"), "model": s.get("model")}
+                break
+            if r.get("costs"):                  # a recorded run (--recorded): the file's row costs
+                out[name] = r["costs"]
+                break
     return out
 
 
@@ -207,6 +214,12 @@ def filtering_rows(runs: dict[str, list[dict]]) -> dict[str, dict]:
     for name, rs in runs.items():
         vals = []
         for r in rs:
+            if "run" not in r:                  # a recorded run (--recorded): its row's recorded mean, if any
+                s = r.get("arm_filtering")
+                if not s or "0.99" not in s:
+                    break
+                vals.append(s["0.99"])
+                continue
             folder = Path(r["run"])
             s = json.loads((folder / "summary.json").read_text()).get("arm_filtering")
             if s is None and (folder / "arm_filter.json").is_file():
@@ -295,11 +308,16 @@ def latency_commands(study: Study, out_root: Path, names: list[str], teacher: st
 LATENCY_BACKEND = "onnxruntime-cpu-nms"      # the latency commands' --only: ONNX Runtime, NMS in the graph
 
 
-def latency_rows(study: Study, out_root: Path, names: list[str]) -> dict[str, dict]:
+def latency_rows(study: Study, out_root: Path, names: list[str], recorded: list[str] = ()) -> dict[str, dict]:
     """Per latency row whose benchmark report exists (``reports/<study folder>/<row>/report.json``, what the
     printed commands write): ONNX Runtime end-to-end batch-1 latency (median and mean ms, the threads, the
-    benchmark's busy-machine flags)."""
+    benchmark's busy-machine flags). A row without a report keeps the latency a ``recorded`` study JSON has
+    for it (``recorded`` says which file)."""
     out = {}
+    for path in recorded:
+        for n, e in (json.loads(Path(path).read_text()).get("latency") or {}).items():
+            if n in names and n in study.latency_rows:
+                out[n] = {**e, "recorded": str(path)}
     for n in study.latency_rows:
         path = Path("reports") / out_root.name / n / "report.json"
         if n not in names or not path.is_file():
@@ -427,7 +445,7 @@ def write_report(study: Study, runs: dict, names: list[str], meta: dict, out_roo
     costs = model_costs(runs)
     paired = {n: {k: ablate.paired_stats(runs, n, study.reference, k) for k in study.metrics}
               for n in names if n != study.reference and study.reference in agg}
-    latency = latency_rows(study, out_root, names)
+    latency = latency_rows(study, out_root, names, meta.get("recorded") or ())
     doc = {"meta": meta, "runs": runs, "aggregate": agg, "costs": costs, "latency": latency,
            "paired_vs_" + study.reference: paired,
            "arm_filtering": filtering_rows({n: runs[n] for n in names}),
@@ -462,7 +480,10 @@ def main(argv: list[str] | None = None) -> int:
         rows = {r.name: r for r in study.rows}
         teacher = text_teacher(args, study, out_root) if study.task == "text" else None
         cfg0 = run_config(args, rows[names[0]], 0, out_root / names[0] / "seed0")
-        runs = ablate.collect_runs(args, names, out_root, rows=rows, config=run_config, metrics=study.metrics)
+        flat = {k: v for k, v in cfg0.to_flat().items() if k not in ("seed", "out", "model", "model_kwargs")}
+        recorded = ablate.load_recorded(args.recorded, flat, names)
+        runs = ablate.collect_runs(args, names, out_root, rows=rows, config=run_config, metrics=study.metrics,
+                                   recorded=recorded)
     except ValueError as e:
         return fail(e)
     names = [n for n in names if n in runs]
@@ -470,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"{out_root}: no finished run to aggregate")
     meta = {"study": study.name, "rows": names, "seeds": args.seeds, "preset": args.preset,
             "img_size": cfg0.data.img_size, "out": str(out_root), "config_file": args.config,
-            "config": {k: v for k, v in cfg0.to_flat().items() if k not in ("seed", "out", "model", "model_kwargs")},
+            "config": flat, "recorded": args.recorded,
             "row_models": {n: rows[n].overrides for n in names}, "wall_minutes": (time.time() - t0) / 60,
             "teacher": teacher, "teacher_checkpoint": args.teacher_ckpt}
     write_report(study, runs, names, meta, out_root)

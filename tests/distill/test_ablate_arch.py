@@ -69,6 +69,46 @@ def test_refinedet_study_writes_every_row_and_column_then_skips_finished_runs(tm
     assert "1 thread(s)" in (out / "ablation.md").read_text()
 
 
+def test_recorded_study_json_stands_for_lost_run_folders_and_a_different_config_is_refused(tmp_path, monkeypatch,
+                                                                                           capsys):
+    cfg = _tiny_config(tmp_path)
+    common = ["--study", "refinedet", "--preset", "smoke", "--config", str(cfg), "--rows", "full",
+              "--pretrained-backbone", "none", "--device", "cpu"]
+    assert ablate_arch.main(common + ["--seeds", "1", "--out", str(tmp_path / "first")]) == 0
+    first = json.loads((tmp_path / "first" / "ablation.json").read_text())
+    recorded = tmp_path / "recorded.json"            # the committed copy; the run folders are then lost
+    recorded.write_text(json.dumps(first))
+    trained = []
+    real_fit = train.fit
+    monkeypatch.setattr(train, "fit", lambda c, **k: (trained.append(c.run.seed), real_fit(c, **k))[1])
+    out = tmp_path / "second"
+    assert ablate_arch.main(common + ["--seeds", "2", "--out", str(out), "--recorded", str(recorded)]) == 0
+    assert trained == [1]                            # seed 0 is recorded: only seed 1 trains
+    doc = json.loads((out / "ablation.json").read_text())
+    s0, s1 = doc["runs"]["full"]
+    assert s0["recorded"] == str(recorded) and "run" not in s0 and s0["mAP"] == first["runs"]["full"][0]["mAP"]
+    assert s1["run"].endswith("seed1")
+    assert doc["aggregate"]["full"]["seeds"] == 2
+    assert doc["aggregate"]["full"]["mAP"]["mean"] == pytest.approx((s0["mAP"] + s1["mAP"]) / 2)
+    assert doc["costs"]["full"] == first["costs"]["full"]
+    new = json.loads((out / "full" / "seed1" / "summary.json").read_text())["arm_filtering"]["0.99"]["anchors"]
+    assert doc["arm_filtering"]["full"]["seeds"] == 2
+    assert doc["arm_filtering"]["full"]["anchors"] == pytest.approx((first["arm_filtering"]["full"]["anchors"] + new) / 2)
+    assert doc["meta"]["recorded"] == [str(recorded)]
+    # recorded with another recipe: refused in one line naming the value, nothing trained, nothing written
+    other = dict(first, meta=dict(first["meta"], config=dict(first["meta"]["config"], epochs=7)))
+    recorded.write_text(json.dumps(other))
+    capsys.readouterr()
+    assert ablate_arch.main(common + ["--seeds", "2", "--out", str(tmp_path / "third"), "--recorded",
+                                      str(recorded)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(recorded) in err[0] and "epochs: 1 here, 7 there" in err[0]
+    assert trained == [1] and not (tmp_path / "third" / "ablation.json").exists()
+    recorded.write_text("{}")
+    assert ablate_arch.main(common + ["--out", str(tmp_path / "third"), "--recorded", str(recorded)]) == 2
+    assert "not a study JSON" in capsys.readouterr().err
+
+
 def test_bad_study_or_row_is_one_line_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "never"
     assert ablate_arch.main(["--study", "refinedett", "--out", str(out)]) == 2
