@@ -98,6 +98,7 @@ METHODS: tuple[Method, ...] = (
     Method("sr-map0", "SR-KD on the finest map only (--sr-maps 0)", "sr", {}, {"sr_maps": [0]}),
     Method("sr-ratio0.25", "SR-KD, L_MSE + L_TV scaled to 0.25x the detection loss", "sr", {}, {"sr_init_ratio": 0.25}),
     Method("sr-no-reg", "SR-KD without the regression term (gamma 0)", "sr", {}, {"sr_gamma": 0.0}),
+    Method("sr-small-region", "SR-KD, L_MSE + L_TV on small boxes' cells only", "sr", {}, {"sr_region": "small"}),
 )
 BY_NAME = {m.name: m for m in METHODS}
 

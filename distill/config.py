@@ -191,6 +191,9 @@ class KDConfig:
     sr_blocks: int = _f(2, "--kd ...+sr: residual blocks of the generator")
     sr_small: float = _f(32.0, "--kd ...+sr: L_reg counts anchors matched to boxes of side sqrt(w h) below this (px; "
                          "COCO small: 32)")
+    sr_region: str = _f("all", "--kd ...+sr: where L_MSE and L_TV compare G(z_LR) with z_HR: 'all' (every location, the "
+                        "slides' sums) or 'small' (the cells inside ground-truth boxes of side below --sr-small, as "
+                        "SOD-MTGAN / Perceptual GAN super-resolve small objects' regions only)", choices=("all", "small"))
     sr_mse_weight: float = _f(1.0, "--kd ...+sr: weight of the reconstruction term L_MSE (the slides: 1; 0 drops it)")
     sr_tv_weight: float = _f(1.0, "--kd ...+sr: weight of the smoothness term L_TV (the slides: 1; 0 drops it)")
     sr_init_ratio: float = _f(0.75, "--kd ...+sr: L_MSE + L_TV (their --sr-mse-weight / --sr-tv-weight mix) are "

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.sr_generator import ResidualBlock, SRGenerator  # noqa: F401 - re-exported: the kd side's names
+from .losses import box_masks
 
 EPS = 1e-6
 
@@ -93,22 +94,49 @@ def sr_d_adv(real_logits: torch.Tensor, gen_logits: torch.Tensor) -> torch.Tenso
             + F.binary_cross_entropy_with_logits(gen_logits.float(), torch.zeros_like(gen_logits.float())))
 
 
-def sr_mse(hr: torch.Tensor, gen: torch.Tensor) -> torch.Tensor:
+def sr_mse(hr: torch.Tensor, gen: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """L_MSE = 1/m sum_i ||z_HR_i - G(z_LR_i)||_2^2 / (C H W): the squared norm per image divided by its number of
-    elements (SRGAN's pixel-wise MSE), so the term's scale does not grow with the map's width and size."""
+    elements (SRGAN's pixel-wise MSE), so the term's scale does not grow with the map's width and size.
+    ``mask`` float [B, 1, H, W] in {0, 1} (``--sr-region small``): the mean over the masked cells' elements of
+    the whole batch instead (0, still attached to the graph, when no cell is masked)."""
     d = (hr.float() - gen.float()).pow(2)
-    return d.flatten(1).sum(1).div(d[0].numel()).mean()
+    if mask is None:
+        return d.flatten(1).sum(1).div(d[0].numel()).mean()
+    return _masked_mean(d.sum(1, keepdim=True) / d.shape[1], mask)
 
 
-def sr_tv(gen: torch.Tensor) -> torch.Tensor:
+def sr_tv(gen: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """L_TV = 1/(r_W r_H) sum_{x,y} ||grad G_{x,y}||: forward differences (0 past the last row / column), the
     L2 norm over both directions and all C channels divided by sqrt(C), averaged over the H W locations and
-    the batch."""
+    the batch (over the masked locations with ``mask``, as :func:`sr_mse`)."""
     g = gen.float()
     dx = F.pad(g[..., :, 1:] - g[..., :, :-1], (0, 1, 0, 0))
     dy = F.pad(g[..., 1:, :] - g[..., :-1, :], (0, 0, 0, 1))
-    norm = (dx.pow(2) + dy.pow(2)).sum(1).add(EPS * EPS).sqrt()              # [B, H, W]
-    return norm.mean() / math.sqrt(g.shape[1])
+    norm = (dx.pow(2) + dy.pow(2)).sum(1, keepdim=True).add(EPS * EPS).sqrt()   # [B, 1, H, W]
+    if mask is None:
+        return norm.mean() / math.sqrt(g.shape[1])
+    return _masked_mean(norm, mask) / math.sqrt(g.shape[1])
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x`` [B, 1, H, W] over the cells where ``mask`` is 1; 0 (attached to the graph) when none is."""
+    n = mask.sum()
+    if not bool(n > 0):
+        return x.sum() * 0.0
+    return (x * mask).sum() / n
+
+
+def small_box_masks(targets: list[dict], sizes: list[tuple[int, int]], img_hw: tuple[int, int], small: float,
+                    device) -> list[torch.Tensor]:
+    """[B, 1, H, W] per map size: 1 on the cells whose centre lies inside a ground-truth box of side
+    sqrt(w h) below ``small`` px at the input size ``img_hw`` (boxes normalised xyxy, as box_masks reads them)."""
+    h_img, w_img = img_hw
+    kept = []
+    for t in targets:
+        b = t["boxes"].float().view(-1, 4)
+        side = ((b[:, 2] - b[:, 0]).clamp_min(0) * w_img * (b[:, 3] - b[:, 1]).clamp_min(0) * h_img).sqrt()
+        kept.append({"boxes": b[side < small]})
+    return box_masks(kept, sizes, device)
 
 
 def sr_cls_likelihood(logits: torch.Tensor, p_star: torch.Tensor) -> torch.Tensor:

@@ -104,7 +104,8 @@ def test_sr_rows_resolve_to_their_configs_and_data_reaches_every_run(tmp_path, m
             "sr-keep-g": ("sr", {"sr_keep_g": True}), "sr-no-mse": ("sr", {"sr_mse_weight": 0.0, "sr_tv_weight": 1.0}),
             "sr-no-adv": ("sr", {"sr_alpha": 0.0, "sr_beta": 1.0}),
             "sr-no-cls": ("sr", {"sr_beta": 0.0, "sr_alpha": 1e-3}), "sr-map0": ("sr", {"sr_maps": [0]}),
-            "sr-ratio0.25": ("sr", {"sr_init_ratio": 0.25}), "sr-no-reg": ("sr", {"sr_gamma": 0.0, "sr_beta": 1.0})}
+            "sr-ratio0.25": ("sr", {"sr_init_ratio": 0.25}), "sr-no-reg": ("sr", {"sr_gamma": 0.0, "sr_beta": 1.0}),
+            "sr-small-region": ("sr", {"sr_region": "small", "sr_init_ratio": 0.75})}
     for name, (kd, flags) in want.items():
         cfg = ablate.run_config(args, ablate.BY_NAME[name], 1, tmp_path / name)
         assert cfg.kd.methods == kd and cfg.kd.weights == {} and cfg.data.data == "shapes-small", name

@@ -180,3 +180,52 @@ def test_feature_terms_are_calibrated_once_to_a_share_of_the_detection_loss(teac
     assert sr.extra_state() == {"sr_feature_scale": scale}
     sr.load_extra_state({"sr_feature_scale": 2.0})
     assert sr.feature_scale == 2.0
+
+
+# ----------------------------------------------------------------------------------------------- --sr-region small
+def test_masked_reconstruction_terms_average_over_the_small_boxes_cells_only():
+    hr = torch.zeros(2, 2, 2, 2)
+    gen = torch.zeros(2, 2, 2, 2)
+    gen[0, :, 0, 0] = torch.tensor([1.0, 3.0])          # masked cell: (1 + 9) / 2 channels = 5
+    gen[1, :, 1, 1] = torch.tensor([2.0, 2.0])          # unmasked cell: ignored
+    mask = torch.zeros(2, 1, 2, 2)
+    mask[0, 0, 0, 0] = mask[0, 0, 0, 1] = 1.0           # two masked cells: (5 + 0) / 2
+    assert S.sr_mse(hr, gen, mask).item() == pytest.approx(2.5)
+    assert S.sr_mse(hr, gen, torch.zeros_like(mask)).item() == 0.0
+    assert S.sr_mse(hr, gen, torch.ones_like(mask)).item() == pytest.approx(S.sr_mse(hr, gen).item())
+    g = torch.zeros(1, 1, 2, 2)
+    g[0, 0, 0, 1] = 1.0                # gradient norms: (0,0) 1 (dx), (0,1) 1 (dy), row 1: 0 (forward differences)
+    m = torch.zeros(1, 1, 2, 2)
+    m[0, 0, 0, 0] = m[0, 0, 0, 1] = 1.0
+    assert S.sr_tv(g, m).item() == pytest.approx(1.0, abs=1e-5)
+    assert S.sr_tv(g, 1 - m).item() == pytest.approx(0.0, abs=1e-5)
+    assert S.sr_tv(g).item() == pytest.approx(0.5, abs=1e-5)
+    assert S.sr_tv(g, torch.ones_like(m)).item() == pytest.approx(S.sr_tv(g).item(), abs=1e-6)
+
+
+def test_small_box_masks_keep_boxes_below_the_side_threshold():
+    # at 100 px: a 20 px box (small) on the left half, a 60 px box (not small) on the right half
+    targets = [{"boxes": torch.tensor([[0.0, 0.0, 0.2, 0.2], [0.4, 0.4, 1.0, 1.0]]), "labels": torch.tensor([1, 2])},
+               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}]
+    (m,) = S.small_box_masks(targets, [(10, 10)], (100, 100), 32.0, "cpu")
+    assert m.shape == (2, 1, 10, 10)
+    assert m[0, 0, :2, :2].sum() == 4 and m[0].sum() == 4 and m[1].sum() == 0
+    (m,) = S.small_box_masks(targets, [(10, 10)], (100, 100), 100.0, "cpu")
+    assert m[0].sum() == 4 + 36                                        # both boxes below 100 px
+
+
+def test_region_small_calibrates_on_the_first_batch_with_a_small_box(teacher_ckpt, data_root, tmp_path):
+    session, train_set = build_session(smoke_cfg(teacher_ckpt, data_root, tmp_path, kd="sr", sr_region="small",
+                                                 sr_small=1.0))
+    sr = session.methods["sr"]
+    assert sr.region == "small"
+    batches = iter(torch.utils.data.DataLoader(train_set, batch_size=4, collate_fn=_collate()))
+    session.schedule.stage = "student"
+    out = session.train_step(*next(batches))                       # no box below 1 px: no term, no calibration
+    assert out["sr_mse"] == 0.0 and out["sr_tv"] == 0.0 and sr.feature_scale is None
+    sr.small = 1e4                                                   # every box is small now
+    out = session.train_step(*next(batches))
+    assert sr.feature_scale is not None
+    assert out["sr_mse"] + out["sr_tv"] == pytest.approx(0.75 * (out["loc"] + out["cls"]), rel=1e-4)
+    with pytest.raises(ValueError, match="--sr-region"):
+        type(sr)([8], [8], maps=[0], region="big")

@@ -73,7 +73,8 @@ def build_method(name: str, kd, teacher_channels: list[int], sizes: list[int],
                                  maps=[int(k) for k in kd.sr_maps], source=kd.sr_source, target=kd.sr_target,
                                  alpha=kd.sr_alpha, beta=kd.sr_beta, gamma=kd.sr_gamma, width=kd.sr_width,
                                  blocks=kd.sr_blocks, small=kd.sr_small, mse_weight=kd.sr_mse_weight,
-                                 tv_weight=kd.sr_tv_weight, keep_g=kd.sr_keep_g, init_ratio=kd.sr_init_ratio)
+                                 tv_weight=kd.sr_tv_weight, keep_g=kd.sr_keep_g, init_ratio=kd.sr_init_ratio,
+                                 region=kd.sr_region)
     raise unknown_name_error("method", name, METHODS)
 
 
