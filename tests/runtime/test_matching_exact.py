@@ -70,3 +70,17 @@ def test_full_k_rows_tied_with_the_last_score_compare_by_count():
     got = _outputs([[A, d(2, 0.7), d(0, 0.8), d(1, 0.6)]])        # other tied pairs made the cut
     assert match_exact(got, ref)["match"]
     assert "tied with the last score" in match_exact(_outputs([[A, B, d(1, 0.2), d(2, 0.3)]]), ref)["why"]
+
+
+def test_a_group_of_near_equal_scores_at_the_cut_is_not_split_by_float_noise():
+    """Two backends' scores of a saturated group differ by ~1e-7 (ONNX vs PyTorch); counting each side's rows
+    within the tie tolerance of the cut would split the group differently (52 vs 53 rows seen on a 512x640 model)."""
+    s = 0.1126224
+    D = (1, s, [0.3, 0.3, 0.9, 0.9])
+    E = (1, s, [0.4, 0.4, 0.8, 0.8])
+    ref = _outputs([[A, B, D, E]])                                    # full top-4, cut group {D, E} (raw: not given)
+    noisy = _outputs([[A, B, (1, s + 2e-6, D[2]), (1, s, E[2])]])    # D's score beyond the 1e-6 tie tolerance
+    assert match_exact(noisy, ref)["match"]
+    far = _outputs([[A, B, D, (1, s - 1e-3, E[2])]])                  # a last row clearly below the cut: not the group
+    m = match_exact(far, ref)
+    assert not m["match"] and "rows tied with the last score" in m["why"]
