@@ -164,7 +164,7 @@ def load_recorded(paths: list[str], config: dict, names: list[str]) -> dict[str,
         if diff:
             raise ValueError(f"--recorded {path}: recorded with another config ({'; '.join(diff)}); its runs would "
                              f"not pair with this study's")
-        filt = doc.get("arm_filtering") or {}
+        filt, costs = doc.get("arm_filtering") or {}, doc.get("costs") or {}
         for name, rs in runs.items():
             if name not in names:
                 continue
@@ -172,8 +172,8 @@ def load_recorded(paths: list[str], config: dict, names: list[str]) -> dict[str,
             for r in rs:
                 e = {k: v for k, v in r.items() if k != "run"}
                 e["recorded"] = str(path)
-                if (doc.get("costs") or {}).get(name):
-                    e["costs"] = doc["costs"][name]
+                if costs.get(name):
+                    e["costs"] = costs[name]
                 if f and f.get("seeds") == len(rs):
                     e["arm_filtering"] = {"0.99": {k: f[k] for k in ("anchors", "boxes_lost", "odm_positives")}}
                 out.setdefault(name, {}).setdefault(int(r["seed"]), e)

@@ -130,13 +130,18 @@ def small_box_masks(targets: list[dict], sizes: list[tuple[int, int]], img_hw: t
                     device) -> list[torch.Tensor]:
     """[B, 1, H, W] per map size: 1 on the cells whose centre lies inside a ground-truth box of side
     sqrt(w h) below ``small`` px at the input size ``img_hw`` (boxes normalised xyxy, as box_masks reads them)."""
-    h_img, w_img = img_hw
     kept = []
     for t in targets:
         b = t["boxes"].float().view(-1, 4)
-        side = ((b[:, 2] - b[:, 0]).clamp_min(0) * w_img * (b[:, 3] - b[:, 1]).clamp_min(0) * h_img).sqrt()
-        kept.append({"boxes": b[side < small]})
+        kept.append({"boxes": b[box_side(b, img_hw) < small]})
     return box_masks(kept, sizes, device)
+
+
+def box_side(boxes: torch.Tensor, img_hw: tuple[int, int]) -> torch.Tensor:
+    """sqrt(w h) in pixels of normalised xyxy boxes [..., 4] at the input size ``img_hw`` (COCO's size measure)."""
+    h_img, w_img = img_hw
+    return ((boxes[..., 2] - boxes[..., 0]).clamp_min(0) * w_img
+            * (boxes[..., 3] - boxes[..., 1]).clamp_min(0) * h_img).sqrt()
 
 
 def sr_cls_likelihood(logits: torch.Tensor, p_star: torch.Tensor) -> torch.Tensor:

@@ -259,7 +259,6 @@ class SuperResolutionKD(KDMethod):
             return gen[0].sum() * 0.0
         ses, at = self._ctx.session, step.anchor_targets
         slices = S.map_slices(sizes, self.student_apl)
-        h_img, w_img = step.images.shape[-2:]
         t_sr, t_star, masks = [], [], []
         for j, k in enumerate(self.maps):
             layer = self._ctx.reg_head.layers[k]
@@ -269,8 +268,7 @@ class SuperResolutionKD(KDMethod):
             t_sr.append(y.view(b, -1, 4, h, w).permute(0, 3, 4, 1, 2).reshape(b, -1, 4))
             sl = slices[k]
             boxes = ses.student.box_coder.decode(at.loc[:, sl], ses.anchors[sl])       # the matched ground truths
-            side = ((boxes[..., 2] - boxes[..., 0]).clamp_min(0) * w_img
-                    * (boxes[..., 3] - boxes[..., 1]).clamp_min(0) * h_img).sqrt()
+            side = S.box_side(boxes, tuple(step.images.shape[-2:]))
             t_star.append(at.loc[:, sl])
             masks.append((at.labels[:, sl] > 0) & (side < self.small))
         return S.sr_reg(torch.cat(t_sr, 1), torch.cat(t_star, 1), torch.cat(masks, 1))
