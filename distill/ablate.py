@@ -149,9 +149,13 @@ def load_recorded(paths: list[str], config: dict, names: list[str]) -> dict[str,
     out: dict[str, dict[int, dict]] = {}
     for path in paths:
         try:
-            doc = json.loads(Path(path).read_text())
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ValueError(f"--recorded {path}: cannot read it ({e.strerror or e})") from None
+        try:
+            doc = json.loads(text)
             runs, rec_cfg = doc["runs"], doc["meta"]["config"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"--recorded {path}: not a study JSON written by distill.ablate / distill.ablate_arch "
                              f"(expected 'meta.config' and 'runs'): {e}") from None
         diff = []
