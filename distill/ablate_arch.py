@@ -479,7 +479,9 @@ def main(argv: list[str] | None = None) -> int:
         out_root.mkdir(parents=True, exist_ok=True)
         rows = {r.name: r for r in study.rows}
         teacher = text_teacher(args, study, out_root) if study.task == "text" else None
-        cfg0 = run_config(args, rows[names[0]], 0, out_root / names[0] / "seed0")
+        # The study's config is its reference row's: rows differ in their own model settings (RefineDet keeps 200
+        # detections, SSD-Lite 100), so a --rows subset must not change what --recorded compares against.
+        cfg0 = run_config(args, rows[study.reference], 0, out_root / study.reference / "seed0")
         flat = {k: v for k, v in cfg0.to_flat().items() if k not in ("seed", "out", "model", "model_kwargs")}
         recorded = ablate.load_recorded(args.recorded, flat, names)
         runs = ablate.collect_runs(args, names, out_root, rows=rows, config=run_config, metrics=study.metrics,
