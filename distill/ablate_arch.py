@@ -368,7 +368,8 @@ def render_markdown(study: Study, agg: dict, costs: dict, runs: dict, names: lis
             "after the other, not interleaved: compare them from one quiet machine."
             + (f" Busy-machine flags: {'; '.join(busy)}." if busy else "")]
     if study.reference in agg:
-        lines += ablate.paired_lines(runs, names, study.reference, (study.key, next(k for k in ms if k != study.key)))
+        lines += ablate.paired_lines(runs, names, study.reference, (study.key, next(k for k in ms if k != study.key),
+                                                                  *study.also_keys))
     filt = filtering_rows({n: runs[n] for n in names})
     if filt:
         lines += ["", "Negative anchor filtering at theta = 0.99 on the validation images (`python -m distill.arm_filter`;"

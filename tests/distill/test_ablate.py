@@ -79,13 +79,15 @@ def test_aggregate_only_reads_finished_runs_and_writes_paired_tables(tmp_path, f
     assert ablate.main(argv) == 0 and fake_training == []             # nothing trains
     data = json.loads((out / "ablation.json").read_text())
     assert set(data["runs"]) == {"baseline", "soft"} and len(data["runs"]["soft"]) == 2
-    assert data["paired"]["baseline"]["soft"]["diffs"] == pytest.approx([0.3, 0.3])
+    assert data["paired"]["baseline"]["soft"]["mAP"]["diffs"] == pytest.approx([0.3, 0.3])
     assert "Paired differences against `soft`" in (out / "ablation.md").read_text()
+    assert data["paired"]["baseline"]["soft"]["APs"]["n"] == 2            # small objects: paired like mAP
+    assert "| APs mean ± std |" in (out / "ablation.md").read_text()
     argv[-1] = "soft,baseline"                                        # several references, comma-separated
     assert ablate.main(argv) == 0
     data = json.loads((out / "ablation.json").read_text())
     assert set(data["paired"]) == {"baseline", "soft"}
-    assert data["paired"]["soft"]["baseline"]["diffs"] == pytest.approx([-0.3, -0.3])
+    assert data["paired"]["soft"]["baseline"]["mAP"]["diffs"] == pytest.approx([-0.3, -0.3])
     assert (out / "ablation.md").read_text().count("Paired differences against `") == 2
 
 
