@@ -96,9 +96,8 @@ def test_recorded_study_json_stands_for_lost_run_folders_and_a_different_config_
     assert doc["arm_filtering"]["full"]["anchors"] == pytest.approx((first["arm_filtering"]["full"]["anchors"] + new) / 2)
     assert doc["meta"]["recorded"] == [str(recorded)]
     # a --rows subset led by a row with its own detection settings still compares the study's (reference) config
-    assert ablate_arch.main(common[:6] + ["--rows", "ssdlite,full", "--pretrained-backbone", "none", "--device",
-                                           "cpu", "--seeds", "2", "--out", str(out), "--recorded", str(recorded),
-                                           "--aggregate-only"]) == 0
+    assert ablate_arch.main([*common[:6], "--rows", "ssdlite,full", *common[8:], "--seeds", "2", "--out", str(out),
+                             "--recorded", str(recorded), "--aggregate-only"]) == 0
     assert trained == [1] and json.loads((out / "ablation.json").read_text())["meta"]["rows"] == ["full"]
     # recorded with another recipe: refused in one line naming the value, nothing trained, nothing written
     other = dict(first, meta=dict(first["meta"], config=dict(first["meta"]["config"], epochs=7)))
