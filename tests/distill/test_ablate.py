@@ -102,11 +102,12 @@ def test_paired_against_unknown_row_is_one_line(tmp_path, capsys):
 def test_sr_rows_resolve_to_their_configs_and_data_reaches_every_run(tmp_path, monkeypatch):
     args = ablate.build_parser().parse_args(["--teacher", "t.pt", "--data", "shapes-small", "--preset", "quick",
                                              "--pretrained-backbone", "none"])
-    want = {"sr": ("sr", {}), "gan+sr": ("gan+sr", {}), "soft+sr": ("soft+sr", {}),
+    want = {"sr": ("sr", {"sr_init_ratio": 0.25}), "gan+sr": ("gan+sr", {}), "soft+sr": ("soft+sr", {}),
             "sr-keep-g": ("sr", {"sr_keep_g": True}), "sr-no-mse": ("sr", {"sr_mse_weight": 0.0, "sr_tv_weight": 1.0}),
             "sr-no-adv": ("sr", {"sr_alpha": 0.0, "sr_beta": 1.0}),
-            "sr-no-cls": ("sr", {"sr_beta": 0.0, "sr_alpha": 1e-3}), "sr-map0": ("sr", {"sr_maps": [0]}),
-            "sr-ratio0.25": ("sr", {"sr_init_ratio": 0.25}), "sr-no-reg": ("sr", {"sr_gamma": 0.0, "sr_beta": 1.0}),
+            "sr-no-cls": ("sr", {"sr_beta": 0.0, "sr_alpha": 1e-3}),
+            "sr-map0": ("sr", {"sr_maps": [0], "sr_init_ratio": 0.75}), "sr-ratio0.75": ("sr", {"sr_init_ratio": 0.75}),
+            "sr-no-reg": ("sr", {"sr_gamma": 0.0, "sr_beta": 1.0, "sr_init_ratio": 0.75}),
             "sr-small-region": ("sr", {"sr_region": "small", "sr_init_ratio": 0.75})}
     for name, (kd, flags) in want.items():
         cfg = ablate.run_config(args, ablate.BY_NAME[name], 1, tmp_path / name)

@@ -167,13 +167,13 @@ def test_sr_run_stopped_mid_epoch_resumes_exactly(data_root, teacher_ckpt, tmp_p
 def test_feature_terms_are_calibrated_once_to_a_share_of_the_detection_loss(teacher_ckpt, data_root, tmp_path):
     session, train_set = build_session(smoke_cfg(teacher_ckpt, data_root, tmp_path, kd="sr"))
     sr = session.methods["sr"]
-    assert sr.init_ratio == 0.75 and sr.feature_scale is None
+    assert sr.init_ratio == 0.25 and sr.feature_scale is None
     batches = iter(torch.utils.data.DataLoader(train_set, batch_size=4, collate_fn=_collate()))
     session.schedule.stage = "student"
     out = session.train_step(*next(batches))
     scale = sr.feature_scale
     assert scale is not None and scale != 1.0
-    assert out["sr_mse"] + out["sr_tv"] == pytest.approx(0.75 * (out["loc"] + out["cls"]), rel=1e-4)
+    assert out["sr_mse"] + out["sr_tv"] == pytest.approx(sr.init_ratio * (out["loc"] + out["cls"]), rel=1e-4)
     assert out["sr_mse"] == pytest.approx(scale * out["sr_mse_raw"], rel=1e-4)
     session.train_step(*next(batches))
     assert sr.feature_scale == scale                                           # frozen after the first step
@@ -226,6 +226,6 @@ def test_region_small_calibrates_on_the_first_batch_with_a_small_box(teacher_ckp
     sr.small = 1e4                                                   # every box is small now
     out = session.train_step(*next(batches))
     assert sr.feature_scale is not None
-    assert out["sr_mse"] + out["sr_tv"] == pytest.approx(0.75 * (out["loc"] + out["cls"]), rel=1e-4)
+    assert out["sr_mse"] + out["sr_tv"] == pytest.approx(sr.init_ratio * (out["loc"] + out["cls"]), rel=1e-4)
     with pytest.raises(ValueError, match="--sr-region"):
         type(sr)([8], [8], maps=[0], region="big")

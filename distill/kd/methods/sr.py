@@ -32,7 +32,7 @@ whole-map reading cost large objects most (seed 0: APl -20 points), so the regio
 
 L_MSE and L_TV carry the slides' weight 1 relative to each other (``--sr-mse-weight``, ``--sr-tv-weight``; 0
 removes a term, as the slides' ablation does), and together are scaled once, at the first student step, to
-``--sr-init-ratio`` (0.75) x that step's detection loss; the factor is then frozen and saved (``sr_feature_scale``),
+``--sr-init-ratio`` (0.25) x that step's detection loss; the factor is then frozen and saved (``sr_feature_scale``),
 as L_REC's is. Why: the slides compare features of one network at two resolutions, of one scale; here z_HR is
 the teacher's map standardised with the teacher's statistics and G(z_LR) the student's through an adapter, so
 at the start L_MSE measured ~150 and L_TV ~21 against a detection loss of ~25 (ssdlite_mobilenetv2 from the
@@ -81,7 +81,7 @@ class SuperResolutionKD(KDMethod):
     def __init__(self, student_channels: list[int], teacher_channels: list[int], *, maps: list[int],
                  source: str = "teacher", target: str = "teacher", alpha: float = 1e-3, beta: float = 1.0,
                  gamma: float = 1.0, width: int = 32, blocks: int = 2, small: float = 32.0,
-                 mse_weight: float = 1.0, tv_weight: float = 1.0, keep_g: bool = False, init_ratio: float = 0.75,
+                 mse_weight: float = 1.0, tv_weight: float = 1.0, keep_g: bool = False, init_ratio: float = 0.25,
                  region: str = "all"):
         super().__init__()
         if source not in SOURCES:
