@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from benchmarks.timing import add_step_args, timed_call
 from runtime.atomic import write_json_atomic
 from runtime.cli import ProductParser, command, out_folder
 
@@ -31,11 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="quick", help="training recipe (input size, batch, optimizer; default: quick)")
     p.add_argument("--data", default=None, help="training data, as distill.train --data (default: the preset's)")
     p.add_argument("--student", default="ssdlite_mobilenetv2", help="student model (default: ssdlite_mobilenetv2)")
-    p.add_argument("--steps", type=int, default=4, help="timed steps per row (default: 4)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps per row first (default: 1)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
-    p.add_argument("--device", default="cpu", help="'cpu' or 'cuda' (default: cpu)")
-    p.add_argument("--out", default="reports/kd_step", help="output folder (default: reports/kd_step)")
+    add_step_args(p, "row", "reports/kd_step", 4)
     return p
 
 
@@ -53,16 +49,6 @@ def _session(args, name: str):
     device = torch.device(args.device)
     student = build_model(cfg, len(train_set.class_names), False).to(device).train()
     return cfg, build_kd_session(cfg, student, student.anchors(cfg.data.img_size).to(device), train_set, device), train_set
-
-
-def _timed(fn) -> float:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - t
 
 
 def _parts(session) -> dict:
@@ -102,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for _, s, _ in rows.values():
         s.schedule.stage = "student"             # every row's student step carries its distillation terms
     times = {n: {p: [] for p in ps} for n, ps in parts.items()}
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else None
     for i in range(args.warmup + args.steps):
         try:
             images, targets = next(batches)
@@ -111,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         images = images.to(args.device)
         for n, ps in parts.items():
             for p, fn in ps.items():
-                t = _timed(lambda: fn(images, targets))
+                t = timed_call(lambda: fn(images, targets), sync)
                 if i >= args.warmup:
                     times[n][p].append(t)
     med = {n: {p: statistics.median(v) for p, v in t.items()} for n, t in times.items()}

@@ -29,6 +29,27 @@ class TimingConfig:
         return cls(warmup=2, min_time=0.05, min_iters=3, max_iters=50)
 
 
+def add_step_args(p, what: str, out: str, steps: int) -> None:
+    """The arguments of the training-step benchmarks (benchmarks/train_step.py, kd_step.py): ``--steps`` timed
+    and ``--warmup`` untimed steps per ``what``, ``--threads``, ``--device``, ``--out``."""
+    p.add_argument("--steps", type=int, default=steps, help=f"timed steps per {what} (default: {steps})")
+    p.add_argument("--warmup", type=int, default=1, help=f"untimed steps per {what} first (default: 1)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+    p.add_argument("--device", default="cpu", help="'cpu' or 'cuda' (default: cpu)")
+    p.add_argument("--out", default=out, help=f"output folder (default: {out})")
+
+
+def timed_call(fn: Callable[[], Any], sync: Callable[[], None] | None = None) -> float:
+    """Seconds one call of ``fn`` takes, the device synchronised before and after (``sync``)."""
+    if sync is not None:
+        sync()
+    t = time.perf_counter()
+    fn()
+    if sync is not None:
+        sync()
+    return time.perf_counter() - t
+
+
 def stats_ms(samples_s: Any) -> dict[str, float]:
     """Seconds per call -> {mean, std, p50, p90, p99, n} in milliseconds."""
     a = np.asarray(samples_s, dtype=np.float64) * 1e3

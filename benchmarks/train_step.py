@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from benchmarks.timing import add_step_args, timed_call
 from runtime.atomic import write_json_atomic
 from runtime.cli import ProductParser, command
 
@@ -30,11 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="ssdlite_mobilenetv2", help="detector (default: ssdlite_mobilenetv2)")
     p.add_argument("--data", default=None, help="training data, as distill.train --data (default: the preset's)")
     p.add_argument("--teacher", default=None, help="also time this checkpoint's forward pass (a distillation teacher)")
-    p.add_argument("--steps", type=int, default=6, help="timed steps per format (default: 6)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps per format first (default: 1)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
-    p.add_argument("--device", default="cpu", help="'cpu' or 'cuda' (default: cpu)")
-    p.add_argument("--out", default="reports/train_step", help="output folder (default: reports/train_step)")
+    add_step_args(p, "format", "reports/train_step", 6)
     return p
 
 
@@ -61,12 +57,6 @@ def _parts(args, channels_last: bool):
     return cfg, plan, teacher, iter(epoch_loader(cfg, train_set, 0))
 
 
-def _timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
-
-
 @command("python benchmarks/train_step.py")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -77,9 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, (cfg, plan, teacher, batches) in parts.items():
             images, targets = next(batches)
             images = images.to(args.device)
-            step = _timed(lambda: plan.step(images, targets))
+            step = timed_call(lambda: plan.step(images, targets))
             with torch.no_grad():
-                tf = _timed(lambda: teacher.forward_features(images)) if teacher is not None else float("nan")
+                tf = timed_call(lambda: teacher.forward_features(images)) if teacher is not None else float("nan")
             if i >= args.warmup:
                 times[name]["step"].append(step)
                 times[name]["teacher"].append(tf)
