@@ -390,7 +390,8 @@ class KDSession:
                 images = images.to(self.device, non_blocking=True)
                 out = self._ab_step(images) if stage == "ab_init" else self.discriminator_step(images, targets)
                 bar.update()
-                bar.set_postfix({k: f"{v:.3f}" for k, v in out.items() if k in ("d_gan", "d_acc_real", "d_acc_fake", "ab")})
+                bar.set_postfix({k: f"{v:.3f}" for k, v in out.items()       # every method's D loss and accuracy
+                                 if isinstance(v, (int, float)) and (k.startswith("d_") or "_acc_" in k or k == "ab")})
             if log is not None:
                 log(stage, out)
             self.log.add(stage, out)
