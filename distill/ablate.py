@@ -59,7 +59,9 @@ from runtime.sizes import size_text
 from .config import resolve
 from .presets import PRESETS
 
-METRICS = ("mAP", "AP50", "APs", "APm", "APl")
+# The papers' COCO columns (AP at 0.5:0.95, 0.5, 0.75; small / medium / large). A study JSON recorded before a
+# column existed (AP75 came later) leaves it out of that row's mean and pairs: "-" where no seed has it.
+METRICS = ("mAP", "AP50", "AP75", "APs", "APm", "APl")
 
 
 @dataclass(frozen=True)
@@ -214,7 +216,7 @@ def teacher_row(args, cfg, out_root: Path) -> dict:
     key = {"teacher": str(Path(args.teacher).resolve()), "img_size": cfg.data.img_size, "val": [cfg.data.data, cfg.data.shapes_val]}
     if cache.is_file():
         saved = json.loads(cache.read_text())
-        if saved.get("key") == key:
+        if saved.get("key") == key and all(k in saved.get("metrics", {}) for k in METRICS):
             return saved["metrics"]
     from .checkpoint import load_checkpoint, model_from_checkpoint
     from .engine import evaluate
@@ -246,6 +248,11 @@ def run_one(cfg) -> dict:
     return fit(cfg)
 
 
+def _present(rs: list[dict], key: str) -> list[float]:
+    """The runs' values of ``key``, leaving out runs recorded without it (``None`` / missing / NaN)."""
+    return [r[key] for r in rs if isinstance(r.get(key), (int, float)) and not math.isnan(r[key])]
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     if not values:
         return float("nan"), float("nan")
@@ -255,7 +262,7 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def aggregate(runs: dict[str, list[dict]], metrics: tuple[str, ...] = METRICS) -> dict:
     agg = {}
     for name, rs in runs.items():
-        agg[name] = {k: dict(zip(("mean", "std"), mean_std([r[k] for r in rs]))) for k in metrics}
+        agg[name] = {k: dict(zip(("mean", "std"), mean_std(_present(rs, k)))) for k in metrics}
         agg[name]["seeds"] = len(rs)
         agg[name]["minutes"] = sum(r.get("minutes", 0.0) for r in rs)
     return agg
@@ -273,8 +280,8 @@ def size_gain(agg: dict, name: str, base: str = "baseline") -> dict:
 
 def paired_gain(runs: dict[str, list[dict]], name: str, key: str = "mAP", base: str = "baseline") -> list[float]:
     """Per-seed difference method - baseline (same seed = same data order and initialisation)."""
-    b = {r["seed"]: r[key] for r in runs.get(base, [])}
-    return [r[key] - b[r["seed"]] for r in runs.get(name, []) if r["seed"] in b]
+    b = {r["seed"]: r[key] for r in runs.get(base, []) if _present([r], key)}
+    return [r[key] - b[r["seed"]] for r in runs.get(name, []) if r["seed"] in b and _present([r], key)]
 
 
 def paired_stats(runs: dict[str, list[dict]], name: str, base: str = "baseline", key: str = "mAP") -> dict:
@@ -372,10 +379,12 @@ def paired_refs(value: str | None) -> list[str]:
     return list(dict.fromkeys(n.strip() for n in (value or "").split(",") if n.strip()))
 
 
-def paired_lines(runs: dict, order: list[str], base: str, keys: tuple[str, ...] = ("mAP", "AP50", "APs")) -> list[str]:
+def paired_lines(runs: dict, order: list[str], base: str,
+                 keys: tuple[str, ...] = ("mAP", "AP50", "AP75", "APs")) -> list[str]:
     """The paired-differences table against ``base``: per seed and mean ± std of ``keys[0]`` (with the paired
     t-test), then mean ± std (with the t-test) of each further key. Detection studies show APs beside mAP and
-    AP50: small objects are what SR-KD is for, and the gain per object size is what the papers report."""
+    AP50 and AP75: small objects are what SR-KD is for, the gain per object size is what the papers report, and
+    AP75 against AP50 tells tighter boxes from more objects found (SR-KD's slides aim at the former)."""
     a, more = keys[0], keys[1:]
     lines = ["", f"## Paired differences against `{base}` (same seed = same data order and initialisation)", "",
              f"| method | per seed, {a} points | {a} mean ± std (paired t-test) | "
@@ -458,7 +467,8 @@ def collect_runs(args, names: list[str], out_root: Path, rows: dict[str, Method]
                                f"({holder['claim']}); skipped here, aggregate with --aggregate-only when it ends")
                     continue
                 s = run_one(cfg)
-        runs[name].append({"seed": seed, "run": cfg.run.out, "minutes": s.get("minutes", 0.0), **{k: s[k] for k in metrics}})
+        runs[name].append({"seed": seed, "run": cfg.run.out, "minutes": s.get("minutes", 0.0),
+                           **{k: s.get(k) for k in metrics}})   # None: a summary written before the column existed
         tqdm.write(f"{name} seed {seed}: " + "  ".join(f"{k} {s[k]:.2f}" for k in metrics[:2]))
     return {n: r for n, r in runs.items() if r}
 

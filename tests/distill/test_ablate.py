@@ -1,5 +1,6 @@
 """distill.ablate end to end with a stand-in for training (the real runs are minutes each)."""
 import json
+import math
 
 import pytest
 
@@ -23,6 +24,19 @@ def fake_training(monkeypatch):
     monkeypatch.setattr(train, "fit", fake_fit)
     monkeypatch.setattr(ablate, "teacher_row", lambda args, cfg, out: {k: 3.0 for k in ablate.METRICS})
     return calls
+
+
+def test_a_column_some_runs_lack_is_left_out_of_their_means_and_pairs():
+    """AP75 joined METRICS after studies were recorded: those runs count where they have the column only."""
+    runs = {"baseline": [{"seed": 0, "mAP": 1.0, "AP75": None}, {"seed": 1, "mAP": 2.0, "AP75": 4.0},
+                         {"seed": 2, "mAP": 3.0, "AP75": 6.0}],
+            "sr": [{"seed": 0, "mAP": 0.5}, {"seed": 1, "mAP": 1.5, "AP75": 5.0}, {"seed": 2, "mAP": 2.0, "AP75": 8.0}]}
+    agg = ablate.aggregate(runs, ("mAP", "AP75"))
+    assert agg["baseline"]["AP75"]["mean"] == pytest.approx(5.0) and agg["baseline"]["mAP"]["mean"] == pytest.approx(2.0)
+    assert ablate.paired_gain(runs, "sr", "AP75") == pytest.approx([1.0, 2.0])          # seed 0: neither side counts
+    assert ablate.paired_gain(runs, "sr", "mAP") == pytest.approx([-0.5, -0.5, -1.0])
+    none = ablate.aggregate({"old": [{"seed": 0, "mAP": 1.0}]}, ("mAP", "AP75"))
+    assert math.isnan(none["old"]["AP75"]["mean"]) and ablate._num(none["old"]["AP75"]["mean"]) == "-"
 
 
 def test_ablation_writes_tables_and_skips_finished_runs(tmp_path, fake_training, capsys):
