@@ -35,20 +35,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _session(args, name: str):
-    """The study's session of row ``name`` (distill.ablate.run_config: its preset, data, student, overrides)."""
+def _config(args, name: str):
+    """The study's config of row ``name`` (distill.ablate.run_config: its preset, data, student, overrides)."""
     from distill import ablate
-    from distill.runs import build_datasets, seed_everything
-    from distill.train import build_kd_session, build_model
     study = ablate.build_parser().parse_args(["--teacher", args.teacher, "--preset", args.preset, "--student",
                                               args.student, "--device", args.device, "--pretrained-backbone", "none",
                                               *(["--data", args.data] if args.data else [])])
-    cfg = ablate.run_config(study, ablate.BY_NAME[name], 0, Path(args.out) / "unused" / name)
+    return ablate.run_config(study, ablate.BY_NAME[name], 0, Path(args.out) / "unused" / name)
+
+
+def _session(cfg, train_set):
+    """Row ``cfg``'s distillation session on ``train_set`` (the rows share one data set), student seeded alike."""
+    from distill.runs import seed_everything
+    from distill.train import build_kd_session, build_model
     seed_everything(0)
-    train_set, _ = build_datasets(cfg)
-    device = torch.device(args.device)
+    device = torch.device(cfg.run.device)
     student = build_model(cfg, len(train_set.class_names), False).to(device).train()
-    return cfg, build_kd_session(cfg, student, student.anchors(cfg.data.img_size).to(device), train_set, device), train_set
+    return build_kd_session(cfg, student, student.anchors(cfg.data.img_size).to(device), train_set, device)
 
 
 def _parts(session) -> dict:
@@ -79,13 +82,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ValueError(f"--methods: unknown row(s) {bad}; choose from {', '.join(BY_NAME)}" if bad or not names
                          else "--steps must be >= 1 and --warmup >= 0")
     torch.set_num_threads(args.threads)
-    rows = {n: _session(args, n) for n in names}
-    cfg0, _, train_set = rows[names[0]]
+    from distill.runs import build_datasets
+    configs = {n: _config(args, n) for n in names}
+    cfg0 = configs[names[0]]
+    train_set, _ = build_datasets(cfg0)
+    sessions = {n: _session(cfg, train_set) for n, cfg in configs.items()}
     loader = torch.utils.data.DataLoader(train_set, batch_size=cfg0.optim.batch_size, shuffle=False,
                                          collate_fn=collate_train, drop_last=True)
     batches = iter(loader)
-    parts = {n: _parts(s) for n, (_, s, _) in rows.items()}
-    for _, s, _ in rows.values():
+    parts = {n: _parts(s) for n, s in sessions.items()}
+    for s in sessions.values():
         s.schedule.stage = "student"             # every row's student step carries its distillation terms
     times = {n: {p: [] for p in ps} for n, ps in parts.items()}
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else None

@@ -96,7 +96,7 @@ METHODS: tuple[Method, ...] = (
     Method("sr-no-mse", "SR-KD without the reconstruction term L_MSE", "sr", {}, {"sr_mse_weight": 0.0}),
     Method("sr-no-adv", "SR-KD without the adversarial term (alpha 0)", "sr", {}, {"sr_alpha": 0.0}),
     Method("sr-no-cls", "SR-KD without the classification term (beta 0)", "sr", {}, {"sr_beta": 0.0}),
-    # Variants for choosing SR-KD's defaults (seed 0 of the default `sr` cost 7.4 mAP, APl -20, on shapes-small):
+    # Variants that chose SR-KD's defaults (seed 0 at the first default, 0.75x, cost 7.4 mAP, APl -20, on shapes-small):
     # map 1 of SSD-Lite is stride 32 (~67 px anchors at 256 px), medium and large objects' map.
     Method("sr-ratio0.75", "SR-KD, L_MSE + L_TV scaled to 0.75x the detection loss (the pilots' first default)", "sr",
            {}, {"sr_init_ratio": 0.75}),
@@ -248,9 +248,14 @@ def run_one(cfg) -> dict:
     return fit(cfg)
 
 
+def _has(r: dict, key: str) -> bool:
+    """Whether run ``r`` has a value of ``key`` (runs recorded without it: ``None`` / missing / NaN)."""
+    return isinstance(r.get(key), (int, float)) and not math.isnan(r[key])
+
+
 def _present(rs: list[dict], key: str) -> list[float]:
-    """The runs' values of ``key``, leaving out runs recorded without it (``None`` / missing / NaN)."""
-    return [r[key] for r in rs if isinstance(r.get(key), (int, float)) and not math.isnan(r[key])]
+    """The runs' values of ``key``, leaving out runs recorded without it."""
+    return [r[key] for r in rs if _has(r, key)]
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -280,8 +285,8 @@ def size_gain(agg: dict, name: str, base: str = "baseline") -> dict:
 
 def paired_gain(runs: dict[str, list[dict]], name: str, key: str = "mAP", base: str = "baseline") -> list[float]:
     """Per-seed difference method - baseline (same seed = same data order and initialisation)."""
-    b = {r["seed"]: r[key] for r in runs.get(base, []) if _present([r], key)}
-    return [r[key] - b[r["seed"]] for r in runs.get(name, []) if r["seed"] in b and _present([r], key)]
+    b = {r["seed"]: r[key] for r in runs.get(base, []) if _has(r, key)}
+    return [r[key] - b[r["seed"]] for r in runs.get(name, []) if r["seed"] in b and _has(r, key)]
 
 
 def paired_stats(runs: dict[str, list[dict]], name: str, base: str = "baseline", key: str = "mAP") -> dict:
