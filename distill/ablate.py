@@ -28,12 +28,15 @@ baseline to its plateau once, then fine-tune from it with every method for the s
     python -m distill.ablate --teacher runs/demo/teacher/best.pt --init-weights runs/converged/best.pt \
         --preset quick --methods baseline,gan,gan+rec --seeds 3 --out runs/ablate-finetune
 
-Small objects, feature super-resolution (``--kd sr``) against the baseline and GAN-KD, its combinations, G kept
-at inference, and the slides' ablation shape (without L_MSE / without the adversarial term / without the
-classification term), on the embedded small-objects set (``--data`` reaches every run and the teacher row)::
+Small objects, feature super-resolution (``--kd sr``) against the baseline and GAN-KD, its combinations (with
+``soft`` to pair ``soft+sr`` with), G kept at inference (``sr-keep-g``; ``sr-g-only``: the SR terms train the kept
+G alone, the slides' min over G), and the slides' ablation shape (without L_MSE / without the adversarial term /
+without the classification term), on the embedded small-objects set (``--data`` reaches every run and the
+teacher row)::
 
     python -m distill.ablate --teacher runs/small/teacher/best.pt --data shapes-small --preset quick --seeds 5 \
-        --methods baseline,gan,sr,gan+sr,soft+sr,sr-no-mse,sr-no-adv,sr-no-cls,sr-keep-g --out runs/ablate-sr
+        --methods baseline,gan,sr,soft,gan+sr,soft+sr,sr-no-mse,sr-no-adv,sr-no-cls,sr-keep-g,sr-g-only \
+        --paired-against gan --out runs/ablate-sr
 
 Rows that chose SR-KD's defaults (one-seed pilots, docs/ablation-sr.md), each at the pilots' first feature share
 0.75x: ``sr-ratio0.75`` (L_MSE + L_TV at 0.75x the detection loss; the default is now 0.25x), ``sr-map0`` (the finest
@@ -93,6 +96,8 @@ METHODS: tuple[Method, ...] = (
     Method("gan+sr", "GAN-KD + SR-KD", "gan+sr"),
     Method("soft+sr", "soft labels + SR-KD", "soft+sr"),
     Method("sr-keep-g", "SR-KD, G kept in the student at inference", "sr", {}, {"sr_keep_g": True}),
+    Method("sr-g-only", "SR-KD, G kept, the SR terms train G alone (the slides' min over G)", "sr", {},
+           {"sr_keep_g": True, "sr_grad": "g"}),
     Method("sr-no-mse", "SR-KD without the reconstruction term L_MSE", "sr", {}, {"sr_mse_weight": 0.0}),
     Method("sr-no-adv", "SR-KD without the adversarial term (alpha 0)", "sr", {}, {"sr_alpha": 0.0}),
     Method("sr-no-cls", "SR-KD without the classification term (beta 0)", "sr", {}, {"sr_beta": 0.0}),

@@ -204,6 +204,10 @@ class KDConfig:
     sr_keep_g: bool = _f(False, "--kd ...+sr: keep the generator G in the student: its heads read G(z) on --sr-maps in "
                          "training and at inference, and every export includes G (sets the model kwarg sr_generator "
                          "from --sr-maps / --sr-width / --sr-blocks; SSD students only)")
+    sr_grad: str = _f("student", "--kd ...+sr: what the SR terms train: 'student' (G and, through z_LR, the student's "
+                      "backbone: a distillation signal) or 'g' (G alone, the slides' min over theta_G; the backbone "
+                      "learns from the detection loss only; needs --sr-keep-g, or the exported student would not "
+                      "change)", choices=("student", "g"))
 
 
 # The nms section is the runtime's own NMSConfig (the sidecar schema); its fields' help texts:
@@ -467,7 +471,10 @@ def validate_config(cfg: TrainConfig, source: str = "config") -> None:
 def _keep_sr_generator(cfg: TrainConfig, source: str) -> None:
     """--sr-keep-g: the student keeps the generator G of --kd ...+sr, so its model kwarg ``sr_generator`` is
     set from --sr-maps / --sr-width / --sr-blocks (what checkpoints, exports and the runtime rebuild the model
-    from). ValueError naming ``source`` when --kd has no sr."""
+    from). ValueError naming ``source`` when --kd has no sr, or when --sr-grad g has no kept G to train."""
+    if cfg.kd.sr_grad == "g" and not cfg.kd.sr_keep_g:
+        raise ValueError(f"{source}: --sr-grad g trains G alone, and G is training-only without --sr-keep-g: the "
+                         "exported student would not change; add --sr-keep-g or use --sr-grad student")
     if not cfg.kd.sr_keep_g:
         return
     if "sr" not in [m.strip().lower() for m in str(cfg.kd.methods).split("+")]:

@@ -117,7 +117,8 @@ def test_sr_rows_resolve_to_their_configs_and_data_reaches_every_run(tmp_path, m
     args = ablate.build_parser().parse_args(["--teacher", "t.pt", "--data", "shapes-small", "--preset", "quick",
                                              "--pretrained-backbone", "none"])
     want = {"sr": ("sr", {"sr_init_ratio": 0.25}), "gan+sr": ("gan+sr", {}), "soft+sr": ("soft+sr", {}),
-            "sr-keep-g": ("sr", {"sr_keep_g": True}), "sr-no-mse": ("sr", {"sr_mse_weight": 0.0, "sr_tv_weight": 1.0}),
+            "sr-keep-g": ("sr", {"sr_keep_g": True, "sr_grad": "student"}),
+            "sr-g-only": ("sr", {"sr_keep_g": True, "sr_grad": "g"}), "sr-no-mse": ("sr", {"sr_mse_weight": 0.0, "sr_tv_weight": 1.0}),
             "sr-no-adv": ("sr", {"sr_alpha": 0.0, "sr_beta": 1.0}),
             "sr-no-cls": ("sr", {"sr_beta": 0.0, "sr_alpha": 1e-3}),
             "sr-map0": ("sr", {"sr_maps": [0], "sr_init_ratio": 0.75}), "sr-ratio0.75": ("sr", {"sr_init_ratio": 0.75}),
@@ -127,7 +128,7 @@ def test_sr_rows_resolve_to_their_configs_and_data_reaches_every_run(tmp_path, m
         cfg = ablate.run_config(args, ablate.BY_NAME[name], 1, tmp_path / name)
         assert cfg.kd.methods == kd and cfg.kd.weights == {} and cfg.data.data == "shapes-small", name
         assert all(cfg.to_flat()[k] == v for k, v in flags.items()), name
-        assert ("sr_generator" in cfg.model.kwargs) == (name == "sr-keep-g"), name
+        assert ("sr_generator" in cfg.model.kwargs) == (name in ("sr-keep-g", "sr-g-only")), name
     seen = []
     monkeypatch.setattr(ablate, "teacher_row", lambda a, cfg, out: seen.append(("teacher", cfg.data.data))
                         or {k: 1.0 for k in ablate.METRICS})

@@ -134,3 +134,34 @@ def test_sr_keep_g_refusals_are_one_line(teacher_ckpt, data_root, tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert expect in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "run").exists()                            # refused before the run folder is made
+
+
+@pytest.mark.parametrize("grad", ["student", "g"])
+def test_sr_grad_decides_whether_the_sr_terms_reach_the_backbone(teacher_ckpt, data_root, tmp_path, grad):
+    cfg = smoke_cfg(teacher_ckpt, data_root, tmp_path, kd="sr", sr_keep_g=True, sr_width=8, sr_blocks=1,
+                    sr_grad=grad)
+    session, train_set = build_session(cfg)
+    student = session.student
+    from distill.data import collate_train
+    images, targets = next(iter(torch.utils.data.DataLoader(train_set, batch_size=4, collate_fn=collate_train)))
+    session.schedule.stage = "student"
+    det, kd, _, _ = session.student_terms(images, targets)
+    student.zero_grad(set_to_none=True)
+    sum(v for k, v in kd.items() if k.startswith("sr_")).backward(retain_graph=True)     # SR terms alone
+    g_ids = {id(p) for p in student.sr_generator.parameters()}
+    backbone = [p for p in student.parameters() if id(p) not in g_ids]
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.sr_generator.parameters())
+    reached = any(p.grad is not None and p.grad.abs().sum() > 0 for p in backbone)
+    assert reached == (grad == "student")                             # 'g': the slides' min over theta_G alone
+    student.zero_grad(set_to_none=True)
+    sum(det.values()).backward()                                      # the detection loss still trains both
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in backbone)
+
+
+def test_sr_grad_g_without_a_kept_g_is_refused_in_one_line(teacher_ckpt, data_root, tmp_path, capsys):
+    argv = ["--preset", "smoke", "--model", "ssdlite_mobilenetv2", "--teacher", teacher_ckpt, "--data-root",
+            data_root, "--out", str(tmp_path / "run"), "--device", "cpu", "--kd", "sr", "--sr-grad", "g"]
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--sr-grad g trains G alone" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()

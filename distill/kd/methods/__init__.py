@@ -74,7 +74,7 @@ def build_method(name: str, kd, teacher_channels: list[int], sizes: list[int],
                                  alpha=kd.sr_alpha, beta=kd.sr_beta, gamma=kd.sr_gamma, width=kd.sr_width,
                                  blocks=kd.sr_blocks, small=kd.sr_small, mse_weight=kd.sr_mse_weight,
                                  tv_weight=kd.sr_tv_weight, keep_g=kd.sr_keep_g, init_ratio=kd.sr_init_ratio,
-                                 region=kd.sr_region)
+                                 region=kd.sr_region, grad=kd.sr_grad)
     raise unknown_name_error("method", name, METHODS)
 
 

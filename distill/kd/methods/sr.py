@@ -48,6 +48,13 @@ step with every student optimizer (detection, each method's distillation state, 
 z_HR with ``--sr-source student`` is then the student's map BEFORE G (``base_features``) at 2x: the target of
 G is what the network sees of a larger image, not G's own output on it, which would move with G and admit the
 degenerate G that maps both resolutions to the same features.
+
+What the SR terms train (``--sr-grad``). The slides minimise their objective over theta_G only: G learns from
+the SR terms, the detector from the detection loss. With a training-only G that reading leaves the exported
+student untouched, so the default (``student``) lets the terms reach the student's backbone through z_LR: a
+distillation signal, our reading for a teacher-student setting. ``--sr-grad g`` (with ``--sr-keep-g``) is the
+slides' reading: G runs a second time on its detached input for the SR terms (G is ~9 % of the student's
+MACs), so the backbone, which the coarser maps of large objects also read, learns from the detection loss alone.
 """
 from __future__ import annotations
 
@@ -63,6 +70,7 @@ from .base import DiscriminatorStep, KDMethod, StudentStep, calibrated_scale, se
 SOURCES = ("teacher", "student")
 TARGETS = ("teacher", "gt")
 REGIONS = ("all", "small")
+GRADS = ("student", "g")
 
 
 class _Context:
@@ -82,7 +90,7 @@ class SuperResolutionKD(KDMethod):
                  source: str = "teacher", target: str = "teacher", alpha: float = 1e-3, beta: float = 1.0,
                  gamma: float = 1.0, width: int = 32, blocks: int = 2, small: float = 32.0,
                  mse_weight: float = 1.0, tv_weight: float = 1.0, keep_g: bool = False, init_ratio: float = 0.25,
-                 region: str = "all"):
+                 region: str = "all", grad: str = "student"):
         super().__init__()
         if source not in SOURCES:
             raise ValueError(f"--sr-source must be one of {', '.join(SOURCES)}, got {source!r}")
@@ -90,7 +98,10 @@ class SuperResolutionKD(KDMethod):
             raise ValueError(f"--sr-target must be one of {', '.join(TARGETS)}, got {target!r}")
         if region not in REGIONS:
             raise ValueError(f"--sr-region must be one of {', '.join(REGIONS)}, got {region!r}")
-        self.region = region
+        if grad not in GRADS or (grad == "g" and not keep_g):
+            raise ValueError(f"--sr-grad must be one of {', '.join(GRADS)} ('g' with --sr-keep-g), got {grad!r}")
+        self.region, self.grad = region, grad
+        self._g_inputs: dict[int, torch.Tensor] = {}     # --sr-grad g: the kept G's last inputs (pre-G maps)
         self.maps, self.source, self.target = list(maps), source, target
         self.alpha, self.beta, self.gamma, self.small = float(alpha), float(beta), float(gamma), float(small)
         self.mse_weight, self.tv_weight, self.keep_g = float(mse_weight), float(tv_weight), bool(keep_g)
@@ -116,6 +127,15 @@ class SuperResolutionKD(KDMethod):
         st = session.student
         self._ctx.reg_head = getattr(st, "loc_head", None)     # SSD's; RefineDet's packed heads have none
         self._cost = self._measure_cost(session.cfg.data.img_size)
+        if self.grad == "g":
+            for k, g in zip(self.maps, self.generator_modules()):
+                g.register_forward_pre_hook(self._keep_input(k))
+
+    def _keep_input(self, k: int):
+        """Forward pre-hook on the kept G of map ``k``: remember its input (z_LR before G) for --sr-grad g."""
+        def hook(_module, args):
+            self._g_inputs[k] = args[0]
+        return hook
 
     def _check_student_generator(self, student: nn.Module) -> None:
         """ValueError when the student's kept generator (model kwarg sr_generator) does not match --sr-keep-g."""
@@ -207,7 +227,7 @@ class SuperResolutionKD(KDMethod):
     def student_terms(self, step: StudentStep):
         sizes = [tuple(f.shape[-2:]) for f in step.feats]
         hr = self.high_res(step.images, sizes)
-        gen = self._generated(step.feats)
+        gen = self._generated(step.feats, g_only=self.grad == "g")
         gen_c = [self._space(j, x, adapt=True) for j, x in enumerate(gen)]
         p_star = self._p_star(step.images, step.targets, sizes, lambda: step.teacher_logits)
         set_requires_grad(self.disc, False)
@@ -246,9 +266,13 @@ class SuperResolutionKD(KDMethod):
     def load_extra_state(self, state: dict) -> None:
         self.feature_scale = state.get("sr_feature_scale")
 
-    def _generated(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _generated(self, feats: list[torch.Tensor], g_only: bool = False) -> list[torch.Tensor]:
         """G(z_LR) per SR map from the student's six maps (``forward_features``): a kept G has already run
-        (the maps are post-G), the method's own runs here."""
+        (the maps are post-G), the method's own runs here. ``g_only`` (--sr-grad g): G runs again on its
+        detached input, so the terms built on it train G and not the backbone under it."""
+        if g_only:
+            z = [self._g_inputs[k].detach() for k in self.maps]
+            return [g(x) for g, x in zip(self.generator_modules(), z)]
         if self.keep_g:
             return [feats[k] for k in self.maps]
         return [g(feats[k]) for g, k in zip(self.generators, self.maps)]
