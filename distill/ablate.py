@@ -101,6 +101,7 @@ METHODS: tuple[Method, ...] = (
     Method("sr-no-mse", "SR-KD without the reconstruction term L_MSE", "sr", {}, {"sr_mse_weight": 0.0}),
     Method("sr-no-adv", "SR-KD without the adversarial term (alpha 0)", "sr", {}, {"sr_alpha": 0.0}),
     Method("sr-no-cls", "SR-KD without the classification term (beta 0)", "sr", {}, {"sr_beta": 0.0}),
+    Method("sr-no-tv", "SR-KD without the smoothness term L_TV", "sr", {}, {"sr_tv_weight": 0.0}),
     # Variants that chose SR-KD's defaults (seed 0 at the first default, 0.75x, cost 7.4 mAP, APl -20, on shapes-small):
     # map 1 of SSD-Lite is stride 32 (~67 px anchors at 256 px), medium and large objects' map.
     Method("sr-ratio0.75", "SR-KD, L_MSE + L_TV scaled to 0.75x the detection loss (the pilots' first default)", "sr",

@@ -196,7 +196,8 @@ class KDConfig:
                         "SOD-MTGAN / Perceptual GAN super-resolve small objects' regions only)", choices=("all", "small"))
     sr_mse_weight: float = _f(1.0, "--kd ...+sr: weight of the reconstruction term L_MSE (the slides: 1; 0 drops it)")
     sr_tv_weight: float = _f(1.0, "--kd ...+sr: weight of the smoothness term L_TV (the slides: 1; 0 drops it)")
-    sr_init_ratio: float = _f(0.25, "--kd ...+sr: L_MSE + L_TV (their --sr-mse-weight / --sr-tv-weight mix) are "
+    sr_init_ratio: float = _f(0.25, "--kd ...+sr: L_MSE + L_TV (their unit-weight sum; --sr-mse-weight / "
+                              "--sr-tv-weight multiply after, so 0 removes a term without re-weighting the other) are "
                               "scaled once, at their first step, to this multiple of the detection loss, as --rec-init-"
                               "ratio does for L_REC (standardised maps of two networks differ in scale: unscaled, L_MSE "
                               "starts ~6x the detection loss); 0: the slides' weights as they are. 0.25 from the "

@@ -121,6 +121,7 @@ def test_sr_rows_resolve_to_their_configs_and_data_reaches_every_run(tmp_path, m
             "sr-g-only": ("sr", {"sr_keep_g": True, "sr_grad": "g"}), "sr-no-mse": ("sr", {"sr_mse_weight": 0.0, "sr_tv_weight": 1.0}),
             "sr-no-adv": ("sr", {"sr_alpha": 0.0, "sr_beta": 1.0}),
             "sr-no-cls": ("sr", {"sr_beta": 0.0, "sr_alpha": 1e-3}),
+            "sr-no-tv": ("sr", {"sr_tv_weight": 0.0, "sr_mse_weight": 1.0}),
             "sr-map0": ("sr", {"sr_maps": [0], "sr_init_ratio": 0.75}), "sr-ratio0.75": ("sr", {"sr_init_ratio": 0.75}),
             "sr-no-reg": ("sr", {"sr_gamma": 0.0, "sr_beta": 1.0, "sr_init_ratio": 0.75}),
             "sr-small-region": ("sr", {"sr_region": "small", "sr_init_ratio": 0.75})}

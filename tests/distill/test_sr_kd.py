@@ -182,6 +182,23 @@ def test_feature_terms_are_calibrated_once_to_a_share_of_the_detection_loss(teac
     assert sr.feature_scale == 2.0
 
 
+def test_a_zero_weight_removes_its_term_without_rescaling_the_other(teacher_ckpt, data_root, tmp_path):
+    """The slides' ablation: "without L_MSE" is the full method minus L_MSE, L_TV at the full method's scale
+    (calibrated on the weighted sum, L_TV alone would take the whole share)."""
+    outs, scales = {}, {}
+    for w in (1.0, 0.0):
+        torch.manual_seed(0)
+        session, train_set = build_session(smoke_cfg(teacher_ckpt, data_root, tmp_path / str(w), kd="sr",
+                                                     sr_mse_weight=w))
+        batch = next(iter(torch.utils.data.DataLoader(train_set, batch_size=4, collate_fn=_collate())))
+        session.schedule.stage = "student"
+        outs[w], scales[w] = session.train_step(*batch), session.methods["sr"].feature_scale
+    assert outs[0.0]["sr_mse"] == 0.0 and outs[0.0]["sr_mse_raw"] > 0
+    assert scales[0.0] == pytest.approx(scales[1.0], rel=1e-5)
+    assert outs[0.0]["sr_tv"] == pytest.approx(outs[1.0]["sr_tv"], rel=1e-4)
+    assert outs[0.0]["sr_tv"] < 0.5 * outs[1.0]["sr_mse"]                     # not the whole share
+
+
 # ----------------------------------------------------------------------------------------------- --sr-region small
 def test_masked_reconstruction_terms_average_over_the_small_boxes_cells_only():
     hr = torch.zeros(2, 2, 2, 2)
