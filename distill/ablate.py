@@ -35,7 +35,7 @@ without the classification term), on the embedded small-objects set (``--data`` 
 teacher row)::
 
     python -m distill.ablate --teacher runs/small/teacher/best.pt --data shapes-small --preset quick --seeds 5 \
-        --methods baseline,gan,sr,soft,gan+sr,soft+sr,sr-no-mse,sr-no-adv,sr-no-cls,sr-keep-g,sr-g-only \
+        --methods baseline,gan,sr,soft,gan+sr,soft+sr,sr-no-mse,sr-no-adv,sr-no-cls,sr-no-tv,sr-keep-g,sr-g-only \
         --paired-against gan --out runs/ablate-sr
 
 Rows that chose SR-KD's defaults (one-seed pilots, docs/ablation-sr.md), each at the pilots' first feature share
