@@ -222,14 +222,13 @@ class KDSession:
         at, mb = self._detection(loc, conf, targets)
         lam = self.kd.mbox_weight
         det_terms = {"loc": lam * mb["loc"], "cls": lam * mb["cls"]}
-        teacher = lambda: self.teacher_outputs(images)          # noqa: E731
-        lazy = LazyOutputs({
-            "teacher": teacher,
-            "teacher_logits": lambda: class_logits(self.teacher, lazy.get("teacher")[1]),
-            "teacher_feats": lambda: lazy.get("teacher")[2],
-            "adapted_raw": lambda: self.adapters(feats),
-            "student_maps": lambda: self._standardize(lazy.get("adapted_raw")),
-            "teacher_maps": lambda: self._standardize(lazy.get("teacher_feats")),
+        lazy = LazyOutputs({                                      # producers get `get`: no cycle (see LazyOutputs)
+            "teacher": lambda get: self.teacher_outputs(images),
+            "teacher_logits": lambda get: class_logits(self.teacher, get("teacher")[1]),
+            "teacher_feats": lambda get: get("teacher")[2],
+            "adapted_raw": lambda get: self.adapters(feats),
+            "student_maps": lambda get: self._standardize(get("adapted_raw")),
+            "teacher_maps": lambda get: self._standardize(get("teacher_feats")),
         })
         step = StudentStep(images, targets, loc, class_logits(self.student, conf), feats, at, mb, lazy)
         kd_terms, info, step.method_losses = {}, {}, {}

@@ -153,8 +153,8 @@ def test_distillation_resume_mid_stage_is_exact(teacher_ckpt, data_root, tmp_pat
 
 
 def test_a_student_step_frees_its_graph_without_the_cyclic_collector(teacher_ckpt, data_root, tmp_path):  # noqa: F811
-    """The lazily computed maps close over the step (a reference cycle): released at the end of the step, a
-    retained graph no later backward frees (--sr-grad g) no longer waits for Python's cyclic collector."""
+    """A step's lazily computed maps are freed when the step ends, without Python's cyclic collector: a retained
+    graph no later backward frees (--sr-grad g) must not outlive its step."""
     import gc
     import weakref
     kd, train_set = _session(teacher_ckpt, data_root, tmp_path, kd="gan+rec")
@@ -173,5 +173,25 @@ def test_a_student_step_frees_its_graph_without_the_cyclic_collector(teacher_ckp
     try:
         kd.train_step(*batch)
         assert seen and seen[0]() is None
+    finally:
+        gc.enable()
+
+
+def test_lazy_outputs_form_no_reference_cycle():
+    """Producers read their dependencies through the ``get`` they are given, so dropping the LazyOutputs (without
+    release()) frees every cached value by reference counting alone, the collector off."""
+    import gc
+    import weakref
+    from distill.kd.methods import LazyOutputs
+    x = torch.randn(4, requires_grad=True)
+    lazy = LazyOutputs({"a": lambda get: x * 2, "b": lambda get: get("a").sum() + 1})
+    gc.collect()
+    gc.disable()
+    try:
+        b = lazy.get("b")
+        assert float(b) == float((x * 2).sum() + 1) and lazy.get("b") is b     # computed once, cached
+        ref = weakref.ref(lazy.get("a"))
+        del lazy, b
+        assert ref() is None
     finally:
         gc.enable()

@@ -22,21 +22,24 @@ from ... import distributed
 
 
 class LazyOutputs:
-    """Values computed on first access and cached: ``get(name)`` calls the producer registered for it."""
+    """Values computed on first access and cached: ``get(name)`` calls the producer registered for it with
+    ``get`` itself, so a producer reads the values it depends on (``lambda get: f(get("teacher"))``) without
+    closing over this object: no reference cycle forms, and a step's autograd graph is freed as soon as the
+    step is dropped (reference counting), not when Python's cyclic collector next runs."""
 
-    def __init__(self, producers: dict[str, Callable[[], Any]]):
+    def __init__(self, producers: dict[str, Callable[[Callable[[str], Any]], Any]]):
         self._producers, self._cache = producers, {}
 
     def get(self, name: str) -> Any:
         if name not in self._cache:
-            self._cache[name] = self._producers[name]()
+            self._cache[name] = self._producers[name](self.get)
         return self._cache[name]
 
     def release(self) -> None:
-        """Drop the producers and the cached values. Producers close over the step's tensors and over this
-        object (a reference cycle), so without this a step's autograd graph lives until Python's cyclic
-        collector runs; a graph kept by ``retain_graph=True`` that no later backward frees (``--sr-grad g``: the
-        SR terms' graph does not reach the backbone) then held its activations for many steps (RSS +0.8 GB/step)."""
+        """Drop the producers and the cached values at the end of the step. Before producers took ``get`` as an
+        argument they closed over this object, and a step's graph lived until the cyclic collector ran; a graph
+        kept by ``retain_graph=True`` that no later backward frees (``--sr-grad g``) then held its activations
+        for many steps (RSS +0.8 GB/step). Kept as a second guard for callers that hold on to a step."""
         self._producers, self._cache = {}, {}
 
 
