@@ -38,6 +38,9 @@ teacher row)::
         --methods baseline,gan,sr,soft,gan+sr,soft+sr,sr-no-mse,sr-no-adv,sr-no-cls,sr-no-tv,sr-keep-g,sr-g-only \
         --paired-against gan --out runs/ablate-sr
 
+alpha and beta by experiment (against ``sr``, ``sr-no-adv`` = alpha 0, ``sr-no-cls`` = beta 0): ``sr-alpha0.01``,
+``sr-beta2``.
+
 Rows that chose SR-KD's defaults (one-seed pilots, docs/ablation-sr.md), each at the pilots' first feature share
 0.75x: ``sr-ratio0.75`` (L_MSE + L_TV at 0.75x the detection loss; the default is now 0.25x), ``sr-map0`` (the finest
 map only), ``sr-no-reg`` (gamma 0), ``sr-small-region`` (small boxes' cells only).
@@ -102,6 +105,10 @@ METHODS: tuple[Method, ...] = (
     Method("sr-no-adv", "SR-KD without the adversarial term (alpha 0)", "sr", {}, {"sr_alpha": 0.0}),
     Method("sr-no-cls", "SR-KD without the classification term (beta 0)", "sr", {}, {"sr_beta": 0.0}),
     Method("sr-no-tv", "SR-KD without the smoothness term L_TV", "sr", {}, {"sr_tv_weight": 0.0}),
+    # alpha and beta chosen by experiment: alpha 1e-3 (SRGAN's) against 0 (sr-no-adv) and 1e-2; beta 1 against
+    # 0 (sr-no-cls) and 2.
+    Method("sr-alpha0.01", "SR-KD, adversarial weight alpha 1e-2 (10x the default)", "sr", {}, {"sr_alpha": 1e-2}),
+    Method("sr-beta2", "SR-KD, classification weight beta 2 (2x the default)", "sr", {}, {"sr_beta": 2.0}),
     # Variants that chose SR-KD's defaults (seed 0 at the first default, 0.75x, cost 7.4 mAP, APl -20, on shapes-small):
     # map 1 of SSD-Lite is stride 32 (~67 px anchors at 256 px), medium and large objects' map.
     Method("sr-ratio0.75", "SR-KD, L_MSE + L_TV scaled to 0.75x the detection loss (the pilots' first default)", "sr",
