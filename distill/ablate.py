@@ -36,7 +36,7 @@ teacher row)::
 
     python -m distill.ablate --teacher runs/small/teacher/best.pt --data shapes-small --preset quick --seeds 5 \
         --methods baseline,gan,sr,soft,gan+sr,soft+sr,sr-no-mse,sr-no-adv,sr-no-cls,sr-no-tv,sr-keep-g,sr-g-only \
-        --paired-against gan --out runs/ablate-sr
+        --paired-against gan,soft --out runs/ablate-sr
 
 alpha and beta by experiment (against ``sr``, ``sr-no-adv`` = alpha 0, ``sr-no-cls`` = beta 0): ``sr-alpha0.01``,
 ``sr-beta2``.
