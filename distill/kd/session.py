@@ -273,12 +273,6 @@ class KDSession:
     # ----------------------------------------------------------------------------------------------- steps
     def _student_step(self, images, targets) -> dict | None:
         det_terms, kd_terms, info, step = self.student_terms(images, targets)
-        try:
-            return self._student_update(det_terms, kd_terms, info, step, images)
-        finally:
-            step.release()
-
-    def _student_update(self, det_terms, kd_terms, info, step, images) -> dict | None:
         if not self.guard.finite({**det_terms, **kd_terms}, self.epoch, self.step, "student"):
             return None
         self._split_step(det_terms, step.method_losses)

@@ -35,13 +35,6 @@ class LazyOutputs:
             self._cache[name] = self._producers[name](self.get)
         return self._cache[name]
 
-    def release(self) -> None:
-        """Drop the producers and the cached values at the end of the step. Before producers took ``get`` as an
-        argument they closed over this object, and a step's graph lived until the cyclic collector ran; a graph
-        kept by ``retain_graph=True`` that no later backward frees (``--sr-grad g``) then held its activations
-        for many steps (RSS +0.8 GB/step). Kept as a second guard for callers that hold on to a step."""
-        self._producers, self._cache = {}, {}
-
 
 def calibrated_scale(step: "StudentStep", raw: float, ratio: float) -> float:
     """The factor that makes a term whose unscaled value at this step is ``raw`` start at ``ratio`` x this step's
@@ -73,10 +66,6 @@ class StudentStep:
             return self._lazy.get(name)
         except KeyError:
             raise AttributeError(name) from None
-
-    def release(self) -> None:
-        """End of the iteration: drop the lazily computed outputs (see :meth:`LazyOutputs.release`)."""
-        self._lazy.release()
 
 
 class DiscriminatorStep:
